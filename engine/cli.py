@@ -1,0 +1,106 @@
+"""The ``crossrank`` command line. Each subcommand has its own ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="convert a Hugging Face model folder to an optimized ONNX artifact",
+        description="Export a Hugging Face checkpoint (local folder, or a model id when a hub is "
+                    "reachable) to an artifact folder: fused ONNX graph with its head, tokenizer.json "
+                    "and manifest.json with fidelity figures measured against PyTorch. Needs the "
+                    "'export' extra: pip install 'crossrank[export]'.",
+    )
+    p.add_argument("src", help="Hugging Face model folder or model id")
+    p.add_argument("out", help="artifact folder to create")
+    p.add_argument("--kind", required=True, choices=["cross", "bi"],
+                   help="cross: reranker (sequence classification, 1 or 2 labels); bi: embedder")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
+                   help="fp32 (reference), int8 (CPU), fp16 (CUDA). Default: fp32")
+    p.add_argument("--int8-recipe", default=None,
+                   help="int8 quantization recipe (default: the measured best, see crossrank.kernels.quantize)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="token window (default: the model's own: 512 for BERT cross-encoders, "
+                        "sentence-transformers' max_seq_length for bi-encoders)")
+    p.add_argument("--fidelity-data", default=None,
+                   help="JSONL of {\"query\": ..., \"documents\": [...]} for the fidelity check "
+                        "(default: the Semanlink sample from cherche==2.2.1)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--allow-low-fidelity", action="store_true",
+                   help="keep the artifact even when fidelity is below the bar (figures are recorded)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    try:
+        from crossrank.export import export_model
+    except ImportError as err:
+        print(f"crossrank export needs the 'export' extra (pip install 'crossrank[export]'): {err}",
+              file=sys.stderr)
+        return 2
+    manifest = export_model(
+        args.src, args.out, kind=args.kind, precision=args.precision, force=args.force,
+        allow_low_fidelity=args.allow_low_fidelity, max_length=args.max_length,
+        int8_recipe=args.int8_recipe, fidelity_data=args.fidelity_data,
+    )
+    print(describe_artifact(Path(args.out), manifest))
+    return 0
+
+
+def describe_artifact(path: Path, manifest: dict) -> str:
+    size_mb = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 1e6
+    fid = manifest["fidelity"]
+    keys = ("max_abs_diff", "spearman", "mean_cosine", "top10_agreement")
+    figures = ", ".join(f"{k} {fid[k]:.6g}" for k in keys if k in fid)
+    recipe = manifest["quantization"]["name"] if manifest.get("quantization") else "-"
+    return (f"{path}: {manifest['kind']} {manifest['precision']} (recipe {recipe}), max_length "
+            f"{manifest['max_length']}, {size_mb:.1f} MB, exported in {manifest['export_seconds']} s\n"
+            f"  fidelity vs PyTorch on {fid.get('pairs') or fid.get('texts')} real "
+            f"{'pairs' if 'pairs' in fid else 'texts'}: {figures} [{'pass' if fid['passed'] else 'BELOW BAR'}: {fid['bar']}]")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="verify an artifact folder and print its manifest",
+                       description="Check every file's sha256 against manifest.json and print a summary "
+                                   "(or the whole manifest with --json).")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args) -> int:
+    from crossrank.artifact import load_artifact
+
+    artifact = load_artifact(args.artifact)
+    print(json.dumps(artifact.manifest, indent=2) if args.json else describe_artifact(artifact.path, artifact.manifest))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossrank",
+        description="Fast, faithful two-stage retrieval: export models to optimized ONNX, embed and "
+                    "index with usearch, rerank with cross-encoders on ONNX Runtime.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_export(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"crossrank {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Export a Hugging Face checkpoint to a crossrank artifact folder (ONNX + tokenizer + manifest).
+
+Needs the ``export`` extra (torch, transformers, optimum-onnx); the runtime never imports this.
+
+    from crossrank.export import export_model
+    export_model("path/to/hf-folder", "artifacts/reranker-int8", kind="cross", precision="int8")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from crossrank.artifact import FORMAT_VERSION, MANIFEST, MODEL_FILE, PRECISIONS, TOKENIZER_FILE, sha256_file
+
+from .source import SourceError, SourceModel, inspect_source
+
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """The export ran but its result is not acceptable (e.g. fidelity below the bar)."""
+
+
+class _Stages:
+    """Prints numbered export stages with their duration (the export's progress display)."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.quiet, self.done = total, quiet, 0
+        self.timings: dict[str, float] = {}
+
+    def run(self, label: str, func, *args, **kwargs):
+        self.done += 1
+        if not self.quiet:
+            print(f"[{self.done}/{self.total}] {label} ...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        result = func(*args, **kwargs)
+        seconds = time.perf_counter() - start
+        self.timings[label] = round(seconds, 3)
+        if not self.quiet:
+            print(f" {seconds:.1f} s", file=sys.stderr, flush=True)
+        return result
+
+
+def _export_raw_onnx(source: SourceModel, folder: Path) -> Path:
+    import warnings
+
+    from optimum.exporters.onnx import main_export
+
+    task = "text-classification" if source.kind == "cross" else "feature-extraction"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(
+            str(source.path), output=str(folder), task=task, opset=OPSET, device="cpu",
+            library_name="transformers", do_validation=False, no_post_process=True,
+        )
+    return folder / MODEL_FILE
+
+
+def _build_graph(source: SourceModel, raw_onnx: Path, precision: str):
+    from crossrank.kernels.fusion import fuse_transformer
+    from crossrank.kernels.heads import add_pooling_head, add_score_head
+
+    model, fused = fuse_transformer(raw_onnx, source.model_type, source.num_heads, source.hidden_size,
+                                    for_gpu=precision == "fp16")
+    if source.kind == "cross":
+        add_score_head(model, num_labels=source.num_labels)
+    else:
+        add_pooling_head(model, pooling=source.pooling, normalize=source.normalize)
+    return model, fused
+
+
+def _write_tokenizer(source: SourceModel, dst: Path) -> None:
+    """tokenizer.json without the source's padding and truncation: the engine sets both itself."""
+    from tokenizers import Tokenizer
+
+    src_file = source.path / TOKENIZER_FILE
+    if src_file.is_file():
+        tokenizer = Tokenizer.from_file(str(src_file))
+    else:
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(source.path, use_fast=True)
+        if not hf.is_fast:
+            raise SourceError(f"{str(source.path)!r}: no tokenizer.json and no fast tokenizer to build one")
+        tokenizer = hf.backend_tokenizer
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    tokenizer.save(str(dst))
+
+
+def _source_files(folder: Path) -> dict[str, str]:
+    names = ("config.json", "model.safetensors", "pytorch_model.bin", TOKENIZER_FILE)
+    return {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("onnxruntime", "onnx", "torch", "transformers", "optimum", "optimum-onnx", "tokenizers"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "fp32", *,
+                 force: bool = False, allow_low_fidelity: bool = False, max_length: int | None = None,
+                 int8_recipe: str | None = None, fidelity_data: str | Path | None = None,
+                 quiet: bool = False) -> dict:
+    """Export ``src`` to the artifact folder ``out``; returns the manifest.
+
+    The folder is built next to ``out`` under a temporary name and renamed into place only when
+    every stage, the fidelity check included, has passed: an interrupted export leaves nothing
+    half-written at ``out``.
+    """
+    import onnx
+
+    from crossrank.kernels.heads import head_node_names
+    from crossrank.kernels.quantize import DEFAULT_INT8_RECIPE, get_recipe, quantize_int8
+
+    from . import fidelity
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r} is not one of {PRECISIONS}")
+    if int8_recipe is not None and precision != "int8":
+        raise ValueError(f"--int8-recipe {int8_recipe!r} needs --precision int8, not {precision!r}")
+    recipe = get_recipe(int8_recipe or DEFAULT_INT8_RECIPE) if precision == "int8" else None
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"output {str(out)!r} already exists; pass --force to replace it")
+    source = inspect_source(src, kind)
+    if max_length is not None:
+        if not 8 <= max_length <= source.max_length:
+            raise ValueError(f"--max-length {max_length} must be between 8 and the model's limit {source.max_length}")
+        source = SourceModel(**{**source.__dict__, "max_length": max_length})
+    sample = fidelity.jsonl_sample(fidelity_data) if fidelity_data else fidelity.semanlink_sample()
+
+    started = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    stages = _Stages(4 if precision == "fp32" else 5, quiet)
+    try:
+        raw = stages.run(f"exporting {source.architecture} with optimum (opset {OPSET})",
+                         _export_raw_onnx, source, work / "raw")
+        model, fused = stages.run("fusing attention / SkipLayerNorm / Gelu and adding the head",
+                                  _build_graph, source, raw, precision)
+        model_path = work / MODEL_FILE
+        if precision == "fp16":
+            from crossrank.kernels.fusion import convert_to_fp16
+
+            model = stages.run("converting to fp16", convert_to_fp16, model, head_node_names(model))
+        if precision == "int8":
+            fp32_path = work / "fp32.onnx"
+            onnx.save(model, str(fp32_path))
+            feeds = _calibration_feeds(source, sample) if recipe.format == "QDQ" else None
+            stages.run(f"quantizing to int8 ({recipe.name})", quantize_int8, fp32_path, model_path, recipe, feeds)
+            fp32_path.unlink()
+        else:
+            onnx.save(model, str(model_path))
+        shutil.rmtree(work / "raw")
+        stages.run("writing tokenizer.json", _write_tokenizer, source, work / TOKENIZER_FILE)
+        figures = stages.run(f"measuring fidelity against PyTorch ({sample.source})",
+                             fidelity.measure_fidelity, source, model_path, sample, source.max_length)
+        passed, verdict = fidelity.check_bar(kind, precision, figures)
+        figures["bar"] = verdict
+        figures["passed"] = passed
+        if not passed and not allow_low_fidelity:
+            raise ExportError(
+                f"{kind} {precision} export of {source.name!r} is below the fidelity bar: {verdict}; "
+                f"pass --allow-low-fidelity to keep it anyway"
+            )
+        manifest = {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "precision": precision,
+            "max_length": source.max_length,
+            "inputs": [i.name for i in model.graph.input],
+            "output": "logits" if kind == "cross" else "embeddings",
+            "activation": "sigmoid" if kind == "cross" else None,
+            "dim": source.hidden_size if kind == "bi" else None,
+            "pooling": source.pooling,
+            "normalized": source.normalize if kind == "bi" else None,
+            "source": {"name": source.name, "architecture": source.architecture,
+                       "model_type": source.model_type, "num_labels": source.num_labels,
+                       "files": _source_files(source.path)},
+            "opset": OPSET,
+            "onnxruntime_version": _versions().get("onnxruntime"),
+            "versions": _versions(),
+            "fusions": fused,
+            "quantization": recipe.as_manifest() if recipe else None,
+            "fidelity": figures,
+            "export_seconds": round(time.perf_counter() - started, 1),
+            "stage_seconds": stages.timings,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": {name: sha256_file(work / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
+        }
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _calibration_feeds(source: SourceModel, sample) -> list[dict]:
+    """Calibration batches for static int8 recipes: the sample's second half (reversed pairing,
+    so the measured pairs themselves are not the calibration set)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
+    texts = sample.texts[::-1]
+    queries = [q for q, docs in zip(sample.queries, sample.documents) for _ in docs]
+    feeds = []
+    for start in range(0, len(texts), 16):
+        kwargs = dict(padding=True, max_length=source.max_length, return_tensors="np")
+        if source.kind == "cross":
+            enc = tokenizer(queries[start:start + 16], texts[start:start + 16], truncation="only_second", **kwargs)
+        else:
+            enc = tokenizer(texts[start:start + 16], truncation=True, **kwargs)
+        feeds.append({k: v.astype("int64") for k, v in enc.items()})
+    return feeds
+
+
+__all__ = ["export_model", "ExportError", "SourceError", "inspect_source"]
