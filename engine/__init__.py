@@ -1,7 +1,14 @@
-"""crossrank: fast, faithful cross-encoder reranking on ONNX Runtime."""
+"""crossrank: fast, faithful cross-encoder reranking on ONNX Runtime.
+
+    import crossrank
+    rr = crossrank.Reranker("artifacts/reranker-int8")
+    rr.rerank(query, documents, top_n=10)   # -> [Ranked(index, score, document), ...]
+"""
 
 from crossrank.artifact import Artifact, ArtifactError, load_artifact
+from crossrank.embedder import Embedder
+from crossrank.reranker import Ranked, Reranker
 
 __version__ = "0.1.0"
 
-__all__ = ["Artifact", "ArtifactError", "load_artifact", "__version__"]
+__all__ = ["Artifact", "ArtifactError", "Embedder", "Ranked", "Reranker", "load_artifact", "__version__"]

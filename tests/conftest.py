@@ -49,3 +49,32 @@ def cross_fp32(seeded_cross_src, tmp_path_factory) -> Path:
 def cross_int8_seeded(seeded_cross_src, tmp_path_factory) -> Path:
     # An untrained head's logits are too flat for the int8 Spearman bar: record, don't enforce.
     return _export(tmp_path_factory, seeded_cross_src, "cross", "int8", allow_low_fidelity=True)
+
+
+@pytest.fixture(scope="session")
+def trec_rag():
+    """TREC RAG 2024 queries with their 20 passages (``make data`` fetches the file)."""
+    from crossrank.datasets import load_trec_rag
+
+    return load_trec_rag()
+
+
+@pytest.fixture(scope="session")
+def tiny_cross(minilm_path, tmp_path_factory) -> Path:
+    """A tiny generated cross-encoder (2 layers, hidden 32) for shape and memory tests only."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from crossrank.export.seeded import TOKENIZER_FILES
+
+    src = tmp_path_factory.mktemp("tiny") / "src"
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        num_labels=1, architectures=["BertForSequenceClassification"])
+    BertForSequenceClassification(config).save_pretrained(src)
+    for name in TOKENIZER_FILES:
+        if (minilm_path / name).is_file():
+            shutil.copy2(minilm_path / name, src / name)
+    return _export(tmp_path_factory, src, "cross", "fp32")

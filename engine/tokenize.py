@@ -1,0 +1,127 @@
+"""Tokenization with Rust ``tokenizers``: the query once, all documents in one parallel call.
+
+Pair rows are assembled with numpy from the pieces of the tokenizer's own pair template
+(``[CLS] q [SEP] d [SEP]`` for BERT, ``<s> q </s></s> d </s>`` for XLM-R), truncating only the
+document side, so the ids equal ``tokenizer.encode(query, document)`` with ``only_second``
+truncation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Special tokens around the two sequences, and the type id of each region."""
+
+    prefix: np.ndarray
+    middle: np.ndarray
+    suffix: np.ndarray
+    first_type: int
+    second_type: int
+
+    @property
+    def special_count(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+def _template(tokenizer: Tokenizer) -> PairTemplate:
+    pair = tokenizer.encode("a", "b", add_special_tokens=True)
+    seq = pair.sequence_ids
+    ids, types = np.asarray(pair.ids, dtype=np.int64), pair.type_ids
+    a_pos = [i for i, s in enumerate(seq) if s == 0]
+    b_pos = [i for i, s in enumerate(seq) if s == 1]
+    return PairTemplate(
+        prefix=ids[: a_pos[0]], middle=ids[a_pos[-1] + 1: b_pos[0]], suffix=ids[b_pos[-1] + 1:],
+        first_type=types[a_pos[0]], second_type=types[b_pos[0]],
+    )
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    for token in ("[PAD]", "<pad>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+@dataclass
+class Rows:
+    """Token rows ready for batching; ``owner[i]`` is the input item row i belongs to."""
+
+    ids: list[np.ndarray]
+    types: list[np.ndarray]
+    owner: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(r) for r in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+class PairTokenizer:
+    """(query, document) pairs -> rows of ids for a cross-encoder with a window of max_length."""
+
+    def __init__(self, tokenizer_path: str | Path, max_length: int):
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.template = _template(self.tokenizer)
+        self.max_length = max_length
+        self.pad_id = _pad_id(self.tokenizer)
+        if max_length <= self.template.special_count + 2:
+            raise ValueError(f"max_length {max_length} leaves no room for text")
+        # A query may use at most half the window; the rest is the document's.
+        self.max_query_tokens = (max_length - self.template.special_count) // 2
+
+    def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def document_budget(self, query_ids: np.ndarray) -> int:
+        return self.max_length - self.template.special_count - len(query_ids)
+
+    def pair_rows(self, query_ids: list[np.ndarray], query_of_doc: np.ndarray, doc_ids: list[np.ndarray],
+                  chunk_overlap: int | None = None) -> Rows:
+        """One row per document (truncated), or with ``chunk_overlap`` one row per window of a
+        long document (windows overlap by that many tokens; ``owner`` maps rows to documents)."""
+        t = self.template
+        query_ids = [q[: self.max_query_tokens] for q in query_ids]
+        heads = [np.concatenate([t.prefix, q, t.middle]) for q in query_ids]
+        head_types = [np.full(len(h), t.first_type, dtype=np.int64) for h in heads]
+        ids, types, owner = [], [], []
+        for doc_index, (qi, doc) in enumerate(zip(query_of_doc, doc_ids)):
+            budget = self.document_budget(query_ids[qi])
+            if chunk_overlap is None or len(doc) <= budget:
+                windows = [doc[:budget]]
+            else:
+                stride = max(1, budget - chunk_overlap)
+                starts = range(0, max(len(doc) - chunk_overlap, 1), stride)
+                windows = [doc[s: s + budget] for s in starts]
+            for window in windows:
+                tail = np.concatenate([window, t.suffix])
+                ids.append(np.concatenate([heads[qi], tail]))
+                types.append(np.concatenate([head_types[qi], np.full(len(tail), t.second_type, dtype=np.int64)]))
+                owner.append(doc_index)
+        return Rows(ids, types, np.asarray(owner, dtype=np.int64))
+
+
+class TextTokenizer:
+    """Single texts -> rows of ids with special tokens, truncated to max_length (bi-encoders)."""
+
+    def __init__(self, tokenizer_path: str | Path, max_length: int):
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length)
+        self.max_length = max_length
+        self.pad_id = _pad_id(self.tokenizer)
+
+    def rows(self, texts: list[str]) -> Rows:
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        types = [np.asarray(e.type_ids, dtype=np.int64) for e in encodings]
+        return Rows(ids, types, np.arange(len(texts), dtype=np.int64))
