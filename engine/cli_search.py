@@ -1,0 +1,375 @@
+"""Command-line front of the first stage and the pipeline: ``index``, ``search`` and ``eval``.
+
+``add_search_commands(subparsers)`` adds them to the ``crossrank`` parser. Also here: reading a
+JSONL corpus, and building (or reusing) the index of the 7,300 Semanlink documents for the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from crossrank.index import DTYPES, Index, IndexFormatError
+from crossrank.index_files import index_info
+
+SEMANLINK_CORPUS = "semanlink (cherche==2.2.1)"
+
+
+# -- library helpers ------------------------------------------------------------------------
+
+def read_corpus(path: str | Path) -> tuple[list, list[str]]:
+    """ids and texts of a JSONL corpus, one ``{"id": str|int, "text": str}`` per line.
+
+    Blank lines are skipped. A bad line raises ValueError naming the file and line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {str(path)!r} does not exist")
+    ids, texts, line_of = [], [], {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+                                 f'each line must be {{"id": ..., "text": ...}}') from err
+            if not isinstance(row, dict) or "id" not in row or "text" not in row:
+                raise ValueError(f'{where}: expected an object with "id" and "text", got {line.strip()[:80]!r}')
+            doc_id, text = row["id"], row["text"]
+            if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+                raise ValueError(f'{where}: "id" must be a string or an integer, got {doc_id!r:.60}')
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f'{where}: "text" must be a non-empty string, got {text!r:.60}')
+            key = (type(doc_id), doc_id)
+            if key in line_of:
+                raise ValueError(f"{where}: id {doc_id!r} already appeared on line {line_of[key]}")
+            line_of[key] = number
+            ids.append(doc_id)
+            texts.append(text)
+    if not texts:
+        raise ValueError(f"corpus file {str(path)!r} holds no documents")
+    return ids, texts
+
+
+def build_semanlink_index(embedder, out: str | Path, dtype: str = "f16", progress: bool = True,
+                          **build_options) -> Index:
+    """Index every Semanlink document (ids = their URLs) with ``embedder`` and save it to ``out``.
+
+    build_options: more keyword arguments of ``Index.build`` (connectivity, batch_size, ...).
+    """
+    from crossrank.datasets import load_semanlink
+
+    documents, _ = load_semanlink()
+    index = Index.build(embedder, [d.text for d in documents], [d.id for d in documents],
+                        dtype=dtype, progress=progress, **build_options)
+    index.metadata["corpus"] = SEMANLINK_CORPUS
+    index.save(out)
+    return index
+
+
+def ensure_semanlink_index(embedder, out: str | Path, dtype: str = "f16",
+                           progress: bool = True) -> tuple[Index, bool]:
+    """The Semanlink index at ``out`` if it was built by this embedder and is whole; else build it.
+
+    Returns (index, reused). A stale or damaged cache is rebuilt, never trusted.
+    """
+    from crossrank.datasets import load_semanlink
+
+    try:
+        index = Index.load(out, view=True, embedder=embedder)
+        if index.metadata.get("corpus") == SEMANLINK_CORPUS and len(index) == len(load_semanlink()[0]) \
+                and index.dtype == dtype:
+            return index, True
+    except (IndexFormatError, ValueError):
+        pass
+    return build_semanlink_index(embedder, out, dtype=dtype, progress=progress), False
+
+
+def _load_embedder(path: str | None, index_dir: str, device: str):
+    """The embedder given, or the one recorded in the index manifest."""
+    from crossrank.embedder import Embedder
+
+    if path is None:
+        recorded = index_info(index_dir)["embedder"].get("path")
+        if not recorded or not Path(recorded).is_dir():
+            raise FileNotFoundError(f"index {index_dir!r} was built by the embedder at {recorded!r}, which "
+                                    f"is not there any more: pass --embedder ART")
+        path = recorded
+    return Embedder(path, device=device)
+
+
+def _load_reranker(path: str | None, device: str):
+    if path is None:
+        return None
+    from crossrank.reranker import Reranker
+
+    return Reranker(path, device=device)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+# -- crossrank index build | info -------------------------------------------------------------
+
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="build a first-stage vector index, or describe one",
+                       description="Build a usearch HNSW index over a corpus with a bi-encoder "
+                                   "artifact, or print what a saved index holds.")
+    actions = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    build = actions.add_parser(
+        "build", help="embed a corpus and save its index",
+        description="Embed every document with the embedder artifact and save an index folder "
+                    "(HNSW vectors + SQLite documents + manifest). The save is atomic: an existing "
+                    "index at --out stays whole until the new one is complete.",
+        epilog='corpus format: one JSON object per line, {"id": "doc-1", "text": "..."}; ids are '
+               "strings or integers and must be unique.\nexample: crossrank index build --embedder "
+               "artifacts/embedder-int8 --corpus docs.jsonl --out indexes/docs",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    build.add_argument("--embedder", required=True, metavar="ART", help="bi-encoder artifact folder")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", metavar="FILE.jsonl", help='JSONL file of {"id": ..., "text": ...}')
+    source.add_argument("--semanlink", action="store_true",
+                        help="index the 7,300 Semanlink documents (ids = URLs; needs cherche==2.2.1)")
+    build.add_argument("--out", required=True, metavar="DIR", help="index folder to write")
+    build.add_argument("--dtype", default="f16", choices=DTYPES,
+                       help="stored vector type: f16 (default; same recall as f32 at half the size), "
+                            "f32, or i8 (a quarter of f32; loses recall on MiniLM vectors)")
+    build.add_argument("--connectivity", type=_positive, default=None, help="HNSW edges per node (default 32)")
+    build.add_argument("--expansion-add", type=_positive, default=None,
+                       help="HNSW candidates explored per insertion (default 256)")
+    build.add_argument("--expansion-search", type=_positive, default=None,
+                       help="HNSW candidates explored per search (default 256)")
+    build.add_argument("--batch-size", type=_positive, default=512, help="documents per embedding call (default 512)")
+    build.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to embed (default cpu)")
+    build.add_argument("--force", action="store_true", help="replace an existing index at --out")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.set_defaults(func=_run_index_build)
+    info = actions.add_parser("info", help="print a saved index's manifest",
+                              description="Print what a saved index holds (no vectors are loaded).")
+    info.add_argument("index", metavar="DIR", help="index folder")
+    info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    info.set_defaults(func=_run_index_info)
+
+
+def _run_index_build(args) -> int:
+    from crossrank.embedder import Embedder
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{str(out)!r} exists: pass --force to replace it")
+    ids, texts = read_corpus(args.corpus) if args.corpus else (None, None)  # read before the slow part
+    embedder = Embedder(args.embedder, device=args.device)
+    options = {"dtype": args.dtype, "connectivity": args.connectivity, "expansion_add": args.expansion_add,
+               "expansion_search": args.expansion_search, "batch_size": args.batch_size,
+               "progress": not args.no_progress}
+    start = time.perf_counter()
+    if args.semanlink:
+        index = build_semanlink_index(embedder, out, **options)
+    else:
+        index = Index.build(embedder, texts, ids, **options)
+        index.metadata["corpus"] = str(Path(args.corpus).resolve())
+        index.save(out)
+    seconds = time.perf_counter() - start
+    info = index_info(out)
+    print(f"indexed {len(index)} documents in {seconds:.1f} s ({len(index) / seconds:.1f} docs/s): "
+          f"{index.dtype}, {index.dim} dims, {info['bytes_on_disk'] / 1e6:.1f} MB on disk -> {out}")
+    return 0
+
+
+def _run_index_info(args) -> int:
+    info = index_info(args.index)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    emb = info["embedder"]
+    print(f"{args.index}: {info['count']} documents, {info['dim']} dims, {info['dtype']}, metric "
+          f"{info['metric']}, HNSW connectivity {info.get('connectivity')}, expansion add/search "
+          f"{info.get('expansion_add')}/{info.get('expansion_search')}, {info['bytes_on_disk'] / 1e6:.1f} MB "
+          f"({info['generation']}, saved {info.get('saved_at')})\n"
+          f"  embedder: {emb.get('path')} ({emb.get('precision')}, model.onnx sha256 {str(emb.get('sha256'))[:16]}...)"
+          + (f"\n  corpus: {info['metadata']['corpus']}" if info.get("metadata", {}).get("corpus") else ""))
+    return 0
+
+
+# -- crossrank search -------------------------------------------------------------------------
+
+def _add_search(sub) -> None:
+    p = sub.add_parser(
+        "search", help="two-stage search: index candidates, then (optionally) rerank",
+        description="Embed the query, take --k candidates from the index, rerank them with the "
+                    "cross-encoder (when --reranker is given) and print the best --top-n with both "
+                    "stage scores and per-stage timings (ms).",
+        epilog='example: crossrank search --index indexes/semanlink --reranker artifacts/reranker-int8 '
+               '"knowledge graph embeddings"')
+    p.add_argument("query", help="the query text")
+    p.add_argument("--index", required=True, metavar="DIR", help="index folder (crossrank index build)")
+    p.add_argument("--embedder", metavar="ART",
+                   help="bi-encoder artifact (default: the one recorded in the index; it must match)")
+    p.add_argument("--reranker", metavar="ART", help="cross-encoder artifact (default: first stage only)")
+    p.add_argument("--k", type=_positive, default=100, help="first-stage candidates (default 100)")
+    p.add_argument("--top-n", type=_positive, default=10, help="results to print (default 10)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where models run (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args) -> int:
+    from crossrank.pipeline import Pipeline
+
+    if not args.query.strip():
+        raise ValueError("the query is empty")
+    index_info(args.index)  # a missing or broken index is reported before any model loads
+    embedder = _load_embedder(args.embedder, args.index, args.device)
+    index = Index.load(args.index, view=True, embedder=embedder)
+    pipeline = Pipeline(embedder, index, _load_reranker(args.reranker, args.device))
+    result = pipeline.search(args.query, k=args.k, top_n=args.top_n)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return 0
+    print(format_result(result))
+    return 0
+
+
+def format_result(result, width: int = 100) -> str:
+    """A plain-text table of a SearchResult: rank, scores, first-stage rank, id, text."""
+    lines = [f"query: {result.query}"]
+    for hit in result.hits:
+        score = f"score {hit.score:7.4f}  " if hit.score is not None else ""
+        text = " ".join(hit.document.split())
+        lines.append(f"{hit.rank:3d}. {score}sim {hit.similarity:.4f}  (stage-1 #{hit.first_stage_rank})  {hit.id}")
+        lines.append(f"     {text[:width]}{'...' if len(text) > width else ''}")
+    t = result.timings_ms
+    stages = "  ".join(f"{name} {t[name]:.1f}" for name in ("embed", "search", "fetch", "rerank") if name in t)
+    mode = "reranked" if result.reranked else "first stage only (no --reranker)"
+    lines.append(f"{len(result.hits)} of {result.candidates} candidates, {mode}; ms: {stages}  total {t['total']:.1f}")
+    return "\n".join(lines)
+
+
+# -- crossrank eval ---------------------------------------------------------------------------
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="retrieval quality on a labelled data set, first stage and reranked",
+        description="Run the data set's queries through the index (and the reranker, when given) "
+                    "and report nDCG@10, MRR@10, recall@10 and recall@100 for the first stage alone "
+                    "and after reranking its --k candidates.",
+        epilog="example: crossrank eval --index indexes/semanlink --reranker artifacts/reranker-int8 "
+               "--dataset semanlink --split test --limit 100")
+    p.add_argument("--index", required=True, metavar="DIR",
+                   help="index folder holding the data set's documents (crossrank index build --semanlink)")
+    p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")
+    p.add_argument("--reranker", metavar="ART", help="cross-encoder artifact (default: first stage only)")
+    p.add_argument("--dataset", default="semanlink", choices=["semanlink"], help="data set (default semanlink)")
+    p.add_argument("--split", default="test", choices=["test", "dev", "train"], help="query split (default test)")
+    p.add_argument("--limit", type=_positive, default=None, help="evaluate only the first N queries")
+    p.add_argument("--k", type=_positive, default=100, help="first-stage candidates reranked (default 100)")
+    p.add_argument("--batch", type=_positive, default=8, help="queries per pipeline call (default 8)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where models run (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=_run_eval)
+
+
+def evaluate(pipeline, queries, k: int = 100, batch: int = 8, progress: bool = False) -> dict:
+    """Mean metrics over queries (objects with .text and .relevant): {"first_stage": {...}, "reranked": {...}}.
+
+    "reranked" is present only when the pipeline has a reranker. recall@100 needs k >= 100 (else
+    recall@k is reported).
+    """
+    from crossrank.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+
+    deep = min(k, 100)
+    names = ("ndcg@10", "mrr@10", "recall@10", f"recall@{deep}")
+    totals = {"first_stage": dict.fromkeys(names, 0.0)}
+    if pipeline.reranker is not None:
+        totals["reranked"] = dict.fromkeys(names, 0.0)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(queries), unit="query", desc="evaluating")
+    for start in range(0, len(queries), batch):
+        part = queries[start: start + batch]
+        for query, result in zip(part, pipeline.search_many([q.text for q in part], k=k, top_n=None)):
+            rankings = {"first_stage": [h.id for h in sorted(result.hits, key=lambda h: h.first_stage_rank)]}
+            if "reranked" in totals:
+                rankings["reranked"] = result.ids
+            for stage, ranked in rankings.items():
+                relevant = set(query.relevant)
+                totals[stage]["ndcg@10"] += ndcg_at_k(ranked, relevant, 10)
+                totals[stage]["mrr@10"] += mrr_at_k(ranked, relevant, 10)
+                totals[stage]["recall@10"] += recall_at_k(ranked, relevant, 10)
+                totals[stage][f"recall@{deep}"] += recall_at_k(ranked, relevant, deep)
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    return {stage: {name: value / max(len(queries), 1) for name, value in figures.items()}
+            for stage, figures in totals.items()}
+
+
+def _run_eval(args) -> int:
+    from crossrank.datasets import semanlink_queries
+    from crossrank.pipeline import Pipeline
+
+    index_info(args.index)
+    embedder = _load_embedder(args.embedder, args.index, args.device)
+    index = Index.load(args.index, view=True, embedder=embedder)
+    queries = semanlink_queries(args.split)[: args.limit]
+    wanted = sorted({doc for q in queries for doc in q.relevant})
+    present = sum(doc in index for doc in wanted[:200])
+    if present == 0:
+        raise ValueError(f"index {args.index!r} holds none of the {args.dataset} documents (ids must be "
+                         f"their URLs): build it with `crossrank index build --semanlink --out DIR`")
+    pipeline = Pipeline(embedder, index, _load_reranker(args.reranker, args.device))
+    start = time.perf_counter()
+    figures = evaluate(pipeline, queries, k=args.k, batch=args.batch, progress=not args.json)
+    seconds = time.perf_counter() - start
+    report = {"dataset": args.dataset, "split": args.split, "queries": len(queries), "k": args.k,
+              "index": args.index, "reranker": args.reranker, "seconds": round(seconds, 1), **figures}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.dataset} {args.split}: {len(queries)} queries, k={args.k}, {seconds:.1f} s")
+    names = list(figures["first_stage"])
+    print(f"{'stage':<13}" + "".join(f"{name:>12}" for name in names))
+    for stage, values in figures.items():
+        print(f"{stage:<13}" + "".join(f"{values[name]:>12.4f}" for name in names))
+    if args.reranker is None:
+        print("(first stage only: pass --reranker ART to measure reranking)")
+    return 0
+
+
+def add_search_commands(subparsers) -> None:
+    """Add ``index``, ``search`` and ``eval`` to the ``crossrank`` subparsers."""
+    _add_index(subparsers)
+    _add_search(subparsers)
+    _add_eval(subparsers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry for these commands (``crossrank.cli`` normally hosts them)."""
+    parser = argparse.ArgumentParser(prog="crossrank")
+    add_search_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"crossrank {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Two-stage search: embed the query, take k candidates from the Index, rerank them, keep top_n.
+
+Timings are wall-clock milliseconds per stage: ``embed`` (query embedding), ``search`` (HNSW walk
+and key -> id lookup), ``fetch`` (candidate texts from the document store), ``rerank``
+(tokenizing the pairs and running the cross-encoder; 0 without a reranker) and ``total``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from crossrank.index import Index, check_embedder
+
+STAGES = ("embed", "search", "fetch", "rerank", "total")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result. ``rank`` is its final 1-based place; ``first_stage_rank`` its place among the
+    k candidates by ``similarity`` (1 - cosine distance). ``score`` is the reranker's score
+    (after the artifact's activation), None without a reranker."""
+
+    id: object
+    document: str
+    similarity: float
+    score: float | None
+    rank: int
+    first_stage_rank: int
+
+
+@dataclass
+class SearchResult:
+    """The hits for one query, best first, and the stage timings in ms.
+
+    From ``search_many`` the timings are those of the whole batch (shared by its results) and
+    ``batch_size`` says how many queries it held.
+    """
+
+    query: str
+    hits: list[Hit]
+    candidates: int                  # how many the first stage returned (<= k)
+    reranked: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 1
+
+    @property
+    def ids(self) -> list:
+        return [hit.id for hit in self.hits]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_positive(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        accepted = "a positive int or None" if allow_none else "a positive int"
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+    return value
+
+
+class Pipeline:
+    """``Pipeline(embedder, index, reranker=None)``; without a reranker it returns first-stage results.
+
+    The embedder must be the artifact that built the index (checked: EmbedderMismatchError).
+    """
+
+    def __init__(self, embedder, index: Index, reranker=None):
+        if index.embedder_info:
+            check_embedder({"dim": index.dim, "embedder": index.embedder_info}, embedder,
+                           index.path or "(in memory)")
+        self.embedder = embedder
+        self.index = index
+        self.reranker = reranker
+
+    def search(self, query: str, k: int = 100, top_n: int | None = 10) -> SearchResult:
+        """The ``top_n`` best of ``k`` first-stage candidates (top_n=None: all of them)."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query must be a non-empty str, got {query!r:.60}")
+        return self.search_many([query], k, top_n)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 100, top_n: int | None = 10) -> list[SearchResult]:
+        """``search`` for several queries: one embed call, one index call, shared rerank batches."""
+        _check_positive("k", k)
+        _check_positive("top_n", top_n, allow_none=True)
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise TypeError(f"queries must be a list of str, got {type(queries).__name__}")
+        for i, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"queries[{i}] must be a non-empty str, got {query!r:.60}")
+        if not queries:
+            return []
+        timings: dict[str, float] = {}
+        start = last = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            timings[stage] = (now - last) * 1e3
+            last = now
+
+        vectors = self.embedder.embed(list(queries))
+        lap("embed")
+        first = self.index.search_vectors(vectors, k)
+        lap("search")
+        flat_ids = [doc_id for hits in first for doc_id in hits.ids]
+        flat_docs = self.index.get_documents(flat_ids)
+        documents, offset = [], 0
+        for hits in first:
+            documents.append(flat_docs[offset: offset + len(hits.ids)])
+            offset += len(hits.ids)
+        lap("fetch")
+        if self.reranker is not None:
+            ranked = self.reranker.rerank_many(list(queries), documents, top_n=top_n)
+            orders = [[(r.index, float(r.score)) for r in ranking] for ranking in ranked]
+        else:
+            orders = [[(i, None) for i in range(len(hits.ids))][:top_n] for hits in first]
+        lap("rerank")
+        timings["total"] = (time.perf_counter() - start) * 1e3
+        results = []
+        for query, hits, docs, order in zip(queries, first, documents, orders):
+            chosen = [Hit(hits.ids[i], docs[i], float(hits.similarities[i]), score, rank, i + 1)
+                      for rank, (i, score) in enumerate(order, start=1)]
+            results.append(SearchResult(query, chosen, len(hits.ids), self.reranker is not None,
+                                        dict(timings), len(queries)))
+        return results
