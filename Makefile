@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.crossrank-installed
 CACHE := .cache
 
-.PHONY: demo test bench data clean
+.PHONY: demo test bench bench-int8 data clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ demo: $(STAMP)
 
 test: $(STAMP) data
 	$(PY) -m pytest
+
+# Reranker/embedder vs sentence-transformers, memory soak, cold start -> benchmarks/results/report.md
+# then first-stage figures -> benchmarks/results/index.md (about 20 minutes on 2 cores).
+bench: $(STAMP) data
+	$(PY) benchmarks/rerank_bench.py
+	$(PY) benchmarks/index_figures.py --embedder artifacts/embedder-int8 --reranker artifacts/bench-cross-int8
+
+# int8 recipes compared by fidelity and speed -> benchmarks/results/int8_recipes.md
+bench-int8: $(STAMP) data
+	$(PY) benchmarks/int8_recipes.py
 
 clean:
 	rm -rf $(VENV) artifacts $(CACHE)
