@@ -93,7 +93,7 @@ def quantize_int8(src: str | Path, dst: str | Path, recipe: Int8Recipe,
         str(src), str(dst), _Reader(calibration_feeds), quant_format=QuantFormat.QDQ,
         activation_type=qtype[recipe.activation_type], weight_type=qtype[recipe.weight_type],
         per_channel=recipe.per_channel, reduce_range=recipe.reduce_range, nodes_to_exclude=excluded,
-        op_types_to_quantize=["MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax,
+        op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax,
         extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True,
                        "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
