@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from crossrank.cli_search import add_search_commands
 
     add_search_commands(sub)
+    from crossrank.cli_bench import add_bench_commands
+
+    add_bench_commands(sub)
     return parser
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -357,19 +356,3 @@ def add_search_commands(subparsers) -> None:
     _add_index(subparsers)
     _add_search(subparsers)
     _add_eval(subparsers)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry for these commands (``crossrank.cli`` normally hosts them)."""
-    parser = argparse.ArgumentParser(prog="crossrank")
-    add_search_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"crossrank {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,18 +3,26 @@
 The hot path is split in three stages (as in infinity): ``_encode_pre`` tokenizes and assembles
 rows, ``_encode_core`` runs length-sorted token-budget batches, ``_encode_post`` applies the
 activation and restores input order.
+
+``rerank(..., deadline_ms=N)`` instead scores the candidates in the caller's (first-stage) order,
+batch by batch, and stops before a batch that would overrun the deadline: see ``_rerank_within``.
+Settings tuned by ``crossrank tune`` (``runtime.json`` in the artifact folder) are used by default.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from crossrank.artifact import load_artifact
 from crossrank.runner import BatchRunner
 from crossrank.tokenize import PairTokenizer, Rows
+from crossrank.tuning import runtime_settings
 
 LONG_DOCUMENT_MODES = ("truncate", "chunk")
 CHUNK_DOCUMENTS = 4096  # documents tokenized per step: memory stays bounded for huge requests
@@ -24,6 +32,16 @@ class Ranked(NamedTuple):
     index: int              # position of the document in the caller's list
     score: float
     document: str | None    # None when return_documents=False
+
+
+class RankedList(list):
+    """What ``rerank`` returns: a list of Ranked, best first, plus ``scored``, the number of
+    documents that were scored. Below a deadline, the documents left unscored follow the scored
+    ones in the caller's order, with score nan."""
+
+    def __init__(self, ranked=(), scored: int = 0):
+        super().__init__(ranked)
+        self.scored = scored
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -55,6 +73,60 @@ def check_top_n(top_n) -> None:
         raise ValueError(f"top_n must be a positive int or None, got {top_n!r}")
 
 
+def check_deadline(deadline_ms) -> float:
+    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, numbers.Real) or not deadline_ms >= 0:
+        raise ValueError(f"deadline_ms must be a number >= 0 (milliseconds) or None, got {deadline_ms!r}")
+    return float(deadline_ms)
+
+
+def batches_in_order(lengths: np.ndarray, batch_tokens: int, max_rows: int) -> list[np.ndarray]:
+    """Consecutive rows in input order, each batch within the token budget (rows x longest row)."""
+    batches, start, width = [], 0, 0
+    for i, length in enumerate(np.asarray(lengths).tolist()):
+        wider = max(width, length)
+        if i > start and (wider * (i - start + 1) > batch_tokens or i - start >= max_rows):
+            batches.append(np.arange(start, i))
+            start, wider = i, length
+        width = wider
+    if start < len(lengths):
+        batches.append(np.arange(start, len(lengths)))
+    return batches
+
+
+class _DeadlineGate:
+    """``should_continue`` for BatchRunner.run: lets the next batch run only if, at the time per
+    computed token measured so far in this call (before the first batch: the previous call's),
+    it ends by the deadline. With no measurement yet, a batch runs if time is left."""
+
+    def __init__(self, clock: Callable[[], float], deadline_at: float, costs: list[int],
+                 seconds_per_token: float | None):
+        self.clock, self.deadline_at, self.costs = clock, deadline_at, costs
+        self.seconds_per_token = seconds_per_token
+        self.ran = 0
+        self.started: float | None = None  # clock when the running batch started
+        self.spent_seconds, self.spent_tokens = 0.0, 0
+
+    def _account(self, now: float) -> None:
+        if self.started is not None:
+            self.spent_seconds += now - self.started
+            self.spent_tokens += self.costs[self.ran - 1]
+            self.seconds_per_token = self.spent_seconds / self.spent_tokens
+            self.started = None
+
+    def __call__(self, rows: int) -> bool:
+        now = self.clock()
+        self._account(now)
+        estimate = 0.0 if self.seconds_per_token is None else self.seconds_per_token * self.costs[self.ran]
+        if now >= self.deadline_at or now + estimate > self.deadline_at:
+            return False
+        self.started = now
+        self.ran += 1
+        return True
+
+    def finish(self) -> None:
+        self._account(self.clock())
+
+
 class Reranker:
     """A cross-encoder artifact on ONNX Runtime.
 
@@ -64,6 +136,10 @@ class Reranker:
     long_documents: "truncate" (default) keeps a document's first window; "chunk" scores
     overlapping windows (``chunk_overlap`` tokens, default min(64, a quarter of the
     window)) and keeps the best.
+
+    threads, batch_tokens and io_binding left as None come from ``runtime.json`` in the artifact
+    folder when it has a section for ``device`` (written by ``crossrank tune``), else the
+    defaults. ``clock`` (attribute, default ``time.perf_counter``) times deadlines; tests replace it.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
@@ -86,9 +162,15 @@ class Reranker:
         self.long_documents = long_documents
         self.chunk_overlap = chunk_overlap
         self.activation = ACTIVATIONS[self.artifact.manifest.get("activation")]
-        self.runner = BatchRunner(self.artifact.model_path, device=device, threads=threads,
-                                  batch_tokens=batch_tokens, io_binding=io_binding, memory_arena=memory_arena)
+        tuned = runtime_settings(self.artifact.path, device)  # {} without runtime.json
+        self.runner = BatchRunner(self.artifact.model_path, device=device,
+                                  threads=tuned.get("threads") if threads is None else threads,
+                                  batch_tokens=tuned.get("batch_tokens") if batch_tokens is None else batch_tokens,
+                                  io_binding=tuned.get("io_binding") if io_binding is None else io_binding,
+                                  memory_arena=memory_arena)
         self.device = device
+        self.clock: Callable[[], float] = time.perf_counter
+        self._seconds_per_token: float | None = None  # last deadline call's measured rate
 
     # -- the three stages -------------------------------------------------------------------
     def _encode_pre(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str]) -> Rows:
@@ -134,9 +216,47 @@ class Reranker:
         return self._scores(list(query_index), np.asarray(query_of_doc, dtype=np.int64), documents, raw_scores)
 
     def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
-               return_documents: bool = True, raw_scores: bool = False) -> list[Ranked]:
-        """Documents ranked best first (ties keep input order), at most ``top_n``."""
-        return self.rerank_many([query], [documents], top_n, return_documents, raw_scores)[0]
+               return_documents: bool = True, raw_scores: bool = False,
+               deadline_ms: float | None = None) -> RankedList:
+        """Documents ranked best first (ties keep input order), at most ``top_n``.
+
+        deadline_ms: time allowed for this call. Candidates are then scored in the given
+        (first-stage) order, batch by batch, stopping before a batch that would end past the
+        deadline; the unscored ones follow the scored ones in their given order with score nan.
+        The result's ``scored`` says how many documents were scored. A batch's time is estimated
+        from the time per token measured so far (before the first batch: this Reranker's previous
+        deadline call), so a Reranker's very first deadline call may overrun by one batch.
+        """
+        if deadline_ms is not None:
+            return self._rerank_within(query, documents, top_n, return_documents, raw_scores, deadline_ms)
+        ranked = self.rerank_many([query], [documents], top_n, return_documents, raw_scores)[0]
+        return RankedList(ranked, scored=len(documents))
+
+    def _rerank_within(self, query, documents, top_n, return_documents, raw_scores, deadline_ms) -> RankedList:
+        started = self.clock()
+        deadline_at = started + check_deadline(deadline_ms) / 1e3
+        check_top_n(top_n)
+        query = check_query(query)
+        documents = check_documents(documents)
+        scores, scored = np.zeros(0, dtype=np.float32), 0
+        if documents:
+            rows = self._encode_pre([query], np.zeros(len(documents), dtype=np.int64), documents)
+            lengths = rows.lengths
+            batches = batches_in_order(lengths, self.runner.batch_tokens, self.runner.max_rows)
+            gate = _DeadlineGate(self.clock, deadline_at, [len(b) * int(lengths[b].max()) for b in batches],
+                                 self._seconds_per_token)
+            logits, done = self.runner.run(rows, self.tokenizer.pad_id, should_continue=gate, order=batches)
+            gate.finish()
+            if gate.spent_tokens:
+                self._seconds_per_token = gate.seconds_per_token
+            whole = np.ones(len(documents), dtype=bool)
+            np.logical_and.at(whole, rows.owner, done)  # chunk mode: every window of a document ran
+            scored = len(documents) if whole.all() else int(np.argmin(whole))
+            scores = self._encode_post(rows, logits, len(documents), raw_scores)[:scored]
+        order = np.argsort(-scores, kind="stable").tolist() + list(range(scored, len(documents)))
+        ranked = [Ranked(i, float(scores[i]) if i < scored else math.nan,
+                         documents[i] if return_documents else None) for i in order[:top_n]]
+        return RankedList(ranked, scored=scored)
 
     def rerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[str]],
                     top_n: int | None = None, return_documents: bool = True,

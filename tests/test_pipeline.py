@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from crossrank.cli_search import evaluate, main, read_corpus
+from crossrank.cli import main
+from crossrank.cli_search import evaluate, read_corpus
 from crossrank.datasets import load_semanlink, semanlink_queries
 from crossrank.index import EmbedderMismatchError, Index
 from crossrank.metrics import mrr_at_k, ndcg_at_k, recall_at_k
