@@ -335,7 +335,7 @@ def choose(trials: list[Trial], latency_budget_ms: float | None) -> tuple[Trial 
     close = [t for t in pool if t.rate >= fastest.rate * (1 - NOISE)]
     chosen = min(close, key=lambda t: t.p95_ms)
     excluded = sum(t.candidate for t in trials) - len(within)
-    basis = (f"median of {len(fastest.final)} interleaved re-measurements of the {len(finalists)} fastest"
+    basis = (f"median of {len(fastest.final)} interleaved re-measurements of {len(finalists)} finalists"
              if finalists else "one sample per setting")
     reason = (f"highest throughput ({fastest.rate:.1f} pairs/s, {basis})"
               + (f" among the {len(within)} settings whose p95 for 1 x {REFERENCE_DOCUMENTS} is within "
