@@ -611,9 +611,9 @@ def _add_tune(sub) -> None:
     p.add_argument("--runs", type=_positive_int, default=7, metavar="N",
                    help="timed 1 x 20 requests per setting for the p95 (default 7)")
     p.add_argument("--rounds", type=_count, default=3, metavar="N",
-                   help="final round: the 2 fastest settings and the defaults re-measured alternately N times "
-                        "each; the choice and the gain use the medians (default 3; 0 = choose from the sweep's "
-                        "single samples, no gain figure)")
+                   help="final rounds: the 2 fastest settings and the defaults, each on a warm Reranker, take "
+                        "turns on the same pairs, N rounds; the choice and the gain use the medians (default 3; "
+                        "0 = choose from the sweep's single samples, no gain figure)")
     p.add_argument("--no-variants", action="store_true", help="skip measuring other precisions of the model")
     p.add_argument("--dry-run", action="store_true", help="measure and print, but do not write runtime.json")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -738,7 +738,8 @@ def format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain
                 + ", ".join(notes))
 
     lines += [row(t) for t in trials]
-    lines.append("  (pairs/s: one sweep sample; final: median of the final round's interleaved re-measurements)")
+    lines.append("  (pairs/s: one sweep sample; final: median over the final rounds, where the finalists "
+                 "take turns on the same pairs)")
     if variants:
         lines += ["", "  other precisions of the same model, at the chosen settings (advisory: runtime.json "
                       "covers this artifact only):"]
@@ -751,7 +752,7 @@ def format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain
             d = ", ".join(f"{x:.1f}" for x in baseline.final)
             t = ", ".join(f"{x:.1f}" for x in chosen.final)
             lines.append(f"gain over the defaults ({describe(baseline)}): {gain:.2f}x throughput "
-                         f"(final round, interleaved: defaults {d} pairs/s; chosen {t} pairs/s)")
+                         f"(final rounds, taking turns: defaults {d} pairs/s; chosen {t} pairs/s)")
     if chosen is not None and variants:
         best = max(variants, key=lambda v: v.pairs_per_s)
         if best.pairs_per_s > chosen.pairs_per_s * 1.05 and (budget is None or best.p95_ms <= budget):

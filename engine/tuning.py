@@ -41,6 +41,7 @@ BATCH_TOKENS_RANGE = (16, 1 << 22)
 DEFAULT_SWEEP_BATCH_TOKENS = (1024, 2048, 4096, 8192)
 REFERENCE_DOCUMENTS = 20  # the reference request: one query with 20 candidates
 NOISE = 0.03              # throughputs within 3% of the best are treated as equal
+FINAL_CHUNK_PAIRS = 40    # final round: finalists take turns every 40 pairs (2 requests of 20)
 
 
 class RuntimeConfigError(ValueError):
@@ -308,15 +309,34 @@ def within_budget(trials: list[Trial], latency_budget_ms: float | None) -> list[
 
 
 def final_round(path: str | Path, device: str, finalists: list[Trial], pairs: list[tuple[str, str]],
-                rounds: int, progress: Callable[[str], None] | None = None) -> None:
-    """Re-measure the finalists' throughput alternately, ``rounds`` times each on a fresh
-    Reranker, into ``trial.final``: one sweep sample per setting is at the mercy of whatever
-    else the machine does for those seconds; interleaving spreads that over all finalists."""
+                rounds: int, progress: Callable[[str], None] | None = None,
+                chunk_pairs: int = FINAL_CHUNK_PAIRS) -> None:
+    """Re-measure the finalists' throughput into ``trial.final`` (one pairs/s per round).
+
+    A sweep sample per setting is at the mercy of whatever else the machine does during those
+    seconds. Here every finalist keeps one warm Reranker and they take turns on each chunk of
+    ``chunk_pairs`` pairs (who goes first rotates), so a burst of outside load lands on all of
+    them alike; a round's rate is all its pairs over the summed time of its turns.
+    """
+    from crossrank.reranker import Reranker
+
+    rerankers = [Reranker(path, device=device, **trial.settings) for trial in finalists]
+    for reranker in rerankers:
+        reranker.score(pairs[:8])
+    chunks = [pairs[i:i + chunk_pairs] for i in range(0, len(pairs), chunk_pairs)]
     for round_number in range(1, rounds + 1):
-        for trial in finalists:
-            if progress is not None:
-                progress(f"  final round {round_number}/{rounds}: {describe(trial)}")
-            trial.final.append(_fresh_throughput(path, device, trial.settings, pairs)[1])
+        if progress is not None:
+            progress(f"  final round {round_number}/{rounds}: {len(finalists)} settings taking turns "
+                     f"every {chunk_pairs} pairs")
+        seconds = [0.0] * len(finalists)
+        for k, chunk in enumerate(chunks):
+            for j in range(len(finalists)):
+                i = (j + k) % len(finalists)
+                start = time.perf_counter()
+                rerankers[i].score(chunk)
+                seconds[i] += time.perf_counter() - start
+        for trial, spent in zip(finalists, seconds):
+            trial.final.append(len(pairs) / spent)
 
 
 def choose(trials: list[Trial], latency_budget_ms: float | None) -> tuple[Trial | None, str]:
@@ -335,7 +355,7 @@ def choose(trials: list[Trial], latency_budget_ms: float | None) -> tuple[Trial 
     close = [t for t in pool if t.rate >= fastest.rate * (1 - NOISE)]
     chosen = min(close, key=lambda t: t.p95_ms)
     excluded = sum(t.candidate for t in trials) - len(within)
-    basis = (f"median of {len(fastest.final)} interleaved re-measurements of {len(finalists)} finalists"
+    basis = (f"median of {len(fastest.final)} final rounds, {len(finalists)} finalists taking turns"
              if finalists else "one sample per setting")
     reason = (f"highest throughput ({fastest.rate:.1f} pairs/s, {basis})"
               + (f" among the {len(within)} settings whose p95 for 1 x {REFERENCE_DOCUMENTS} is within "
