@@ -395,13 +395,18 @@ def _vs_sentence_transformers(artifact, source: Path, args, chunks, requests, si
         from crossrank.bench import measure_latency
         from crossrank.tuning import request_of_size
 
-        size = sizes[0]
+        size = _vs_size(sizes)
         query, documents = request_of_size(requests, size)
         lat = measure_latency(lambda: request(query, documents), runs=_runs_for(size, args.runs), warmup=1)
         progress.add(len(documents) * (_runs_for(size, args.runs) + 1))
         latency = {"label": f"1 x {size}", "p50_ms": lat.p50_ms, "p95_ms": lat.p95_ms}
     return {"system": system, "source": str(source), "items_per_s": items / seconds, "seconds": seconds,
             "latency": latency}
+
+
+def _vs_size(sizes: list[int]) -> int:
+    """The request size compared with sentence-transformers: the 1 x 20 reference when measured."""
+    return 20 if 20 in sizes else sizes[0]
 
 
 def _check_bench_args(args, artifact) -> tuple[Path | None, list[int] | str]:
@@ -448,7 +453,8 @@ def run_bench(args) -> int:
     latency_items = (sum(len(r["documents"]) for r in (measured if args.runs is None else measured[:args.runs]))
                      if sizes == "own" else sum(s * (_runs_for(s, args.runs) + 1) for s in sizes))
     budget_items = len(budgets) * min(n_items, BUDGET_ITEMS)
-    vs_items = n_items + (0 if sizes == "own" else sizes[0] * (_runs_for(sizes[0], args.runs) + 1)) if args.vs else 0
+    vs_size = 0 if sizes == "own" else _vs_size(sizes)
+    vs_items = n_items + vs_size * (_runs_for(vs_size, args.runs) + 1) if args.vs else 0
     progress = _Progress(n_items + latency_items + budget_items + vs_items, unit[:-1], args.quiet)
     try:
         lengths = model.lengths(measured)
