@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.crossrank-installed
 CACHE := .cache
 
-.PHONY: demo test bench bench-int8 data clean
+.PHONY: demo test bench bench-int8 starter-model starter-report data clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ bench: $(STAMP) data
 # int8 recipes compared by fidelity and speed -> benchmarks/results/int8_recipes.md
 bench-int8: $(STAMP) data
 	$(PY) benchmarks/int8_recipes.py
+
+# Retrain models/starter-reranker on Semanlink train tags (about 45 minutes on 2 cores; not part of demo/test).
+starter-model: $(STAMP)
+	$(PY) -m crossrank.export.starter --force
+
+# Its test-split figures (exports fp32 + int8, reranks 448 x 100 pairs each) -> benchmarks/results/starter.md
+# and the model card.
+starter-report: $(STAMP)
+	$(PY) benchmarks/starter_report.py --card
 
 clean:
 	rm -rf $(VENV) artifacts $(CACHE)

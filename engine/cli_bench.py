@@ -473,7 +473,7 @@ def run_bench(args) -> int:
         curve = _budget_curve(artifact, args, measured, budgets, progress) if budgets else []
         peak = peak_rss_mb()
         settings = model.settings
-        del model
+        model = None  # free the session (and its memory) before sentence-transformers loads
         vs = (_vs_sentence_transformers(artifact, source, args, chunks, requests, sizes, settings["threads"], progress)
               if args.vs else None)
     finally:

@@ -15,6 +15,8 @@ from crossrank.cli import describe_artifact
 
 
 EXAMPLE_QUERIES = ("knowledge graph embeddings", "transformers for NLP", "semantic web ontologies")
+# The starter reranker lives in the repository (models/), next to this package's source folder.
+STARTER_RERANKER = Path(__file__).resolve().parent.parent / "models" / "starter-reranker"
 
 
 def bundled_bi_encoder() -> Path:
@@ -26,20 +28,28 @@ def bundled_bi_encoder() -> Path:
 
 
 def ensure_artifact(src: Path, out: Path, kind: str, precision: str, **options):
-    """Reuse ``out`` when it verifies against its manifest; export it otherwise."""
-    try:
-        return load_artifact(out, expect_kind=kind), True
-    except ArtifactError:
-        from crossrank.export import export_model
+    """Reuse ``out`` when it verifies against its manifest and was exported at ``precision`` from
+    ``src``'s current files; export it otherwise (a retrained model is re-exported)."""
+    from crossrank.export import export_model, source_files
 
-        print(f"exporting {src} -> {out} ({kind}, {precision})", file=sys.stderr)
-        export_model(src, out, kind=kind, precision=precision, force=True, **options)
-        return load_artifact(out, expect_kind=kind), False
+    try:
+        artifact = load_artifact(out, expect_kind=kind)
+        manifest = artifact.manifest
+        if manifest.get("precision") == precision and manifest.get("source", {}).get("files") == source_files(src):
+            return artifact, True
+    except ArtifactError:
+        pass
+    print(f"exporting {src} -> {out} ({kind}, {precision})", file=sys.stderr)
+    export_model(src, out, kind=kind, precision=precision, force=True, **options)
+    return load_artifact(out, expect_kind=kind), False
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export the bundled models and show the artifacts.")
     parser.add_argument("--artifacts", default="artifacts", help="cache folder (default: artifacts/)")
+    parser.add_argument("--reranker-source", default=str(STARTER_RERANKER), metavar="DIR",
+                        help="cross-encoder folder exported (int8) as stage two (default: the starter reranker "
+                             "in models/starter-reranker); 'none' runs stage one only")
     args = parser.parse_args(argv)
     root = Path(args.artifacts)
     start = time.perf_counter()
@@ -54,8 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     embedder = Embedder(root / "embedder-int8")
     index, reused = ensure_semanlink_index(embedder, root / "semanlink-index")
     print(f"{'[cached]' if reused else '[new]   '} Semanlink index: {len(index)} documents, {root / 'semanlink-index'}")
-    print("\nNo trained reranker is bundled yet: this demo runs stage one only (bi-encoder + usearch).\n")
-    pipeline = Pipeline(embedder, index)
+    reranker = None
+    if args.reranker_source.lower() != "none":
+        from crossrank.reranker import Reranker
+
+        source = Path(args.reranker_source)
+        if not (source / "config.json").is_file():
+            sys.exit(f"reranker source {str(source)!r} is not a model folder (no config.json); "
+                     f"pass --reranker-source none to run stage one only")
+        artifact, cached = ensure_artifact(source, root / f"{source.name}-int8", "cross", "int8")
+        print(("[cached] " if cached else "[new]    ") + describe_artifact(artifact.path, artifact.manifest))
+        reranker = Reranker(artifact.path)
+    stages = "two stages: bi-encoder + usearch top 100, then the cross-encoder" if reranker else "stage one only"
+    print(f"\nRunning {len(EXAMPLE_QUERIES)} example queries, {stages}.\n")
+    pipeline = Pipeline(embedder, index, reranker)
     for query in EXAMPLE_QUERIES:
         print(format_result(pipeline.search(query, k=100, top_n=3)))
         print()

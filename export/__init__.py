@@ -95,7 +95,7 @@ def _write_tokenizer(source: SourceModel, dst: Path) -> None:
     tokenizer.save(str(dst))
 
 
-def _source_files(folder: Path) -> dict[str, str]:
+def source_files(folder: Path) -> dict[str, str]:
     names = ("config.json", "model.safetensors", "pytorch_model.bin", TOKENIZER_FILE)
     return {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
 
@@ -193,7 +193,7 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
             "normalized": source.normalize if kind == "bi" else None,
             "source": {"name": source.name, "architecture": source.architecture,
                        "model_type": source.model_type, "num_labels": source.num_labels,
-                       "files": _source_files(source.path)},
+                       "files": source_files(source.path)},
             "opset": OPSET,
             "onnxruntime_version": _versions().get("onnxruntime"),
             "versions": _versions(),
