@@ -123,6 +123,16 @@ def _positive(text: str) -> int:
 
 # -- crossrank index build | info -------------------------------------------------------------
 
+def _non_negative_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds (a number >= 0), got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected milliseconds (a number >= 0), got {text!r}")
+    return value
+
+
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="build a first-stage vector index, or describe one",
                        description="Build a usearch HNSW index over a corpus with a bi-encoder "
@@ -220,6 +230,9 @@ def _add_search(sub) -> None:
     p.add_argument("--reranker", metavar="ART", help="cross-encoder artifact (default: first stage only)")
     p.add_argument("--k", type=_positive, default=100, help="first-stage candidates (default 100)")
     p.add_argument("--top-n", type=_positive, default=10, help="results to print (default 10)")
+    p.add_argument("--deadline-ms", type=_non_negative_ms, default=None, metavar="MS",
+                   help="time allowed for the search: the reranker scores candidates in first-stage order "
+                        "until the next batch would overrun (default: no deadline)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where models run (default cpu)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run_search)
@@ -234,7 +247,7 @@ def _run_search(args) -> int:
     embedder = _load_embedder(args.embedder, args.index, args.device)
     index = Index.load(args.index, view=True, embedder=embedder)
     pipeline = Pipeline(embedder, index, _load_reranker(args.reranker, args.device))
-    result = pipeline.search(args.query, k=args.k, top_n=args.top_n)
+    result = pipeline.search(args.query, k=args.k, top_n=args.top_n, deadline_ms=args.deadline_ms)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return 0
@@ -253,6 +266,8 @@ def format_result(result, width: int = 100) -> str:
     t = result.timings_ms
     stages = "  ".join(f"{name} {t[name]:.1f}" for name in ("embed", "search", "fetch", "rerank") if name in t)
     mode = "reranked" if result.reranked else "first stage only (no --reranker)"
+    if result.reranked and result.scored is not None and result.scored < result.candidates:
+        mode += f" ({result.scored} scored by the deadline, the rest in first-stage order)"
     lines.append(f"{len(result.hits)} of {result.candidates} candidates, {mode}; ms: {stages}  total {t['total']:.1f}")
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from crossrank.index import Index, check_embedder
+from crossrank.reranker import check_deadline
 
 STAGES = ("embed", "search", "fetch", "rerank", "total")
 
@@ -44,6 +45,7 @@ class SearchResult:
     reranked: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
+    scored: int | None = None        # candidates the reranker scored (fewer under a deadline)
 
     @property
     def ids(self) -> list:
@@ -76,14 +78,27 @@ class Pipeline:
         self.index = index
         self.reranker = reranker
 
-    def search(self, query: str, k: int = 100, top_n: int | None = 10) -> SearchResult:
-        """The ``top_n`` best of ``k`` first-stage candidates (top_n=None: all of them)."""
+    def search(self, query: str, k: int = 100, top_n: int | None = 10,
+               deadline_ms: float | None = None) -> SearchResult:
+        """The ``top_n`` best of ``k`` first-stage candidates (top_n=None: all of them).
+
+        deadline_ms: time allowed for the whole call. The reranker gets what the first stage
+        left of it and scores candidates in first-stage order until the next batch would overrun
+        (``Reranker.rerank(deadline_ms=...)``); unscored candidates follow in first-stage order
+        with score nan, and ``result.scored`` says how many were scored.
+        """
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty str, got {query!r:.60}")
-        return self.search_many([query], k, top_n)[0]
+        if deadline_ms is not None:
+            deadline_ms = check_deadline(deadline_ms)
+        return self._search([query], k, top_n, deadline_ms)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 100, top_n: int | None = 10) -> list[SearchResult]:
         """``search`` for several queries: one embed call, one index call, shared rerank batches."""
+        return self._search(queries, k, top_n, None)
+
+    def _search(self, queries: Sequence[str], k: int, top_n: int | None,
+                deadline_ms: float | None) -> list[SearchResult]:
         _check_positive("k", k)
         _check_positive("top_n", top_n, allow_none=True)
         if isinstance(queries, str) or not isinstance(queries, Sequence):
@@ -113,7 +128,11 @@ class Pipeline:
             documents.append(flat_docs[offset: offset + len(hits.ids)])
             offset += len(hits.ids)
         lap("fetch")
-        if self.reranker is not None:
+        if self.reranker is not None and deadline_ms is not None:
+            left_ms = max(0.0, deadline_ms - (time.perf_counter() - start) * 1e3)
+            ranked = [self.reranker.rerank(queries[0], documents[0], top_n=top_n, deadline_ms=left_ms)]
+            orders = [[(r.index, float(r.score)) for r in ranking] for ranking in ranked]
+        elif self.reranker is not None:
             ranked = self.reranker.rerank_many(list(queries), documents, top_n=top_n)
             orders = [[(r.index, float(r.score)) for r in ranking] for ranking in ranked]
         else:
@@ -121,9 +140,10 @@ class Pipeline:
         lap("rerank")
         timings["total"] = (time.perf_counter() - start) * 1e3
         results = []
-        for query, hits, docs, order in zip(queries, first, documents, orders):
+        for n, (query, hits, docs, order) in enumerate(zip(queries, first, documents, orders)):
             chosen = [Hit(hits.ids[i], docs[i], float(hits.similarities[i]), score, rank, i + 1)
                       for rank, (i, score) in enumerate(order, start=1)]
+            scored = None if self.reranker is None else ranked[n].scored if deadline_ms is not None else len(docs)
             results.append(SearchResult(query, chosen, len(hits.ids), self.reranker is not None,
-                                        dict(timings), len(queries)))
+                                        dict(timings), len(queries), scored))
         return results

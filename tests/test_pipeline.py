@@ -113,6 +113,24 @@ def test_search_many_shares_batches_and_matches_search(embedder, index, reranker
         assert np.allclose([h.score for h in result.hits], [h.score for h in single.hits], atol=1e-5)
 
 
+def test_search_with_a_deadline(embedder, index, reranker, queries):
+    pipeline = Pipeline(embedder, index, reranker)
+    query = queries[0].text
+    plain = pipeline.search(query, k=K, top_n=None)
+    assert plain.scored == K
+    relaxed = pipeline.search(query, k=K, top_n=None, deadline_ms=float("inf"))
+    assert relaxed.ids == plain.ids and relaxed.scored == K
+    assert np.allclose([h.score for h in relaxed.hits], [h.score for h in plain.hits], atol=1e-6)
+    # no time left after the first stage: nothing is scored, the first-stage order stands
+    rushed = pipeline.search(query, k=K, top_n=5, deadline_ms=0)
+    assert rushed.scored == 0 and rushed.reranked
+    assert [h.first_stage_rank for h in rushed.hits] == [1, 2, 3, 4, 5]
+    assert all(np.isnan(h.score) for h in rushed.hits)
+    assert Pipeline(embedder, index).search(query, k=K, deadline_ms=0).scored is None
+    with pytest.raises(ValueError, match="deadline_ms must be a number >= 0"):
+        pipeline.search(query, deadline_ms=-1)
+
+
 def test_pipeline_refuses_another_embedder(index, bi_int8):
     from crossrank.embedder import Embedder
 
@@ -214,6 +232,7 @@ def test_cli_argument_errors(capsys, tmp_path):
         (["index", "build", "--embedder", "e", "--out", "o", "--corpus", "c", "--semanlink"], "not allowed with"),
         (["index", "build", "--embedder", "e", "--out", "o", "--corpus", "c", "--dtype", "f64"], "invalid choice: 'f64'"),
         (["eval", "--index", "x", "--split", "validation"], "invalid choice: 'validation'"),
+        (["search", "--index", "x", "--deadline-ms", "-5", "q"], "expected milliseconds (a number >= 0), got '-5'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
