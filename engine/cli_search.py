@@ -121,8 +121,6 @@ def _positive(text: str) -> int:
     return value
 
 
-# -- crossrank index build | info -------------------------------------------------------------
-
 def _non_negative_ms(text: str) -> float:
     try:
         value = float(text)
@@ -132,6 +130,8 @@ def _non_negative_ms(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected milliseconds (a number >= 0), got {text!r}")
     return value
 
+
+# -- crossrank index build | info -------------------------------------------------------------
 
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="build a first-stage vector index, or describe one",

@@ -128,22 +128,24 @@ class Pipeline:
             documents.append(flat_docs[offset: offset + len(hits.ids)])
             offset += len(hits.ids)
         lap("fetch")
-        if self.reranker is not None and deadline_ms is not None:
-            left_ms = max(0.0, deadline_ms - (time.perf_counter() - start) * 1e3)
-            ranked = [self.reranker.rerank(queries[0], documents[0], top_n=top_n, deadline_ms=left_ms)]
-            orders = [[(r.index, float(r.score)) for r in ranking] for ranking in ranked]
-        elif self.reranker is not None:
-            ranked = self.reranker.rerank_many(list(queries), documents, top_n=top_n)
-            orders = [[(r.index, float(r.score)) for r in ranking] for ranking in ranked]
-        else:
+        if self.reranker is None:
             orders = [[(i, None) for i in range(len(hits.ids))][:top_n] for hits in first]
+            scored = [None] * len(first)
+        else:
+            if deadline_ms is None:
+                ranked = self.reranker.rerank_many(list(queries), documents, top_n=top_n)
+                scored = [len(docs) for docs in documents]
+            else:  # search() of one query
+                left_ms = max(0.0, deadline_ms - (time.perf_counter() - start) * 1e3)
+                ranked = [self.reranker.rerank(queries[0], documents[0], top_n=top_n, deadline_ms=left_ms)]
+                scored = [ranked[0].scored]
+            orders = [[(r.index, float(r.score)) for r in ranking] for ranking in ranked]
         lap("rerank")
         timings["total"] = (time.perf_counter() - start) * 1e3
         results = []
-        for n, (query, hits, docs, order) in enumerate(zip(queries, first, documents, orders)):
+        for query, hits, docs, order, count in zip(queries, first, documents, orders, scored):
             chosen = [Hit(hits.ids[i], docs[i], float(hits.similarities[i]), score, rank, i + 1)
                       for rank, (i, score) in enumerate(order, start=1)]
-            scored = None if self.reranker is None else ranked[n].scored if deadline_ms is not None else len(docs)
             results.append(SearchResult(query, chosen, len(hits.ids), self.reranker is not None,
-                                        dict(timings), len(queries), scored))
+                                        dict(timings), len(queries), count))
         return results

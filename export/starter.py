@@ -111,22 +111,9 @@ def training_groups(queries, ranked, doc_ids, args, rng: random.Random) -> list[
     return groups[: args.limit_groups] if args.limit_groups else groups
 
 
-def score_pairs(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, torch) -> np.ndarray:
-    """Raw logits for (query, document) pairs, batched shortest first; input order."""
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    scores = np.zeros(len(pairs), dtype=np.float32)
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), 128):
-            part = order[start: start + 128]
-            batch = tokenizer([pairs[i][0] for i in part], [pairs[i][1] for i in part], padding=True,
-                              truncation="only_second", max_length=max_length, return_tensors="pt")
-            scores[part] = model(**batch).logits[:, 0].float().numpy()
-    return scores
-
-
 def group_logits(model, tokenizer, pairs, max_length: int, torch, micro_batch: int = 24):
-    """Training logits for pairs in input order, run in length-sorted micro-batches (little padding)."""
+    """Logits for (query, document) pairs in input order, run in length-sorted micro-batches (little
+    padding); differentiable unless called under ``torch.inference_mode``."""
     encoded = tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation="only_second",
                         max_length=max_length)
     order = sorted(range(len(pairs)), key=lambda i: len(encoded["input_ids"][i]))
@@ -144,7 +131,9 @@ def dev_figures(model, tokenizer, queries, ranked, text_of, max_length: int, tor
     from crossrank.metrics import mrr_at_k, ndcg_at_k
 
     pairs = [(q.text, text_of[d]) for q, hits in zip(queries, ranked) for d in hits]
-    scores = score_pairs(model, tokenizer, pairs, max_length, torch)
+    model.eval()
+    with torch.inference_mode():
+        scores = group_logits(model, tokenizer, pairs, max_length, torch, micro_batch=128).numpy()
     ndcg = mrr = first = 0.0
     offset = 0
     for query, hits in zip(queries, ranked):
