@@ -99,28 +99,22 @@ def _add_rerank(sub) -> None:
 
 def read_documents(path: str | Path) -> tuple[list[str], list[str]]:
     """(ids, texts) from a JSONL corpus ({"id", "text"} per line) or a plain file (one per line)."""
+    from crossrank.datasets import read_jsonl
+
     path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        ids, texts = [], []
+        for where, number, row in read_jsonl(path, "documents file", ("text",)):
+            if not isinstance(row["text"], str):
+                raise ValueError(f"{where}: \"text\" must be a string, got {type(row['text']).__name__}")
+            ids.append(str(row.get("id", number)))
+            texts.append(row["text"])
+        return ids, texts
     if not path.is_file():
         raise FileNotFoundError(f"documents file {str(path)!r} does not exist")
-    ids, texts = [], []
-    jsonl = path.suffix in (".jsonl", ".json")
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            ids.append(str(number))
-            texts.append(line)
-            continue
-        try:
-            row = json.loads(line)
-            text = row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{number}: expected a JSON object with a \"text\" field ({err})") from err
-        if not isinstance(text, str):
-            raise ValueError(f"{path}:{number}: \"text\" must be a string, got {type(text).__name__}")
-        ids.append(str(row.get("id", number)))
-        texts.append(text)
-    return ids, texts
+    kept = [(str(number), line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+            if line.strip()]
+    return [number for number, _ in kept], [line for _, line in kept]
 
 
 def _run_rerank(args) -> int:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crossrank.cli_args import number_arg
+
 VS_CHOICES = ("sentence-transformers",)
 DEFAULT_SIZES = {"cross": (20, 100), "bi": (1, 20)}
 REPORT_SIZES = {"cross": (1, 5, 10, 20, 50, 100), "bi": (1, 5, 20, 100)}
@@ -40,34 +42,12 @@ ST_BATCH = 32           # sentence-transformers' default batch size
 
 # -- argument types: bad values are argparse errors with the flag's name --------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0 = all), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0 = all), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of milliseconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
+_positive_int = number_arg(int, lambda v: v >= 1, "expected a positive integer, got {text}",
+                           "expected a positive integer, got {value}")
+_count = number_arg(int, lambda v: v >= 0, "expected an integer >= 0 (0 = all), got {text}",
+                    "expected an integer >= 0 (0 = all), got {value}")
+_positive_float = number_arg(float, lambda v: 0 < v < float("inf"), "expected a number of milliseconds, got {text}",
+                             "expected a positive finite number, got {text}")
 
 
 def _int_list(text: str) -> list[int]:

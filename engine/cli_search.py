@@ -11,6 +11,8 @@ import json
 import time
 from pathlib import Path
 
+from crossrank.cli_args import number_arg
+from crossrank.datasets import read_jsonl
 from crossrank.index import DTYPES, Index, IndexFormatError
 from crossrank.index_files import index_info
 
@@ -24,33 +26,19 @@ def read_corpus(path: str | Path) -> tuple[list, list[str]]:
 
     Blank lines are skipped. A bad line raises ValueError naming the file and line number.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file {str(path)!r} does not exist")
     ids, texts, line_of = [], [], {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
-                                 f'each line must be {{"id": ..., "text": ...}}') from err
-            if not isinstance(row, dict) or "id" not in row or "text" not in row:
-                raise ValueError(f'{where}: expected an object with "id" and "text", got {line.strip()[:80]!r}')
-            doc_id, text = row["id"], row["text"]
-            if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-                raise ValueError(f'{where}: "id" must be a string or an integer, got {doc_id!r:.60}')
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f'{where}: "text" must be a non-empty string, got {text!r:.60}')
-            key = (type(doc_id), doc_id)
-            if key in line_of:
-                raise ValueError(f"{where}: id {doc_id!r} already appeared on line {line_of[key]}")
-            line_of[key] = number
-            ids.append(doc_id)
-            texts.append(text)
+    for where, number, row in read_jsonl(path, "corpus file", ("id", "text")):
+        doc_id, text = row["id"], row["text"]
+        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+            raise ValueError(f'{where}: "id" must be a string or an integer, got {doc_id!r:.60}')
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f'{where}: "text" must be a non-empty string, got {text!r:.60}')
+        key = (type(doc_id), doc_id)
+        if key in line_of:
+            raise ValueError(f"{where}: id {doc_id!r} already appeared on line {line_of[key]}")
+        line_of[key] = number
+        ids.append(doc_id)
+        texts.append(text)
     if not texts:
         raise ValueError(f"corpus file {str(path)!r} holds no documents")
     return ids, texts
@@ -111,24 +99,9 @@ def _load_reranker(path: str | None, device: str):
     return Reranker(path, device=device)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-def _non_negative_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds (a number >= 0), got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected milliseconds (a number >= 0), got {text!r}")
-    return value
+_positive = number_arg(int, lambda v: v >= 1, "{text} is not an integer", "{value} must be >= 1")
+_non_negative_ms = number_arg(float, lambda v: v >= 0, "expected milliseconds (a number >= 0), got {text}",
+                              "expected milliseconds (a number >= 0), got {text}")
 
 
 # -- crossrank index build | info -------------------------------------------------------------

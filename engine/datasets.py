@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator, Sequence
 
 ARXIV_DOC_TAG = "http://www.semanlink.net/tag/arxiv_doc"
 TREC_RAG_FILE = "study1_retrieval.jsonl.gz"
@@ -25,6 +26,32 @@ TREC_RAG_FILE = "study1_retrieval.jsonl.gz"
 
 class DatasetNotFound(FileNotFoundError):
     """A bundled data set is not installed; the message says how to install it."""
+
+
+def read_jsonl(path: str | Path, what: str, fields: Sequence[str]) -> Iterator[tuple[str, int, dict]]:
+    """(``"file:line"``, line number, object) for each non-blank line of a JSON-lines file (.gz too).
+
+    A missing file, a line that is not JSON, or an object without every key in ``fields`` is an
+    error naming ``what`` ("corpus file"), the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    keys = " and ".join(f'"{name}"' for name in fields)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line "
+                                 f"must be an object with {keys}") from err
+            if not isinstance(row, dict) or any(name not in row for name in fields):
+                raise ValueError(f"{where}: expected an object with {keys}, got {line.strip()[:80]!r}")
+            yield where, number, row
 
 
 def semanlink_dir() -> Path:

@@ -21,7 +21,6 @@ standard library at module level; the sweep imports the engine lazily.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import platform
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from crossrank.datasets import load_trec_rag, read_jsonl
 
 RUNTIME_FILE = "runtime.json"
 RUNTIME_FORMAT = 1
@@ -156,30 +157,14 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
 def read_workload(path: str | Path) -> list[dict]:
     """Requests ``{"query": str, "documents": [str, ...]}``, one JSON object per line (.jsonl,
     optionally .gz). Blank lines are skipped; a bad line is an error naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"workload file {str(path)!r} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
     requests = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f'{where}: not valid JSON ({err.msg} at column {err.colno}); each line '
-                                 f'must be {{"query": "...", "documents": ["...", ...]}}') from err
-            if not isinstance(row, dict) or "query" not in row or "documents" not in row:
-                raise ValueError(f'{where}: expected an object with "query" and "documents", '
-                                 f'got {line.strip()[:80]!r}')
-            query, documents = row["query"], row["documents"]
-            if not isinstance(query, str) or not query.strip():
-                raise ValueError(f'{where}: "query" must be a non-empty string, got {query!r:.60}')
-            if not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents):
-                raise ValueError(f'{where}: "documents" must be a non-empty list of strings')
-            requests.append({"query": query, "documents": documents})
+    for where, _, row in read_jsonl(path, "workload file", ("query", "documents")):
+        query, documents = row["query"], row["documents"]
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f'{where}: "query" must be a non-empty string, got {query!r:.60}')
+        if not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents):
+            raise ValueError(f'{where}: "documents" must be a non-empty list of strings')
+        requests.append({"query": query, "documents": documents})
     if not requests:
         raise ValueError(f"workload file {str(path)!r} holds no requests")
     return requests
@@ -189,8 +174,6 @@ def load_workload(path: str | Path | None) -> tuple[list[dict], str]:
     """(requests, description): the JSONL file at ``path``, or the bundled TREC RAG workload."""
     if path is not None:
         return read_workload(path), str(path)
-    from crossrank.datasets import load_trec_rag
-
     return load_trec_rag(), "TREC RAG 2024 (ir-axioms==1.2.5), 20 MS MARCO passages per query"
 
 

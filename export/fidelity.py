@@ -8,7 +8,6 @@ graph (fusions, heads, quantization), not tokenization.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,17 +69,14 @@ def semanlink_sample(n_queries: int = SAMPLE_QUERIES) -> FidelitySample:
 
 def jsonl_sample(path: str | Path) -> FidelitySample:
     """User text: JSONL lines of {"query": str, "documents": [str, ...]}."""
+    from crossrank.datasets import read_jsonl
+
     queries, documents = [], []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            query, docs = row["query"], row["documents"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{number}: expected {{\"query\": ..., \"documents\": [...]}} ({err})") from err
-        queries.append(str(query))
-        documents.append([str(d) for d in docs])
+    for where, _, row in read_jsonl(path, "fidelity data file", ("query", "documents")):
+        if not isinstance(row["documents"], list):
+            raise ValueError(f'{where}: "documents" must be a list of strings')
+        queries.append(str(row["query"]))
+        documents.append([str(d) for d in row["documents"]])
     if sum(len(d) for d in documents) < 1:
         raise ValueError(f"{path}: no documents found")
     return FidelitySample(str(path), queries, documents)
