@@ -24,7 +24,7 @@ $(CACHE)/study1_retrieval.jsonl.gz: | $(STAMP)
 data: $(CACHE)/study1_retrieval.jsonl.gz
 
 demo: $(STAMP)
-	$(PY) -m crossrank.demo
+	$(PY) -m crossrank.front.demo
 
 test: $(STAMP) data
 	$(PY) -m pytest

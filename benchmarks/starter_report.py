@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.datasets import semanlink_queries
-from crossrank.metrics import mrr_at_k, ndcg_at_k, recall_at_k, spearman
+from crossrank.evaluation.datasets import semanlink_queries
+from crossrank.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k, spearman
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--card", action="store_true", help="also write the figures into the model card")
     args = parser.parse_args(argv)
 
-    from crossrank.demo import ensure_artifact
+    from crossrank.export import ensure_artifact
     from crossrank.embedder import Embedder
     from crossrank.export.starter import first_stage
     from crossrank.pipeline import Pipeline

@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
-from crossrank.datasets import load_trec_rag
-from crossrank.metrics import spearman, top_k_agreement
+from crossrank.evaluation.datasets import load_trec_rag
+from crossrank.evaluation.metrics import spearman, top_k_agreement
 from crossrank.reranker import Reranker
 
 

@@ -3,17 +3,25 @@
     import crossrank
     rr = crossrank.Reranker("artifacts/reranker-int8")
     rr.rerank(query, documents, top_n=10)   # -> [Ranked(index, score, document), ...]
+
+This package is the runtime core: it imports onnxruntime, tokenizers, numpy and usearch, never
+torch, the export step (``crossrank.export``) or the front wing (``crossrank.front``: CLI, demo,
+bench, tune; ``crossrank.integrations``: RAG framework adapters).
 """
 
-from crossrank.artifact import Artifact, ArtifactError, load_artifact
+from crossrank.artifact import Artifact, load_artifact
 from crossrank.embedder import Embedder
-from crossrank.index import EmbedderMismatchError, Hits, Index, IndexFormatError
+from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
+                              DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
+                              MissingFileError, OutputExistsError, RuntimeConfigError, UnknownIdError, UsageError)
+from crossrank.index import Hits, Index
 from crossrank.pipeline import Hit, Pipeline, SearchResult
-from crossrank.reranker import Ranked, Reranker
-
-__version__ = "0.1.0"
+from crossrank.reranker import Ranked, RankedList, Reranker
+from crossrank.version import __version__
 
 __all__ = [
-    "Artifact", "ArtifactError", "Embedder", "EmbedderMismatchError", "Hit", "Hits", "Index",
-    "IndexFormatError", "Pipeline", "Ranked", "Reranker", "SearchResult", "load_artifact", "__version__",
+    "ArgumentTypeError", "Artifact", "ArtifactError", "CrossrankError", "DatasetNotFound",
+    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Hit", "Hits", "Index", "IndexFormatError",
+    "InvalidArgumentError", "MissingFileError", "OutputExistsError", "Pipeline", "Ranked", "RankedList", "Reranker",
+    "RuntimeConfigError", "SearchResult", "UnknownIdError", "UsageError", "load_artifact", "__version__",
 ]

@@ -1,5 +1,7 @@
+"""``python -m crossrank``: the command line (front wing entry point)."""
+
 import sys
 
-from crossrank.cli import main
+from crossrank.front.cli import main
 
 sys.exit(main())

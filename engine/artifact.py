@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossrank.errors import ArtifactError
+
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 KINDS = ("cross", "bi")
 PRECISIONS = ("fp32", "int8", "fp16")
-
-
-class ArtifactError(ValueError):
-    """An artifact folder is missing, malformed, or does not match its manifest."""
+ACTIVATIONS = ("sigmoid", "identity")
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -102,6 +101,9 @@ def load_artifact(path: str | Path, verify: bool = True, expect_kind: str | None
         raise ArtifactError(
             f"{str(folder)!r} holds a {manifest['kind']!r} model, but {wanted} was expected"
         )
+    if manifest["kind"] == "cross" and manifest.get("activation") not in ACTIVATIONS:
+        raise ArtifactError(f"{str(manifest_path)!r}: 'activation' = {manifest.get('activation')!r} is not one "
+                            f"of {ACTIVATIONS} (a cross-encoder's scores need it)")
     for name in (MODEL_FILE, TOKENIZER_FILE):
         if name not in manifest["files"]:
             raise ArtifactError(f"{str(manifest_path)!r} lists no sha256 for {name}")
@@ -117,3 +119,7 @@ def load_artifact(path: str | Path, verify: bool = True, expect_kind: str | None
                     f"{actual[:16]}... != {expected[:16]}... (file changed or corrupted; export again)"
                 )
     return Artifact(folder, manifest)
+
+
+__all__ = ["ACTIVATIONS", "Artifact", "ArtifactError", "KINDS", "MANIFEST", "MODEL_FILE", "PRECISIONS",
+           "TOKENIZER_FILE", "load_artifact", "sha256_file"]

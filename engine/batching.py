@@ -1,7 +1,12 @@
-"""Length-sorted, token-budget batches: the main lever against padding waste.
+"""The one batch planner: token-budget batches, length-sorted (throughput) or in input order
+(deadlines).
 
-Rows are sorted longest first and cut so that rows x padded length <= batch_tokens. The first
-batch is the largest in memory, so a request that fits its first batch fits all of them.
+``order="length"``: rows are sorted longest first and cut so that rows x padded length <=
+batch_tokens. Sorting is the main lever against padding waste; the first batch is the largest in
+memory, so a request that fits its first batch fits all of them.
+
+``order="input"``: consecutive rows in the caller's order (e.g. first-stage rank), each batch
+within the same budget, so that stopping early (a deadline) leaves the best candidates scored.
 """
 
 from __future__ import annotations
@@ -10,33 +15,57 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}  # cpu: measured best of 512..16384 on the TREC pairs
-MAX_ROWS = 256
+from crossrank.errors import check_choice, check_int
+from crossrank.settings import MAX_ROWS
+
+ORDERS = ("length", "input")
 
 
-def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int = MAX_ROWS) -> list[np.ndarray]:
-    """Split row indices into batches of similar length, each within the token budget.
+def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int = MAX_ROWS,
+                 order: str = "length") -> list[np.ndarray]:
+    """Split row indices into batches within the token budget (rows x longest row), at most
+    ``max_rows`` rows each, by ``order`` ("length" or "input", see the module docstring).
 
     Returns index arrays into ``lengths``; every index appears exactly once.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
-    if batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
-    order = np.argsort(-lengths, kind="stable")
+    check_int(batch_tokens, "batch_tokens")
+    check_int(max_rows, "max_rows")
+    if check_choice(order, "order", ORDERS) == "input":
+        return _consecutive_batches(lengths, batch_tokens, max_rows)
+    longest_first = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
-    while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
+    while start < len(longest_first):
+        longest = max(int(lengths[longest_first[start]]), 1)
         rows = max(1, min(max_rows, batch_tokens // longest))
-        batches.append(order[start:start + rows])
+        batches.append(longest_first[start:start + rows])
         start += rows
     return batches
+
+
+def _consecutive_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int) -> list[np.ndarray]:
+    batches, start, width = [], 0, 0
+    for i, length in enumerate(lengths.tolist()):
+        wider = max(width, length)
+        if i > start and (wider * (i - start + 1) > batch_tokens or i - start >= max_rows):
+            batches.append(np.arange(start, i))
+            start, wider = i, length
+        width = wider
+    if start < len(lengths):
+        batches.append(np.arange(start, len(lengths)))
+    return batches
+
+
+def batch_cost(lengths: np.ndarray, batch: np.ndarray) -> int:
+    """Tokens a batch computes: rows x its longest row (padding included)."""
+    return len(batch) * int(lengths[batch].max()) if len(batch) else 0
 
 
 def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     """Share of the computed tokens that are padding (0 = none wasted)."""
     lengths = np.asarray(lengths)
     real = int(lengths.sum())
-    computed = sum(len(b) * int(lengths[b].max()) for b in batches if len(b))
+    computed = sum(batch_cost(lengths, b) for b in batches)
     return 1.0 - real / computed if computed else 0.0
 
 

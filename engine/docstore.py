@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from crossrank.index_files import IndexFormatError
+from crossrank.errors import IndexFormatError, InvalidArgumentError, UnknownIdError
 
 SQL_CHUNK = 500  # values per "IN (...)" query, below SQLite's variable limit
 
@@ -82,7 +82,7 @@ class DocumentStore:
             except sqlite3.IntegrityError as err:
                 taken = self.keys_of(ids, missing_ok=True)
                 dup = next((i for i, k in zip(ids, taken) if k is not None), None)
-                raise ValueError(f"id {dup!r} is already in the index (ids must be unique)") from err
+                raise InvalidArgumentError(f"id {dup!r} is already in the index (ids must be unique)") from err
 
     def delete(self, keys: Sequence[int]) -> None:
         with self.lock, self.db:
@@ -96,6 +96,20 @@ class DocumentStore:
             for part in chunks([int(k) for k in keys], SQL_CHUNK):
                 sql = f"SELECT key, id, text FROM documents WHERE key IN ({','.join('?' * len(part))})"
                 found.update((key, (doc_id, text)) for key, doc_id, text in self.db.execute(sql, part))
+        return found
+
+    def texts_by_key(self, keys: Sequence[int]) -> dict[int, str]:
+        """key -> text for the given keys; a missing key raises IndexFormatError (the store and the
+        vectors disagree)."""
+        found: dict[int, str] = {}
+        with self.lock:
+            for part in chunks([int(k) for k in keys], SQL_CHUNK):
+                sql = f"SELECT key, text FROM documents WHERE key IN ({','.join('?' * len(part))})"
+                found.update(self.db.execute(sql, part))
+        missing = [int(k) for k in keys if int(k) not in found]
+        if missing:
+            raise IndexFormatError(f"vector key {missing[0]} has no document in the store "
+                                   f"{self.path or '(memory)'}: the index is inconsistent")
         return found
 
     def ids_by_key(self, keys: Sequence[int]) -> dict[int, object]:
@@ -117,7 +131,7 @@ class DocumentStore:
         if not missing_ok:
             missing = [i for i, k in zip(ids, keys) if k is None]
             if missing:
-                raise KeyError(f"{len(missing)} id(s) are not in the index, e.g. {missing[0]!r}")
+                raise UnknownIdError(f"{len(missing)} id(s) are not in the index, e.g. {missing[0]!r}")
         return keys
 
     def all_ids(self) -> list:

@@ -8,8 +8,9 @@ from typing import Sequence
 import numpy as np
 
 from crossrank.artifact import load_artifact
-from crossrank.reranker import check_documents
+from crossrank.errors import check_bool, check_int, check_texts
 from crossrank.runner import BatchRunner
+from crossrank.settings import MEMORY_ARENA, resolve_settings
 from crossrank.tokenize import TextTokenizer
 
 CHUNK_TEXTS = 4096  # texts tokenized and run per step: bounds memory for huge inputs
@@ -20,20 +21,20 @@ class Embedder:
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  max_length: int | None = None, batch_tokens: int | None = None,
-                 io_binding: bool | None = None, memory_arena: bool = False):
+                 io_binding: bool | None = None, memory_arena: bool = MEMORY_ARENA):
+        settings, self.settings_origin = resolve_settings(path, device, threads, batch_tokens, io_binding)
         self.artifact = load_artifact(path, expect_kind="bi")
         limit = self.artifact.max_length
-        if max_length is not None and not 4 <= max_length <= limit:
-            raise ValueError(f"max_length {max_length} must be between 4 and the artifact's {limit}")
-        self.max_length = max_length or limit
+        self.max_length = check_int(max_length, "max_length", 4, limit, allow_none=True) or limit
         self.dim = int(self.artifact.manifest["dim"])
         self.tokenizer = TextTokenizer(self.artifact.tokenizer_path, self.max_length)
-        self.runner = BatchRunner(self.artifact.model_path, device=device, threads=threads,
-                                  batch_tokens=batch_tokens, io_binding=io_binding, memory_arena=memory_arena)
+        self.runner = BatchRunner(self.artifact.model_path, settings, memory_arena=memory_arena)
         self.device = device
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        texts = check_documents(texts, "texts")
+        """L2-normalised float32 [len(texts), dim] in input order. progress: a tqdm bar."""
+        texts = check_texts(texts, "texts")
+        check_bool(progress, "progress")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         bar = None
         if progress:

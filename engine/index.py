@@ -24,11 +24,14 @@ import usearch
 from usearch import index as usearch_index
 
 from crossrank.artifact import sha256_file
-from crossrank.reranker import check_documents
 from crossrank.docstore import DocumentStore, chunks
-from crossrank.index_files import (DOCUMENTS, FORMAT_VERSION, KIND, MANIFEST, POINTER, VECTORS,
-                                   IndexFormatError, claim_generation, fsync_dir, fsync_file,
-                                   new_staging_folder, read_manifest, remove_stale, write_pointer)
+from crossrank.errors import (EmbedderMismatchError, IndexFormatError, InvalidArgumentError, OutputExistsError,
+                              UsageError, check_choice, check_id, check_ids, check_int, check_queries, check_query,
+                              check_texts)
+from crossrank.index_files import (DOCUMENTS, FORMAT_VERSION, KIND, MANIFEST, POINTER, VECTORS, claim_generation,
+                                   fsync_dir, fsync_file, new_staging_folder, read_manifest, remove_stale,
+                                   write_pointer)
+from crossrank.version import __version__
 
 DTYPES = ("f32", "f16", "i8")
 METRICS = ("cos", "ip")  # similarity = 1 - distance for both (ip on unit vectors == cos)
@@ -40,31 +43,22 @@ DEFAULT_EXPANSION_ADD = 256
 DEFAULT_EXPANSION_SEARCH = 256
 
 
-class EmbedderMismatchError(ValueError):
-    """The embedder given to an index is not the one that built it (other model or dimension)."""
-
-
-class Hits(NamedTuple):
-    """First-stage results for one query, best first: ``ids, similarities = index.search(...)``."""
-
+class _IdsAndSimilarities(NamedTuple):
     ids: list                 # user ids (str or int)
     similarities: np.ndarray  # float32, 1 - cosine distance (1 = same direction)
 
 
-# -- small helpers ---------------------------------------------------------------------------
+class Hits(_IdsAndSimilarities):
+    """First-stage results for one query, best first: ``ids, similarities = index.search(...)``.
 
-def _check_id(value, where: str):
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"{where} must be a str or an int, got {type(value).__name__} {value!r:.60}")
-    if isinstance(value, int) and not -(2**63) <= value < 2**63:
-        raise ValueError(f"{where} {value} does not fit a signed 64-bit integer")
-    return value
+    ``keys`` (attribute, uint64) are the hits' keys in the document store, so that
+    ``Index.fetch_documents`` reads their texts in one query.
+    """
 
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    return int(k)
+    def __new__(cls, ids, similarities, keys=None):
+        hits = super().__new__(cls, ids, similarities)
+        hits.keys = np.zeros(0, dtype=np.uint64) if keys is None else np.asarray(keys, dtype=np.uint64)
+        return hits
 
 
 def embedder_identity(embedder) -> dict:
@@ -119,8 +113,7 @@ class Index:
 
     @expansion_search.setter
     def expansion_search(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"expansion_search must be a positive int, got {value!r}")
+        value = check_int(value, "expansion_search")
         self._vectors.expansion_search = value
         self.settings["expansion_search"] = value
 
@@ -128,7 +121,7 @@ class Index:
         return len(self._vectors)
 
     def __contains__(self, doc_id) -> bool:
-        return self._store.keys_of([doc_id], missing_ok=True)[0] is not None
+        return self._store.keys_of([check_id(doc_id, "id")], missing_ok=True)[0] is not None
 
     def __repr__(self) -> str:
         where = f", path={str(self.path)!r}" if self.path else ""
@@ -154,14 +147,11 @@ class Index:
         call (progress bar granularity). vectors: precomputed float32 [n, dim] embeddings of these
         documents by this embedder (skips embedding; e.g. to index one corpus at several dtypes).
         """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
-        if metric not in METRICS:
-            raise ValueError(f"metric {metric!r} is not one of {METRICS}")
+        check_choice(dtype, "dtype", DTYPES)
+        check_choice(metric, "metric", METRICS)
         for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
                             ("expansion_search", expansion_search)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+            check_int(value, name, allow_none=True)
         dim = int(embedder.dim)
         graph = usearch_index.Index(ndim=dim, metric=metric, dtype=dtype,
                                     connectivity=connectivity or DEFAULT_CONNECTIVITY,
@@ -176,7 +166,7 @@ class Index:
 
     def _writable(self, action: str) -> None:
         if self.view:
-            raise RuntimeError(f"cannot {action}: this index was loaded with view=True (memory-mapped, "
+            raise UsageError(f"cannot {action}: this index was loaded with view=True (memory-mapped, "
                                f"read-only); load it with view=False to modify it")
 
     def add(self, documents: Sequence[str], ids: Sequence | None = None, *, batch_size: int = 512,
@@ -187,28 +177,25 @@ class Index:
         Documents are embedded shortest first so that each ``embed`` call pads little.
         """
         self._writable("add documents")
-        texts = check_documents(documents)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        texts = check_texts(documents)
+        check_int(batch_size, "batch_size")
         with self._write_lock:
             keys = list(range(self._next_key, self._next_key + len(texts)))
             if ids is None:
                 ids = list(keys)
             else:
-                if isinstance(ids, str) or not isinstance(ids, Sequence):
-                    raise TypeError(f"ids must be a list of str or int, got {type(ids).__name__}")
+                ids = check_ids(ids)
                 if len(ids) != len(texts):
-                    raise ValueError(f"{len(ids)} ids for {len(texts)} documents")
-                ids = [_check_id(value, f"ids[{i}]") for i, value in enumerate(ids)]
+                    raise InvalidArgumentError(f"{len(ids)} ids for {len(texts)} documents")
                 seen: set = set()
                 for value in ids:
                     if (type(value), value) in seen:
-                        raise ValueError(f"id {value!r} appears twice in ids (ids must be unique)")
+                        raise InvalidArgumentError(f"id {value!r} appears twice in ids (ids must be unique)")
                     seen.add((type(value), value))
             if vectors is not None:
                 vectors = self._check_vectors(vectors, len(texts))
             elif texts and self.embedder is None:
-                raise RuntimeError("this index has no embedder: pass embedder= to Index.load, or vectors=")
+                raise UsageError("this index has no embedder: pass embedder= to Index.load, or vectors=")
             if not texts:
                 return []
             self._store.insert(keys, ids, texts)
@@ -250,16 +237,17 @@ class Index:
     def _check_vectors(self, vectors, rows: int) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape != (rows, self.dim):
-            raise ValueError(f"vectors have shape {vectors.shape}; expected ({rows}, {self.dim})")
+            raise InvalidArgumentError(f"vectors have shape {vectors.shape}; expected ({rows}, {self.dim})")
         return np.ascontiguousarray(vectors)
 
     def remove(self, ids: Sequence) -> int:
         """Remove documents by id; returns how many. An unknown id raises KeyError, nothing removed."""
         self._writable("remove documents")
-        if isinstance(ids, (str, int)):
+        if isinstance(ids, (str, int, np.integer)):
             ids = [ids]
+        ids = check_ids(ids)
         with self._write_lock:
-            keys = list(dict.fromkeys(self._store.keys_of(list(ids))))
+            keys = list(dict.fromkeys(self._store.keys_of(ids)))
             self._vectors.remove(np.asarray(keys, dtype=np.uint64))
             self._store.delete(keys)
         return len(keys)
@@ -271,12 +259,12 @@ class Index:
         if isinstance(queries, np.ndarray):
             vectors = queries.reshape(1, -1) if single and queries.ndim == 1 else queries
             if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-                raise ValueError(f"query vectors have shape {queries.shape}; this index holds "
+                raise InvalidArgumentError(f"query vectors have shape {queries.shape}; this index holds "
                                  f"{self.dim}-dim vectors")
             return np.ascontiguousarray(vectors, dtype=np.float32)
-        texts = check_documents(queries, "queries")
+        texts = [check_query(queries[0])] if single else check_queries(queries)
         if self.embedder is None:
-            raise RuntimeError(
+            raise UsageError(
                 f"this index has no embedder to embed text queries: pass embedder= to Index.load "
                 f"(it was built by the artifact at {self.embedder_info.get('path')!r}, sha256 "
                 f"{str(self.embedder_info.get('sha256'))[:16]}...), or search with vectors")
@@ -294,7 +282,7 @@ class Index:
         return self.search_vectors(self._query_vectors(queries, single=False), k, exact)
 
     def search_vectors(self, vectors: np.ndarray, k: int, exact: bool = False) -> list[Hits]:
-        k = _check_k(k)
+        k = check_int(k, "k")
         if len(vectors) == 0:
             return []
         if len(self) == 0:
@@ -312,19 +300,25 @@ class Index:
                 raise IndexFormatError(f"vector key {missing[0]} has no document in the store "
                                        f"{self._store.path or '(memory)'}: the index is inconsistent")
             similarities = (1.0 - distances[row, : len(row_keys)]).astype(np.float32)
-            results.append(Hits([id_of[int(key)] for key in row_keys], similarities))
+            results.append(Hits([id_of[int(key)] for key in row_keys], similarities, row_keys))
         return results
 
     # -- reading back ----------------------------------------------------------------------
     def get_documents(self, ids: Sequence) -> list[str]:
         """Texts of the given ids, in order; an unknown id raises KeyError naming it."""
-        keys = self._store.keys_of(list(ids))
+        keys = self._store.keys_of(check_ids(ids))
         rows = self._store.rows_by_key(keys)
         return [rows[key][1] for key in keys]
 
+    def fetch_documents(self, hits: Sequence[Hits]) -> list[list[str]]:
+        """The texts of every hit of several search results, in one store query (by key)."""
+        flat = np.concatenate([h.keys for h in hits]) if hits else np.zeros(0, dtype=np.uint64)
+        text_of = self._store.texts_by_key(flat)
+        return [[text_of[int(key)] for key in h.keys] for h in hits]
+
     def get_vectors(self, ids: Sequence) -> np.ndarray:
         """Stored vectors of the given ids as float32 [n, dim] (after the dtype's rounding)."""
-        keys = np.asarray(self._store.keys_of(list(ids)), dtype=np.uint64)
+        keys = np.asarray(self._store.keys_of(check_ids(ids)), dtype=np.uint64)
         if len(keys) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         stored = self._vectors.get(keys, dtype=np.float32)
@@ -335,9 +329,9 @@ class Index:
         """Write the index to the folder ``path`` atomically (see the module docstring)."""
         root = Path(path)
         if root.exists() and not root.is_dir():
-            raise FileExistsError(f"{str(root)!r} exists and is not a folder; an index is saved as a folder")
+            raise OutputExistsError(f"{str(root)!r} exists and is not a folder; an index is saved as a folder")
         if root.is_dir() and not (root / POINTER).is_file() and any(root.iterdir()):
-            raise FileExistsError(f"{str(root)!r} is a non-empty folder that holds no crossrank index "
+            raise OutputExistsError(f"{str(root)!r} is a non-empty folder that holds no crossrank index "
                                   f"(no {POINTER} file); refusing to write into it")
         root.mkdir(parents=True, exist_ok=True)
         staging = new_staging_folder(root)
@@ -359,8 +353,6 @@ class Index:
         fsync_file(folder / DOCUMENTS)
         files = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
                  for name in (VECTORS, DOCUMENTS)}
-        from crossrank import __version__
-
         manifest = {"format": FORMAT_VERSION, "kind": KIND, **self.settings, "count": len(self),
                     "next_key": self._next_key, "embedder": self.embedder_info,
                     "metadata": self.metadata, "files": files,

@@ -24,16 +24,14 @@ import shutil
 import uuid
 from pathlib import Path
 
+from crossrank.errors import IndexFormatError
+
 FORMAT_VERSION = 1
 KIND = "crossrank-index"
 POINTER = "CURRENT"
 MANIFEST = "index.json"
 VECTORS = "vectors.usearch"
 DOCUMENTS = "documents.sqlite"
-
-
-class IndexFormatError(ValueError):
-    """An index folder is missing, truncated, corrupted or not an index; the message names the file."""
 
 
 def fsync_file(path: Path) -> None:

@@ -1,7 +1,7 @@
 """Two-stage search: embed the query, take k candidates from the Index, rerank them, keep top_n.
 
 Timings are wall-clock milliseconds per stage: ``embed`` (query embedding), ``search`` (HNSW walk
-and key -> id lookup), ``fetch`` (candidate texts from the document store), ``rerank``
+and key -> id lookup), ``fetch`` (candidate texts from the document store, by key, one query), ``rerank``
 (tokenizing the pairs and running the cross-encoder; 0 without a reranker) and ``total``.
 """
 
@@ -11,8 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+from crossrank.errors import check_deadline_ms, check_int, check_queries, check_query, check_top_n
 from crossrank.index import Index, check_embedder
-from crossrank.reranker import check_deadline
 
 STAGES = ("embed", "search", "fetch", "rerank", "total")
 
@@ -55,15 +55,6 @@ class SearchResult:
         return asdict(self)
 
 
-def _check_positive(name: str, value, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        accepted = "a positive int or None" if allow_none else "a positive int"
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
-    return value
-
-
 class Pipeline:
     """``Pipeline(embedder, index, reranker=None)``; without a reranker it returns first-stage results.
 
@@ -87,25 +78,17 @@ class Pipeline:
         (``Reranker.rerank(deadline_ms=...)``); unscored candidates follow in first-stage order
         with score nan, and ``result.scored`` says how many were scored.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query must be a non-empty str, got {query!r:.60}")
-        if deadline_ms is not None:
-            deadline_ms = check_deadline(deadline_ms)
-        return self._search([query], k, top_n, deadline_ms)[0]
+        query = check_query(query)
+        return self._search([query], k, top_n, check_deadline_ms(deadline_ms))[0]
 
     def search_many(self, queries: Sequence[str], k: int = 100, top_n: int | None = 10) -> list[SearchResult]:
         """``search`` for several queries: one embed call, one index call, shared rerank batches."""
-        return self._search(queries, k, top_n, None)
+        return self._search(check_queries(queries), k, top_n, None)
 
     def _search(self, queries: Sequence[str], k: int, top_n: int | None,
                 deadline_ms: float | None) -> list[SearchResult]:
-        _check_positive("k", k)
-        _check_positive("top_n", top_n, allow_none=True)
-        if isinstance(queries, str) or not isinstance(queries, Sequence):
-            raise TypeError(f"queries must be a list of str, got {type(queries).__name__}")
-        for i, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"queries[{i}] must be a non-empty str, got {query!r:.60}")
+        check_int(k, "k")
+        check_top_n(top_n)
         if not queries:
             return []
         timings: dict[str, float] = {}
@@ -121,12 +104,7 @@ class Pipeline:
         lap("embed")
         first = self.index.search_vectors(vectors, k)
         lap("search")
-        flat_ids = [doc_id for hits in first for doc_id in hits.ids]
-        flat_docs = self.index.get_documents(flat_ids)
-        documents, offset = [], 0
-        for hits in first:
-            documents.append(flat_docs[offset: offset + len(hits.ids)])
-            offset += len(hits.ids)
+        documents = self.index.fetch_documents(first)
         lap("fetch")
         if self.reranker is None:
             orders = [[(i, None) for i in range(len(hits.ids))][:top_n] for hits in first]

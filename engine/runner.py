@@ -1,15 +1,23 @@
-"""Runs token rows through an ONNX session in length-sorted, token-budget batches."""
+"""Runs token rows through an ONNX session in token-budget batches (the one scoring path).
+
+``BatchRunner.run(rows, pad_id, order=..., deadline=...)`` plans the batches (length-sorted for
+throughput, input order when a deadline may cut the work short), runs them, and returns outputs in
+row order with a mask of the rows that ran. A deadline is only a stop condition on that path.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from crossrank.batching import DEFAULT_BATCH_TOKENS, MAX_ROWS, assemble_batch, padding_fraction, plan_batches
+from crossrank.batching import assemble_batch, batch_cost, plan_batches
+from crossrank.errors import check_bool
 from crossrank.session import build_session
+from crossrank.settings import MAX_ROWS, MEMORY_ARENA, RuntimeSettings
 from crossrank.tokenize import Rows
 
 
@@ -28,19 +36,41 @@ class RunStats:
         return 1.0 - self.real_tokens / self.computed_tokens if self.computed_tokens else 0.0
 
 
+class Deadline:
+    """A stop condition for ``BatchRunner.run``: the next batch starts only if, at the time per
+    computed token measured so far (before the first batch: ``seconds_per_token``, e.g. measured by
+    an earlier call), it ends by ``at`` (a ``clock()`` reading, seconds). With no measurement yet
+    a batch starts if time is left."""
+
+    def __init__(self, at: float, clock: Callable[[], float] = time.perf_counter,
+                 seconds_per_token: float | None = None):
+        self.at, self.clock, self.seconds_per_token = at, clock, seconds_per_token
+        self.spent_seconds, self.spent_tokens = 0.0, 0
+
+    def allows(self, cost_tokens: int) -> bool:
+        now = self.clock()
+        estimate = 0.0 if self.seconds_per_token is None else self.seconds_per_token * cost_tokens
+        return now < self.at and now + estimate <= self.at
+
+    def spent(self, cost_tokens: int, seconds: float) -> None:
+        self.spent_seconds += seconds
+        self.spent_tokens += cost_tokens
+        self.seconds_per_token = self.spent_seconds / self.spent_tokens
+
+
 class BatchRunner:
     """One ONNX session plus the batch planner; ``run(rows)`` returns outputs in row order."""
 
-    def __init__(self, model_path, device: str = "cpu", threads: int | None = None,
-                 batch_tokens: int | None = None, io_binding: bool | None = None,
-                 memory_arena: bool = False, max_rows: int = MAX_ROWS):
-        self.session = build_session(model_path, device=device, threads=threads, memory_arena=memory_arena)
-        self.device = device
-        self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS[device]
-        if self.batch_tokens < 1:
-            raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    def __init__(self, model_path, settings: RuntimeSettings, memory_arena: bool = MEMORY_ARENA,
+                 max_rows: int = MAX_ROWS, optimization: str | None = None, profile_prefix: str | None = None):
+        self.settings = settings
+        self.session = build_session(model_path, device=settings.device, threads=settings.threads,
+                                     memory_arena=memory_arena, optimization=optimization,
+                                     profile_prefix=profile_prefix)
+        self.device = settings.device
+        self.batch_tokens = settings.batch_tokens
         self.max_rows = max_rows
-        self.io_binding = device == "cuda" if io_binding is None else io_binding
+        self.io_binding = check_bool(settings.io_binding, "io_binding")
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_name = self.session.get_outputs()[0].name
         self.stats = RunStats()
@@ -48,44 +78,53 @@ class BatchRunner:
     def _run_batch(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if not self.io_binding:
             return self.session.run([self.output_name], feeds)[0]
+        # Inputs are copied to the device once, as OrtValues the session reads in place; the
+        # output (one score or vector per row) is written by the session straight into host memory.
+        import onnxruntime as ort
+
         binding = self.session.io_binding()
         for name, array in feeds.items():
-            binding.bind_cpu_input(name, array)
-        binding.bind_output(self.output_name, "cuda" if self.device == "cuda" else "cpu")
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, self.device, 0))
+        binding.bind_output(self.output_name, "cpu")
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return binding.get_outputs()[0].numpy()
 
-    def run(self, rows: Rows, pad_id: int, should_continue: Callable[[int], bool] | None = None,
-            order: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Outputs for every row (row order) and a bool mask of the rows that were run.
+    def run(self, rows: Rows, pad_id: int, order: str = "length",
+            deadline: Deadline | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs for every row (row order; zeros where not run) and a bool mask of the rows run.
 
-        ``order``: batches to run (default: length-sorted token-budget plan). ``should_continue``:
-        called with the next batch's row count before each batch; False stops early.
+        order: "length" (sorted, least padding) or "input" (the rows' order: with a deadline, the
+        first rows are the ones scored). deadline: stop before a batch that would overrun it.
         """
         lengths = rows.lengths
-        batches = order if order is not None else plan_batches(lengths, self.batch_tokens, self.max_rows)
+        batches = plan_batches(lengths, self.batch_tokens, self.max_rows, order=order)
         outputs: np.ndarray | None = None
         done = np.zeros(len(lengths), dtype=bool)
+        ran = []
         for rows_in_batch in batches:
-            if should_continue is not None and not should_continue(len(rows_in_batch)):
+            cost = batch_cost(lengths, rows_in_batch)
+            if deadline is not None and not deadline.allows(cost):
                 break
+            started = deadline.clock() if deadline is not None else 0.0
             batch = assemble_batch(rows_in_batch, rows.ids, rows.types, pad_id)
             feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                      "token_type_ids": batch.token_type_ids}
             result = self._run_batch({k: v for k, v in feeds.items() if k in self.input_names})
+            if deadline is not None:
+                deadline.spent(cost, deadline.clock() - started)
             if outputs is None:
                 outputs = np.zeros((len(lengths),) + result.shape[1:], dtype=np.float32)
             outputs[rows_in_batch] = result
             done[rows_in_batch] = True
+            ran.append(cost)
         with self.stats.lock:
-            ran = [b for b in batches if done[b].all()]
             self.stats.batches += len(ran)
             self.stats.rows += int(done.sum())
             self.stats.real_tokens += int(lengths[done].sum())
-            self.stats.computed_tokens += sum(len(b) * int(lengths[b].max()) for b in ran)
+            self.stats.computed_tokens += sum(ran)
         if outputs is None:
             outputs = np.zeros((len(lengths),), dtype=np.float32)
         return outputs, done
 
 
-__all__ = ["BatchRunner", "RunStats", "padding_fraction"]
+__all__ = ["BatchRunner", "Deadline", "RunStats"]

@@ -1,64 +1,75 @@
-"""The one place an ONNX Runtime session is built: providers, threads, memory arena."""
+"""The one place an ONNX Runtime session is built: providers, threads, memory arena, optimisation.
+
+The runtime, the export's fidelity check and the per-operator profiler all build their sessions
+here, so what is measured is what runs.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnxruntime as ort
 
-DEVICES = ("cpu", "cuda")
+from crossrank.errors import DeviceUnavailableError, check_bool, check_choice
+from crossrank import settings
+from crossrank.settings import MEMORY_ARENA, check_device, check_threads, physical_cores
 
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads of one core count once)."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # not Linux
-        return max(1, (os.cpu_count() or 2) // 2)
-    cores = set()
-    for cpu in allowed:
-        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-        try:
-            cores.add(siblings.read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def build_session(model_path: str | Path, device: str = "cpu", threads: int | None = None,
-                  memory_arena: bool = False) -> ort.InferenceSession:
-    """An InferenceSession for ``device`` ("cpu" or "cuda").
+def require_device(device: str) -> str:
+    """``device`` if its execution provider is installed; else DeviceUnavailableError saying how."""
+    check_device(device)
+    if device == "cuda" and not cuda_available():
+        raise DeviceUnavailableError(
+            "device='cuda' needs onnxruntime-gpu (CUDAExecutionProvider); available providers: "
+            f"{ort.get_available_providers()}. Install with: pip uninstall -y onnxruntime && "
+            "pip install 'crossrank[gpu]'")
+    return device
 
-    threads: intra-op threads; default = physical cores. memory_arena: ONNX Runtime's CPU arena
-    keeps the largest buffers it ever served, so with requests of varying shapes RSS only grows;
-    off by default (measured cost: see benchmarks), on for fixed-shape workloads.
+
+def build_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
+                  memory_arena: bool = MEMORY_ARENA, optimization: str | None = None,
+                  profile_prefix: str | None = None) -> ort.InferenceSession:
+    """An InferenceSession of ``model`` (a path, or the serialised graph) for ``device`` ("cpu" or "cuda").
+
+    threads: intra-op threads (default: physical cores). memory_arena: ONNX Runtime's CPU arena
+    (see crossrank.settings.MEMORY_ARENA). optimization: graph optimisation level at load, one of
+    "disable", "basic", "extended", "all" (default: crossrank.settings.GRAPH_OPTIMIZATION). profile_prefix: write ONNX Runtime's per-operator
+    profile to files starting with it (``session.end_profiling()`` returns the file).
     """
-    if device not in DEVICES:
-        raise ValueError(f"device {device!r} is not one of {DEVICES}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    require_device(device)
+    threads = check_threads(threads)
+    check_bool(memory_arena, "memory_arena")
+    optimization = check_choice(settings.GRAPH_OPTIMIZATION if optimization is None else optimization,
+                                "optimization", settings.GRAPH_OPTIMIZATIONS)
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = _LEVELS[optimization]
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.enable_cpu_mem_arena = memory_arena
     options.enable_mem_pattern = False  # shapes change every batch: patterns never repeat
     options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     if device == "cuda":
-        if not cuda_available():
-            raise RuntimeError(
-                "device='cuda' needs onnxruntime-gpu (CUDAExecutionProvider); available providers: "
-                f"{ort.get_available_providers()}. Install with: pip uninstall -y onnxruntime && "
-                "pip install 'crossrank[gpu]'"
-            )
         providers = [("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}),
                      "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(model_path), options, providers=providers)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=providers)
+
+
+__all__ = ["build_session", "cuda_available", "physical_cores", "require_device"]

@@ -17,14 +17,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from crossrank.artifact import FORMAT_VERSION, MANIFEST, MODEL_FILE, PRECISIONS, TOKENIZER_FILE, sha256_file
+from crossrank.artifact import (FORMAT_VERSION, MANIFEST, MODEL_FILE, PRECISIONS, TOKENIZER_FILE, load_artifact,
+                                sha256_file)
+from crossrank.errors import ArtifactError, CrossrankError, InvalidArgumentError, OutputExistsError
 
-from .source import SourceError, SourceModel, inspect_source
+from .source import SourceError, SourceModel, bundled_bi_encoder, inspect_source
 
 OPSET = 17
 
 
-class ExportError(RuntimeError):
+class ExportError(CrossrankError, RuntimeError):
     """The export ran but its result is not acceptable (e.g. fidelity below the bar)."""
 
 
@@ -130,17 +132,17 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
     from . import fidelity
 
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r} is not one of {PRECISIONS}")
+        raise InvalidArgumentError(f"--precision {precision!r} is not one of {PRECISIONS}")
     if int8_recipe is not None and precision != "int8":
-        raise ValueError(f"--int8-recipe {int8_recipe!r} needs --precision int8, not {precision!r}")
+        raise InvalidArgumentError(f"--int8-recipe {int8_recipe!r} needs --precision int8, not {precision!r}")
     recipe = get_recipe(int8_recipe or DEFAULT_INT8_RECIPE) if precision == "int8" else None
     out = Path(out)
     if out.exists() and not force:
-        raise FileExistsError(f"output {str(out)!r} already exists; pass --force to replace it")
+        raise OutputExistsError(f"output {str(out)!r} already exists; pass --force to replace it")
     source = inspect_source(src, kind)
     if max_length is not None:
         if not 8 <= max_length <= source.max_length:
-            raise ValueError(f"--max-length {max_length} must be between 8 and the model's limit {source.max_length}")
+            raise InvalidArgumentError(f"--max-length {max_length} must be between 8 and the model's limit {source.max_length}")
         source = SourceModel(**{**source.__dict__, "max_length": max_length})
     sample = fidelity.jsonl_sample(fidelity_data) if fidelity_data else fidelity.semanlink_sample()
 
@@ -233,4 +235,22 @@ def _calibration_feeds(source: SourceModel, sample) -> list[dict]:
     return feeds
 
 
-__all__ = ["export_model", "ExportError", "SourceError", "inspect_source"]
+def ensure_artifact(src: str | Path, out: str | Path, kind: str, precision: str, **options):
+    """(artifact, reused): ``out`` when it verifies against its manifest and was exported at
+    ``precision`` from ``src``'s current files; else export it (``force``: a retrained model is
+    re-exported). ``options`` go to ``export_model``."""
+    src, out = Path(src), Path(out)
+    try:
+        artifact = load_artifact(out, expect_kind=kind)
+        manifest = artifact.manifest
+        if manifest.get("precision") == precision and manifest.get("source", {}).get("files") == source_files(src):
+            return artifact, True
+    except ArtifactError:
+        pass
+    print(f"exporting {src} -> {out} ({kind}, {precision})", file=sys.stderr)
+    export_model(src, out, kind=kind, precision=precision, force=True, **options)
+    return load_artifact(out, expect_kind=kind), False
+
+
+__all__ = ["ExportError", "SourceError", "bundled_bi_encoder", "ensure_artifact", "export_model", "inspect_source",
+           "source_files"]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.metrics import spearman, top_k_agreement
+from crossrank.evaluation.metrics import spearman, top_k_agreement
+from crossrank.session import build_session
 
 SAMPLE_QUERIES = 12
 DOCS_PER_QUERY = 20
@@ -48,7 +49,7 @@ class FidelitySample:
 
 
 def semanlink_sample(n_queries: int = SAMPLE_QUERIES) -> FidelitySample:
-    from crossrank.datasets import load_semanlink
+    from crossrank.evaluation.datasets import load_semanlink
 
     documents, queries = load_semanlink()
     by_id = {doc.id: doc for doc in documents}
@@ -69,7 +70,7 @@ def semanlink_sample(n_queries: int = SAMPLE_QUERIES) -> FidelitySample:
 
 def jsonl_sample(path: str | Path) -> FidelitySample:
     """User text: JSONL lines of {"query": str, "documents": [str, ...]}."""
-    from crossrank.datasets import read_jsonl
+    from crossrank.evaluation.datasets import read_jsonl
 
     queries, documents = [], []
     for where, _, row in read_jsonl(path, "fidelity data file", ("query", "documents")):
@@ -102,14 +103,11 @@ def _onnx_outputs(session, feeds: dict) -> np.ndarray:
 
 def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int) -> dict:
     """Run the PyTorch model and the ONNX graph on the same ids; return the agreement figures."""
-    import onnxruntime as ort
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = build_session(onnx_path, device="cpu")
     torch.manual_seed(0)
     with torch.inference_mode():
         if source.kind == "cross":

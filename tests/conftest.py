@@ -54,7 +54,7 @@ def cross_int8_seeded(seeded_cross_src, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trec_rag():
     """TREC RAG 2024 queries with their 20 passages (``make data`` fetches the file)."""
-    from crossrank.datasets import load_trec_rag
+    from crossrank.evaluation.datasets import load_trec_rag
 
     return load_trec_rag()
 

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
 from crossrank.artifact import ArtifactError, load_artifact, sha256_file
 from crossrank.export import ExportError, SourceError, export_model
+from crossrank.session import build_session
 
 
 def _manifest(path: Path) -> dict:
@@ -84,10 +84,10 @@ def test_graph_outputs(bi_fp32, cross_fp32):
         "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
         "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
     }
-    emb = ort.InferenceSession(str(bi_fp32 / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    emb = build_session(bi_fp32 / "model.onnx").run(None, feeds)
     assert emb[0].shape == (2, 384)
     np.testing.assert_allclose(np.linalg.norm(emb[0], axis=1), 1.0, atol=1e-5)
-    session = ort.InferenceSession(str(cross_fp32 / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = build_session(cross_fp32 / "model.onnx")
     assert [o.name for o in session.get_outputs()] == ["logits"]
     assert session.run(None, feeds)[0].shape == (2,)
 
@@ -180,7 +180,7 @@ def test_cli_help_and_errors(tmp_path):
 
 
 def test_import_crossrank_stays_lean():
-    code = ("import sys, crossrank, crossrank.cli; "
+    code = ("import sys, crossrank, crossrank.front.cli; "
             "heavy = [m for m in ('torch', 'transformers', 'optimum', 'onnx', 'crossrank.export') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

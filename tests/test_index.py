@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from crossrank.datasets import load_semanlink, semanlink_queries
+from crossrank.evaluation.datasets import load_semanlink, semanlink_queries
 from crossrank.index import EmbedderMismatchError, Index, IndexFormatError
 from crossrank.index_files import DOCUMENTS, MANIFEST, POINTER, VECTORS
 
@@ -214,7 +214,7 @@ def test_build_and_search_argument_errors(embedder, index, corpus):
         Index.build(embedder, texts[:3], metric="l2", progress=False)
     with pytest.raises(ValueError, match="connectivity must be a positive int"):
         Index.build(embedder, texts[:3], connectivity=0, progress=False)
-    with pytest.raises(ValueError, match="k must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
         index.search("anything", k=0)
     with pytest.raises(ValueError, match=r"shape \(128,\); this index holds 384-dim"):
         index.search(np.zeros(128, dtype=np.float32), k=3)

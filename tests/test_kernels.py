@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from crossrank.kernels.heads import (add_pooling_head, add_score_head, head_node_names,
-                                     reference_pooling, reference_score)
+from crossrank.kernels.heads import (add_pooling_head, add_score_head, head_node_names, reference_pooling,
+                                     reference_score)
 from crossrank.kernels.quantize import RECIPES, get_recipe, quantize_int8
+from crossrank.session import build_session
 
 RNG = np.random.default_rng(0)
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
     onnx.checker.check_model(model)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = build_session(model.SerializeToString())
     return session.run(None, feeds)[0]
 
 
@@ -104,7 +104,7 @@ def test_dynamic_int8_recipes_match_float_matmul(recipe_name, tmp_path):
     quantize_int8(src, dst, get_recipe(recipe_name))
     quantized = onnx.load(dst)
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in quantized.graph.node}
-    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = build_session(dst).run(None, {"x": x})[0]
     want = x.astype(np.float64) @ weights
     relative = np.abs(got - want).max() / np.abs(want).max()
     assert relative < (0.03 if get_recipe(recipe_name).reduce_range else 0.25), f"{recipe_name}: {relative:.4f}"
@@ -139,10 +139,8 @@ def test_fusion_matches_unfused_graph(minilm_path, tmp_path):
     feeds = {k: v.astype(np.int64) for k, v in tokenizer(
         ["Cross-encoders read the query and passage together.", "short"],
         padding=True, return_tensors="np").items()}
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = ort.InferenceSession(str(raw), plain, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    got = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    want = build_session(raw, optimization="disable").run(None, feeds)[0]
+    got = build_session(fused.SerializeToString()).run(None, feeds)[0]
     mask = feeds["attention_mask"].astype(bool)
     np.testing.assert_allclose(got[mask], want[mask], atol=1e-4)
 

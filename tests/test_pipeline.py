@@ -12,11 +12,12 @@ import json
 import numpy as np
 import pytest
 
-from crossrank.cli import main
-from crossrank.cli_search import evaluate, read_corpus
-from crossrank.datasets import load_semanlink, semanlink_queries
+from crossrank.evaluation.datasets import load_semanlink, semanlink_queries
+from crossrank.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from crossrank.evaluation.retrieval import evaluate
+from crossrank.front.cli import main
+from crossrank.front.search import read_corpus
 from crossrank.index import EmbedderMismatchError, Index
-from crossrank.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 from crossrank.pipeline import STAGES, Pipeline
 
 N_DOCS = 300
@@ -140,11 +141,11 @@ def test_pipeline_refuses_another_embedder(index, bi_int8):
 
 def test_pipeline_argument_errors(embedder, index):
     pipeline = Pipeline(embedder, index)
-    with pytest.raises(ValueError, match="k must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
         pipeline.search("ontologies", k=0)
-    with pytest.raises(ValueError, match="top_n must be a positive int or None, got -1"):
+    with pytest.raises(ValueError, match="top_n must be a positive integer or None, got -1"):
         pipeline.search("ontologies", top_n=-1)
-    with pytest.raises(ValueError, match="query must be a non-empty str"):
+    with pytest.raises(ValueError, match="query is empty"):
         pipeline.search("   ")
     with pytest.raises(TypeError, match="queries must be a list of str"):
         pipeline.search_many("ontologies")
@@ -179,12 +180,12 @@ def test_evaluate_with_reranker_reports_both_stages(embedder, index, reranker, q
 
 
 def test_semanlink_index_is_reused_only_when_it_matches(monkeypatch, tmp_path, embedder, bi_int8):
-    import crossrank.datasets
-    from crossrank.cli_search import SEMANLINK_CORPUS, ensure_semanlink_index
+    import crossrank.evaluation.retrieval
     from crossrank.embedder import Embedder
+    from crossrank.evaluation.retrieval import SEMANLINK_CORPUS, ensure_semanlink_index
 
     documents, queries = load_semanlink()
-    monkeypatch.setattr(crossrank.datasets, "load_semanlink", lambda: (documents[:30], queries))
+    monkeypatch.setattr(crossrank.evaluation.retrieval, "load_semanlink", lambda: (documents[:30], queries))
     out = tmp_path / "semanlink"
     built, reused = ensure_semanlink_index(embedder, out, progress=False)
     assert not reused and built.ids() == [d.id for d in documents[:30]]
@@ -226,8 +227,8 @@ def test_read_corpus_reports_bad_lines(tmp_path):
 def test_cli_argument_errors(capsys, tmp_path):
     for argv, message in [
         (["search", "q"], "the following arguments are required: --index"),
-        (["search", "--index", "x", "--k", "0", "q"], "argument --k: 0 must be >= 1"),
-        (["search", "--index", "x", "--top-n", "ten", "q"], "argument --top-n: 'ten' is not an integer"),
+        (["search", "--index", "x", "--k", "0", "q"], "argument --k: expected a positive integer, got 0"),
+        (["search", "--index", "x", "--top-n", "ten", "q"], "argument --top-n: expected a positive integer, got 'ten'"),
         (["index", "build", "--embedder", "e", "--out", "o"], "one of the arguments --corpus --semanlink is required"),
         (["index", "build", "--embedder", "e", "--out", "o", "--corpus", "c", "--semanlink"], "not allowed with"),
         (["index", "build", "--embedder", "e", "--out", "o", "--corpus", "c", "--dtype", "f64"], "invalid choice: 'f64'"),

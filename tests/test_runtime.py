@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 import crossrank
 from crossrank.batching import padding_fraction, plan_batches
-from crossrank.metrics import spearman
+from crossrank.evaluation.metrics import spearman
 from crossrank.session import cuda_available
 from crossrank.tokenize import PairTokenizer
 
@@ -69,7 +69,7 @@ def test_int8_reranker_tracks_fp32(cross_fp32, cross_int8_seeded, passages):
 def test_embedder_equals_sentence_transformers(bi_fp32, minilm_path):
     from sentence_transformers import SentenceTransformer
 
-    from crossrank.datasets import load_semanlink
+    from crossrank.evaluation.datasets import load_semanlink
 
     documents, _ = load_semanlink()
     texts = [d.text for d in documents[:64]] + ["", "a"]
@@ -132,7 +132,7 @@ def test_chunk_mode_scores_the_best_window(cross_fp32, passages):
     assert all((w[:32] == windows[i - 1][stride: stride + 32]).all() for i, w in enumerate(windows) if i)
     assert np.concatenate([w[: stride] for w in windows[:-1]] + [windows[-1]]).tolist() == doc_ids.tolist()
     # Chunk score = best window score; the first window is the truncated document.
-    window_logits = chunk._encode_core(rows)
+    window_logits, _ = chunk._encode_core(rows)
     got = chunk.score([(query, long_doc)], raw_scores=True)[0]
     assert got == pytest.approx(window_logits.max(), abs=1e-6)
     assert got >= truncate.score([(query, long_doc)], raw_scores=True)[0] - 1e-6
@@ -177,7 +177,7 @@ def test_bad_input(reranker):
     with pytest.raises(TypeError, match=r"pairs\[0\]"):
         reranker.score(["not a pair"])
     assert len(reranker.rerank("q", ["", "a document"])) == 2  # empty strings are scored
-    with pytest.raises(ValueError, match="max_length 4096"):
+    with pytest.raises(ValueError, match=r"max_length must be an integer in \[8, 512\] or None, got 4096"):
         crossrank.Reranker(reranker.artifact.path, max_length=4096)
     with pytest.raises(ValueError, match="'window'"):
         crossrank.Reranker(reranker.artifact.path, long_documents="window")

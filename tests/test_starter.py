@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from crossrank.cli import main
-from crossrank.datasets import load_semanlink, semanlink_queries, tag_split
+from crossrank.evaluation.datasets import load_semanlink, semanlink_queries, tag_split
+from crossrank.front.cli import main
 
 STARTER = Path(__file__).resolve().parent.parent / "models" / "starter-reranker"
 # A test-split tag and one of its documents: never trained on, never used to choose a checkpoint.

@@ -1,6 +1,4 @@
-"""Command-line front of measurement: ``crossrank bench`` and ``crossrank tune``.
-
-``add_bench_commands(subparsers)`` adds both to the ``crossrank`` parser.
+"""``crossrank bench``: measure an artifact on a workload.
 
 ``bench`` measures an artifact (reranker: pairs/s; embedder: texts/s) on a workload: throughput
 and padding, latency per request size, useful GFLOP/s against this machine's measured GEMM rate,
@@ -13,8 +11,6 @@ shapes, so the shape comes from, in order: ``--encoder-shape``, a future manifes
 entry, or the ``config.json`` of the source folder recorded in the manifest, used only when its
 sha256 equals the one recorded at export. Without any of them the GFLOP/s line says so rather
 than guess (a file-size estimate would count the embedding table, half of MiniLM's weights).
-
-``tune`` lives in ``crossrank.tuning``; this module parses its arguments and prints its table.
 """
 
 from __future__ import annotations
@@ -29,7 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.cli_args import number_arg
+from crossrank.artifact import load_artifact, sha256_file
+from crossrank.embedder import Embedder
+from crossrank.errors import InvalidArgumentError, OutputExistsError
+from crossrank.front.args import add_workload_arguments, int_list_arg, positive_int_arg
+from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gflops, machine_name, measure_latency,
+                                     measure_throughput, peak_rss_mb)
+from crossrank.front.workload import load_workload, request_of_size, spread
+from crossrank.reranker import Reranker
+from crossrank.runner import RunStats
+from crossrank.session import require_device
 
 VS_CHOICES = ("sentence-transformers",)
 DEFAULT_SIZES = {"cross": (20, 100), "bi": (1, 20)}
@@ -40,28 +45,8 @@ CHUNK_ITEMS = 256       # items per scoring call in the throughput run (progress
 ST_BATCH = 32           # sentence-transformers' default batch size
 
 
-# -- argument types: bad values are argparse errors with the flag's name --------------------
-
-_positive_int = number_arg(int, lambda v: v >= 1, "expected a positive integer, got {text}",
-                           "expected a positive integer, got {value}")
-_count = number_arg(int, lambda v: v >= 0, "expected an integer >= 0 (0 = all), got {text}",
-                    "expected an integer >= 0 (0 = all), got {value}")
-_positive_float = number_arg(float, lambda v: 0 < v < float("inf"), "expected a number of milliseconds, got {text}",
-                             "expected a positive finite number, got {text}")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return sorted(set(values))
-
-
 def _sizes(text: str) -> list[int] | str:
-    return "own" if text.strip() == "own" else _int_list(text)
+    return "own" if text.strip() == "own" else int_list_arg(text)
 
 
 def _encoder_shape(text: str) -> dict:
@@ -75,27 +60,9 @@ def _encoder_shape(text: str) -> dict:
     return dict(zip(("layers", "hidden", "intermediate"), values))
 
 
-def _add_workload_arguments(p, default_queries: int, what: str) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--workload", metavar="FILE.jsonl",
-                       help='your requests: JSONL of {"query": ..., "documents": [...]} per line (.gz ok)')
-    group.add_argument("--bundled", action="store_true",
-                       help="the bundled TREC RAG 2024 workload: 301 queries x 20 MS MARCO passages "
-                            "(`make data` fetches it; the default)")
-    p.add_argument("--queries", type=_count, default=default_queries, metavar="N",
-                   help=f"requests of the workload {what}, evenly spread (default {default_queries}; 0 = all)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="execution provider (default cpu)")
-
-
-def add_bench_commands(sub) -> None:
-    """Add ``bench`` and ``tune`` to the ``crossrank`` subparsers."""
-    _add_bench(sub)
-    _add_tune(sub)
-
-
 # -- bench ----------------------------------------------------------------------------------
 
-def _add_bench(sub) -> None:
+def add_bench(sub) -> None:
     p = sub.add_parser(
         "bench", help="measure an artifact on a workload: throughput, latency, padding, GFLOP/s, RSS",
         description="Run a reranker (or embedder) artifact on a workload and report pairs/s (texts/s), "
@@ -104,17 +71,17 @@ def _add_bench(sub) -> None:
                     "the artifact's runtime.json (crossrank tune) unless given here.",
     )
     p.add_argument("artifact", metavar="ART", help="artifact folder (cross-encoder or bi-encoder)")
-    _add_workload_arguments(p, 30, "used for the throughput run")
+    add_workload_arguments(p, 30, "used for the throughput run")
     p.add_argument("--sizes", type=_sizes, default=None, metavar="N,N,...|own",
                    help="documents per request for the latency figures (default 20,100 for a reranker, "
                         "1,20 texts for an embedder; 'own' = the workload's requests as they are; "
                         "the default with --workload is own)")
-    p.add_argument("--runs", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--runs", type=positive_int_arg, default=None, metavar="N",
                    help="timed runs per request size (default: about 200 pairs' worth, 3 to 20)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: runtime.json, else physical cores)")
-    p.add_argument("--batch-tokens", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int_arg, default=None, help="intra-op threads (default: runtime.json, else physical cores)")
+    p.add_argument("--batch-tokens", type=positive_int_arg, default=None, metavar="N",
                    help="token budget per model call (default: runtime.json, else the device default)")
-    p.add_argument("--budgets", type=_int_list, default=None, metavar="N,N,...",
+    p.add_argument("--budgets", type=int_list_arg, default=None, metavar="N,N,...",
                    help="batch token budgets for the throughput-vs-budget curve (default with --report: "
                         f"{','.join(map(str, REPORT_BUDGETS))}; else none)")
     p.add_argument("--encoder-shape", type=_encoder_shape, default=None, metavar="L,H,I",
@@ -152,8 +119,6 @@ def resolve_encoder_shape(artifact, explicit: dict | None, source: Path | None) 
         return {k: int(recorded[k]) for k in ("layers", "hidden", "intermediate")}, "manifest"
     if source is None:
         return None, "unknown (no local source folder): pass --encoder-shape LAYERS,HIDDEN,INTERMEDIATE"
-    from crossrank.artifact import sha256_file
-
     config_path = source / "config.json"
     expected = ((artifact.manifest.get("source") or {}).get("files") or {}).get("config.json")
     if expected and sha256_file(config_path) != expected:
@@ -208,9 +173,6 @@ class _Model:
     """The crossrank side of a bench: same calls for a reranker and an embedder."""
 
     def __init__(self, artifact, device: str, threads, batch_tokens):
-        from crossrank.embedder import Embedder
-        from crossrank.reranker import Reranker
-
         self.kind = artifact.kind
         cls = Reranker if self.kind == "cross" else Embedder
         self.model = cls(artifact.path, device=device, threads=threads, batch_tokens=batch_tokens)
@@ -241,24 +203,15 @@ class _Model:
         return rows.lengths
 
     def reset_stats(self) -> None:
-        from crossrank.runner import RunStats
-
         self.model.runner.stats = RunStats()
 
     @property
     def settings(self) -> dict:
-        runner = self.model.runner
-        return {"threads": runner.session.get_session_options().intra_op_num_threads,
-                "batch_tokens": runner.batch_tokens, "io_binding": runner.io_binding}
+        return self.model.runner.settings.as_dict()
 
-
-def _settings_origin(args, artifact) -> dict:
-    from crossrank.tuning import runtime_settings
-
-    tuned = runtime_settings(artifact.path, args.device) if artifact.kind == "cross" else {}
-    explicit = {"threads": args.threads, "batch_tokens": args.batch_tokens}
-    return {key: "argument" if explicit.get(key) is not None else "runtime.json" if key in tuned else "default"
-            for key in ("threads", "batch_tokens", "io_binding")}
+    @property
+    def settings_origin(self) -> dict:
+        return dict(self.model.settings_origin)
 
 
 def _runs_for(size: int, runs: int | None) -> int:
@@ -266,9 +219,6 @@ def _runs_for(size: int, runs: int | None) -> int:
 
 
 def _latency(model: _Model, requests: list[dict], sizes, runs: int | None, progress: _Progress) -> list[dict]:
-    from crossrank.bench import measure_latency
-    from crossrank.tuning import request_of_size
-
     rows = []
     if sizes == "own":
         own = requests if runs is None else requests[:runs]
@@ -302,8 +252,6 @@ def _latency(model: _Model, requests: list[dict], sizes, runs: int | None, progr
 
 
 def _budget_curve(artifact, args, requests: list[dict], budgets, progress: _Progress) -> list[dict]:
-    from crossrank.bench import measure_throughput
-
     subset, count = [], 0
     for request in requests:
         if count >= BUDGET_ITEMS:
@@ -321,20 +269,6 @@ def _budget_curve(artifact, args, requests: list[dict], budgets, progress: _Prog
         points.append({"batch_tokens": budget, "items_per_s": rate, "seconds": seconds,
                        "padding_fraction": model.model.padding_fraction})
     return points
-
-
-def _cold_start(artifact, device: str) -> float:
-    import subprocess
-
-    if artifact.kind == "cross":
-        from crossrank.bench import cold_start_seconds
-
-        return cold_start_seconds(str(artifact.path), device)
-    code = ("import crossrank; e = crossrank.Embedder(%r, device=%r); e.embed(['what is a bi-encoder'])"
-            % (str(artifact.path), device))
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    return time.perf_counter() - start
 
 
 def _vs_sentence_transformers(artifact, source: Path, args, chunks, requests, sizes, threads: int,
@@ -372,9 +306,6 @@ def _vs_sentence_transformers(artifact, source: Path, args, chunks, requests, si
     seconds = time.perf_counter() - start
     latency = None
     if sizes != "own":
-        from crossrank.bench import measure_latency
-        from crossrank.tuning import request_of_size
-
         size = _vs_size(sizes)
         query, documents = request_of_size(requests, size)
         lat = measure_latency(lambda: request(query, documents), runs=_runs_for(size, args.runs), warmup=1)
@@ -394,30 +325,21 @@ def _check_bench_args(args, artifact) -> tuple[Path | None, list[int] | str]:
     source = _source_folder(artifact, args.source)
     if args.vs is not None:
         if source is None:
-            raise ValueError(f"--vs {args.vs} needs the Hugging Face folder the artifact was exported from: "
+            raise InvalidArgumentError(f"--vs {args.vs} needs the Hugging Face folder the artifact was exported from: "
                              f"the manifest's source {(artifact.manifest.get('source') or {}).get('name')!r} "
                              f"is not a local folder; pass --source DIR")
         if importlib.util.find_spec("sentence_transformers") is None or importlib.util.find_spec("torch") is None:
-            raise ValueError(f"--vs {args.vs} needs sentence-transformers and torch: pip install 'crossrank[dev,export]'")
+            raise InvalidArgumentError(f"--vs {args.vs} needs sentence-transformers and torch: pip install 'crossrank[dev,export]'")
     sizes = args.sizes
     if sizes is None:
         sizes = "own" if args.workload else list(REPORT_SIZES[artifact.kind] if args.report else DEFAULT_SIZES[artifact.kind])
-    if args.device == "cuda":
-        from crossrank.session import cuda_available
-
-        if not cuda_available():
-            raise RuntimeError("--device cuda needs onnxruntime-gpu (CUDAExecutionProvider): "
-                               "pip uninstall -y onnxruntime && pip install 'crossrank[gpu]'")
+    require_device(args.device)
     if args.report is not None and Path(args.report).exists() and not Path(args.report).is_dir():
-        raise FileExistsError(f"--report {args.report!r} exists and is not a folder")
+        raise OutputExistsError(f"--report {args.report!r} exists and is not a folder")
     return source, sizes
 
 
 def run_bench(args) -> int:
-    from crossrank.artifact import load_artifact
-    from crossrank.bench import encoder_flops, gemm_gflops, measure_throughput, peak_rss_mb
-    from crossrank.tuning import load_workload, machine_name, spread
-
     artifact = load_artifact(args.artifact)
     source, sizes = _check_bench_args(args, artifact)
     requests, workload_name = load_workload(args.workload)
@@ -425,8 +347,8 @@ def run_bench(args) -> int:
     shape, shape_from = resolve_encoder_shape(artifact, args.encoder_shape, source)
     budgets = args.budgets if args.budgets is not None else (list(REPORT_BUDGETS) if args.report else [])
 
-    origin = _settings_origin(args, artifact)
     model = _Model(artifact, args.device, args.threads, args.batch_tokens)
+    origin = model.settings_origin
     unit = model.unit
     chunks = _chunks(measured, CHUNK_ITEMS)
     n_items = sum(len(r["documents"]) for r in measured)
@@ -461,7 +383,7 @@ def run_bench(args) -> int:
     if not args.quiet:
         print("measuring GEMM rate and cold start ...", file=sys.stderr)
     gemm = gemm_gflops()
-    cold = _cold_start(artifact, args.device)
+    cold = cold_start_seconds(str(artifact.path), args.device, artifact.kind)
     useful = encoder_flops(lengths, **shape) / seconds / 1e9 if shape else None
     report = {
         "command": " ".join(["crossrank"] + sys.argv[1:]),
@@ -573,178 +495,4 @@ def write_bench_report(out: Path, report: dict) -> None:
     (out / "report.md").write_text("\n".join(md) + "\n")
 
 
-# -- tune -----------------------------------------------------------------------------------
-
-def _add_tune(sub) -> None:
-    p = sub.add_parser(
-        "tune", help="sweep threads and batch budgets on this machine and write runtime.json",
-        description="Measure a reranker artifact under each setting (intra-op threads 1..physical cores, "
-                    "batch token budget, IO binding on CUDA), re-measure the fastest against the defaults "
-                    "in interleaved rounds, pick the highest throughput whose p95 for the reference request "
-                    "(1 query x 20 documents) is within --latency-budget-ms, and write it to "
-                    "ART/runtime.json (the manifest is not touched). Reranker(ART) then uses it; explicit "
-                    "arguments win. Sibling artifacts of the same model in other precisions are measured at "
-                    "the chosen settings, for comparison.",
-    )
-    p.add_argument("artifact", metavar="ART", help="cross-encoder artifact folder")
-    p.add_argument("--latency-budget-ms", type=_positive_float, default=None, metavar="N",
-                   help="p95 limit for 1 query x 20 documents (default: none, highest throughput wins)")
-    _add_workload_arguments(p, 8, "scored per setting")
-    p.add_argument("--threads", type=_int_list, default=None, metavar="N,N,...",
-                   help="thread counts to try (default 1..physical cores)")
-    p.add_argument("--batch-tokens", type=_int_list, default=None, metavar="N,N,...",
-                   help="batch token budgets to try (default 1024,2048,4096,8192)")
-    p.add_argument("--runs", type=_positive_int, default=7, metavar="N",
-                   help="timed 1 x 20 requests per setting for the p95 (default 7)")
-    p.add_argument("--rounds", type=_count, default=3, metavar="N",
-                   help="final rounds: the 2 fastest settings and the defaults, each on a warm Reranker, take "
-                        "turns on the same pairs, N rounds; the choice and the gain use the medians (default 3; "
-                        "0 = choose from the sweep's single samples, no gain figure)")
-    p.add_argument("--no-variants", action="store_true", help="skip measuring other precisions of the model")
-    p.add_argument("--dry-run", action="store_true", help="measure and print, but do not write runtime.json")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=run_tune)
-
-
-FINALISTS = 2  # fastest settings within budget that go to the final round (plus the defaults)
-
-
-def run_tune(args) -> int:
-    from crossrank.artifact import load_artifact
-    from crossrank.session import cuda_available, physical_cores
-    from crossrank.tuning import (BATCH_TOKENS_RANGE, REFERENCE_DOCUMENTS, RUNTIME_FILE, RuntimeConfigError,
-                                  choose, default_settings, describe, final_round, load_workload, measure,
-                                  measured_record, precision_variants, read_runtime, request_of_size,
-                                  settings_grid, spread, sweep, within_budget, write_runtime)
-
-    artifact = load_artifact(args.artifact)
-    if artifact.kind != "cross":
-        raise ValueError(f"crossrank tune tunes rerankers: {str(artifact.path)!r} is a {artifact.kind!r} "
-                         f"(embedder) artifact, which Reranker settings do not apply to; "
-                         f"measure it with `crossrank bench`")
-    try:
-        read_runtime(artifact.path)
-    except RuntimeConfigError as err:
-        raise RuntimeConfigError(f"{err} -- fix or delete {artifact.path / RUNTIME_FILE}, then tune again") from None
-    if args.device == "cuda" and not cuda_available():
-        raise RuntimeError("--device cuda needs onnxruntime-gpu (CUDAExecutionProvider): "
-                           "pip uninstall -y onnxruntime && pip install 'crossrank[gpu]'")
-    low, high = BATCH_TOKENS_RANGE
-    if args.batch_tokens and not all(low <= b <= high for b in args.batch_tokens):
-        raise ValueError(f"--batch-tokens values must be in [{low}, {high}], got {args.batch_tokens}")
-    cores = physical_cores()
-    if args.threads and max(args.threads) > 4 * cores:
-        raise ValueError(f"--threads {max(args.threads)} is far above this machine's {cores} physical cores")
-    requests, workload_name = load_workload(args.workload)
-    measured_requests = spread(requests, args.queries or None)
-    pairs = [(r["query"], d) for r in measured_requests for d in r["documents"]]
-    reference = request_of_size(requests, REFERENCE_DOCUMENTS)
-    grid = settings_grid(args.device, args.threads, args.batch_tokens)
-    default = default_settings(args.device)
-    say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    say(f"tuning {artifact.path} ({artifact.precision}, {args.device}): {len(grid)} settings x "
-        f"({len(pairs)} pairs + {args.runs} x 1x{REFERENCE_DOCUMENTS} requests); {cores} physical cores")
-
-    def progress(i, total, trial, seconds):
-        say(f"  [{i}/{total}] {describe(trial)}: {trial.pairs_per_s:.1f} pairs/s, p95 {trial.p95_ms:.0f} ms "
-            f"({seconds:.0f} s)")
-
-    trials = sweep(artifact.path, args.device, grid, pairs, reference, args.runs, progress)
-    baseline = next((t for t in trials if t.is_default), None)
-    if baseline is None:  # the defaults are outside the grid: measured as the baseline, not a candidate
-        say(f"  [+] default settings (threads {default['threads']}, batch_tokens {default['batch_tokens']})")
-        baseline = measure(artifact.path, args.device, default, pairs, reference, args.runs)
-        baseline.is_default, baseline.candidate = True, False
-        baseline.notes.append("baseline only (outside the grid)")
-        trials.append(baseline)
-    if args.rounds:
-        finalists = within_budget(trials, args.latency_budget_ms)[:FINALISTS]
-        if finalists and baseline not in finalists:
-            finalists.append(baseline)
-        if len(finalists) > 1:
-            final_round(artifact.path, args.device, finalists, pairs, args.rounds, say)
-    chosen, reason = choose(trials, args.latency_budget_ms)
-    for trial in trials:
-        if args.latency_budget_ms is not None and trial.p95_ms > args.latency_budget_ms:
-            trial.notes.append("over budget")
-    variants = []
-    if not args.no_variants:
-        at = chosen.settings if chosen is not None else default
-        for folder in precision_variants(artifact.path):
-            say(f"  [variant] {folder.name}")
-            try:
-                trial = measure(folder, args.device, at, pairs, reference, args.runs)
-            except (ValueError, RuntimeError) as err:  # a broken sibling is reported, not fatal
-                say(f"    skipped: {err}")
-                continue
-            trial.label = f"{folder.name} ({load_artifact(folder, verify=False).precision})"
-            variants.append(trial)
-    gain = None
-    if chosen is baseline:
-        gain = 1.0
-    elif chosen is not None and chosen.final and baseline.final:
-        gain = chosen.rate / baseline.rate
-    print(format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain, workload_name, len(pairs)))
-    if chosen is None:
-        print(f"\nruntime.json not written: {reason}. Raise --latency-budget-ms, or use a faster "
-              f"precision variant.", file=sys.stderr)
-        return 1
-    if args.dry_run:
-        print("\n--dry-run: runtime.json not written")
-        return 0
-    path = write_runtime(artifact.path, args.device, chosen.settings,
-                         measured_record(chosen, args.latency_budget_ms, workload_name, len(pairs),
-                                         artifact.sha256, gain))
-    print(f"\nwrote {path}: Reranker({str(artifact.path)!r}, device={args.device!r}) now uses "
-          f"{describe(chosen)} (explicit arguments still win)")
-    return 0
-
-
-def format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain, workload, n_pairs) -> str:
-    from crossrank.tuning import describe
-
-    budget = args.latency_budget_ms
-    lines = [f"crossrank tune {artifact.path} ({artifact.precision}, {args.device}); workload: {workload}, "
-             f"{n_pairs} pairs per setting; reference request 1 x 20, {args.runs} runs"
-             + (f"; p95 budget {budget:g} ms" if budget is not None else "; no latency budget"), "",
-             f"  {'threads':>7} {'batch_tokens':>12} {'io_binding':>10} {'pairs/s':>8} {'final':>6} {'p50 ms':>7} "
-             f"{'p95 ms':>7} {'padding':>7}  note"]
-
-    def row(t, label=""):
-        notes = list(t.notes)
-        if t.is_default:
-            notes.insert(0, "default")
-        if chosen is not None and t is chosen:
-            notes.insert(0, "CHOSEN")
-        if label:
-            notes.insert(0, label)
-        final = f"{t.rate:.1f}" if t.final else "-"
-        return (f"  {t.threads:>7} {t.batch_tokens:>12} {'on' if t.io_binding else 'off':>10} "
-                f"{t.pairs_per_s:>8.1f} {final:>6} {t.p50_ms:>7.0f} {t.p95_ms:>7.0f} {t.padding_fraction:>7.1%}  "
-                + ", ".join(notes))
-
-    lines += [row(t) for t in trials]
-    lines.append("  (pairs/s: one sweep sample; final: median over the final rounds, where the finalists "
-                 "take turns on the same pairs)")
-    if variants:
-        lines += ["", "  other precisions of the same model, at the chosen settings (advisory: runtime.json "
-                      "covers this artifact only):"]
-        lines += [row(t, t.label) for t in variants]
-    lines += ["", f"chosen: {describe(chosen)}: {reason}." if chosen is not None else f"no choice: {reason}."]
-    if gain is not None:
-        if chosen is baseline:
-            lines.append("the chosen settings are the defaults: gain 1.00x")
-        else:
-            d = ", ".join(f"{x:.1f}" for x in baseline.final)
-            t = ", ".join(f"{x:.1f}" for x in chosen.final)
-            lines.append(f"gain over the defaults ({describe(baseline)}): {gain:.2f}x throughput "
-                         f"(final rounds, taking turns: defaults {d} pairs/s; chosen {t} pairs/s)")
-    if chosen is not None and variants:
-        best = max(variants, key=lambda v: v.pairs_per_s)
-        if best.pairs_per_s > chosen.pairs_per_s * 1.05 and (budget is None or best.p95_ms <= budget):
-            lines.append(f"note: {best.label} is {best.pairs_per_s / chosen.pairs_per_s:.2f}x faster at these "
-                         f"settings; point Reranker at it (and tune it) if its fidelity suits you.")
-    return "\n".join(lines)
-
-
-__all__ = ["add_bench_commands", "format_bench", "resolve_encoder_shape", "run_bench", "run_tune"]
+__all__ = ["add_bench", "format_bench", "resolve_encoder_shape", "run_bench"]

@@ -7,6 +7,7 @@ No torch here; peers (sentence-transformers) are imported only by the callers th
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,19 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from crossrank.settings import physical_cores
+
+
+def machine_name() -> str:
+    """CPU model and physical cores, e.g. "AMD EPYC 7R13 Processor, 2 physical cores"."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {physical_cores()} physical cores"
 
 
 def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -80,11 +94,14 @@ def measure_throughput(call: Callable[[], object], items: int) -> tuple[float, f
     return items / seconds, seconds
 
 
-def cold_start_seconds(artifact: str, device: str = "cpu") -> float:
-    """Wall time from a fresh Python process's start to its first rerank result."""
-    code = ("import crossrank; r = crossrank.Reranker(%r, device=%r); "
-            "r.rerank('what is a cross-encoder', ['A cross-encoder reads query and passage together.'])"
-            % (str(artifact), device))
+def cold_start_seconds(artifact: str, device: str = "cpu", kind: str = "cross") -> float:
+    """Wall time from a fresh Python process's start to its first result (rerank or embed)."""
+    if kind == "cross":
+        call = "crossrank.Reranker(%r, device=%r).rerank('what is a cross-encoder', " \
+               "['A cross-encoder reads query and passage together.'])"
+    else:
+        call = "crossrank.Embedder(%r, device=%r).embed(['what is a bi-encoder'])"
+    code = "import crossrank; " + call % (str(artifact), device)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return time.perf_counter() - start

@@ -1,7 +1,7 @@
 """Command-line front of the first stage and the pipeline: ``index``, ``search`` and ``eval``.
 
 ``add_search_commands(subparsers)`` adds them to the ``crossrank`` parser. Also here: reading a
-JSONL corpus, and building (or reusing) the index of the 7,300 Semanlink documents for the demo.
+JSONL corpus.
 """
 
 from __future__ import annotations
@@ -11,71 +11,36 @@ import json
 import time
 from pathlib import Path
 
-from crossrank.cli_args import number_arg
-from crossrank.datasets import read_jsonl
-from crossrank.index import DTYPES, Index, IndexFormatError
+from crossrank.errors import InvalidArgumentError, MissingFileError, OutputExistsError
+from crossrank.evaluation.datasets import read_jsonl
+from crossrank.evaluation.retrieval import build_semanlink_index, evaluate
+from crossrank.front.args import add_device_argument, milliseconds_arg, positive_int_arg
+from crossrank.index import DTYPES, Index
 from crossrank.index_files import index_info
-
-SEMANLINK_CORPUS = "semanlink (cherche==2.2.1)"
-
 
 # -- library helpers ------------------------------------------------------------------------
 
 def read_corpus(path: str | Path) -> tuple[list, list[str]]:
     """ids and texts of a JSONL corpus, one ``{"id": str|int, "text": str}`` per line.
 
-    Blank lines are skipped. A bad line raises ValueError naming the file and line number.
+    Blank lines are skipped. A bad line raises InvalidArgumentError naming the file and line number.
     """
     ids, texts, line_of = [], [], {}
     for where, number, row in read_jsonl(path, "corpus file", ("id", "text")):
         doc_id, text = row["id"], row["text"]
         if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-            raise ValueError(f'{where}: "id" must be a string or an integer, got {doc_id!r:.60}')
+            raise InvalidArgumentError(f'{where}: "id" must be a string or an integer, got {doc_id!r:.60}')
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f'{where}: "text" must be a non-empty string, got {text!r:.60}')
+            raise InvalidArgumentError(f'{where}: "text" must be a non-empty string, got {text!r:.60}')
         key = (type(doc_id), doc_id)
         if key in line_of:
-            raise ValueError(f"{where}: id {doc_id!r} already appeared on line {line_of[key]}")
+            raise InvalidArgumentError(f"{where}: id {doc_id!r} already appeared on line {line_of[key]}")
         line_of[key] = number
         ids.append(doc_id)
         texts.append(text)
     if not texts:
-        raise ValueError(f"corpus file {str(path)!r} holds no documents")
+        raise InvalidArgumentError(f"corpus file {str(path)!r} holds no documents")
     return ids, texts
-
-
-def build_semanlink_index(embedder, out: str | Path, dtype: str = "f16", progress: bool = True,
-                          **build_options) -> Index:
-    """Index every Semanlink document (ids = their URLs) with ``embedder`` and save it to ``out``.
-
-    build_options: more keyword arguments of ``Index.build`` (connectivity, batch_size, ...).
-    """
-    from crossrank.datasets import load_semanlink
-
-    documents, _ = load_semanlink()
-    index = Index.build(embedder, [d.text for d in documents], [d.id for d in documents],
-                        dtype=dtype, progress=progress, **build_options)
-    index.metadata["corpus"] = SEMANLINK_CORPUS
-    index.save(out)
-    return index
-
-
-def ensure_semanlink_index(embedder, out: str | Path, dtype: str = "f16",
-                           progress: bool = True) -> tuple[Index, bool]:
-    """The Semanlink index at ``out`` if it was built by this embedder and is whole; else build it.
-
-    Returns (index, reused). A stale or damaged cache is rebuilt, never trusted.
-    """
-    from crossrank.datasets import load_semanlink
-
-    try:
-        index = Index.load(out, view=True, embedder=embedder)
-        if index.metadata.get("corpus") == SEMANLINK_CORPUS and len(index) == len(load_semanlink()[0]) \
-                and index.dtype == dtype:
-            return index, True
-    except (IndexFormatError, ValueError):
-        pass
-    return build_semanlink_index(embedder, out, dtype=dtype, progress=progress), False
 
 
 def _load_embedder(path: str | None, index_dir: str, device: str):
@@ -85,7 +50,7 @@ def _load_embedder(path: str | None, index_dir: str, device: str):
     if path is None:
         recorded = index_info(index_dir)["embedder"].get("path")
         if not recorded or not Path(recorded).is_dir():
-            raise FileNotFoundError(f"index {index_dir!r} was built by the embedder at {recorded!r}, which "
+            raise MissingFileError(f"index {index_dir!r} was built by the embedder at {recorded!r}, which "
                                     f"is not there any more: pass --embedder ART")
         path = recorded
     return Embedder(path, device=device)
@@ -97,11 +62,6 @@ def _load_reranker(path: str | None, device: str):
     from crossrank.reranker import Reranker
 
     return Reranker(path, device=device)
-
-
-_positive = number_arg(int, lambda v: v >= 1, "{text} is not an integer", "{value} must be >= 1")
-_non_negative_ms = number_arg(float, lambda v: v >= 0, "expected milliseconds (a number >= 0), got {text}",
-                              "expected milliseconds (a number >= 0), got {text}")
 
 
 # -- crossrank index build | info -------------------------------------------------------------
@@ -129,13 +89,13 @@ def _add_index(sub) -> None:
     build.add_argument("--dtype", default="f16", choices=DTYPES,
                        help="stored vector type: f16 (default; same recall as f32 at half the size), "
                             "f32, or i8 (a quarter of f32; loses recall on MiniLM vectors)")
-    build.add_argument("--connectivity", type=_positive, default=None, help="HNSW edges per node (default 32)")
-    build.add_argument("--expansion-add", type=_positive, default=None,
+    build.add_argument("--connectivity", type=positive_int_arg, default=None, help="HNSW edges per node (default 32)")
+    build.add_argument("--expansion-add", type=positive_int_arg, default=None,
                        help="HNSW candidates explored per insertion (default 256)")
-    build.add_argument("--expansion-search", type=_positive, default=None,
+    build.add_argument("--expansion-search", type=positive_int_arg, default=None,
                        help="HNSW candidates explored per search (default 256)")
-    build.add_argument("--batch-size", type=_positive, default=512, help="documents per embedding call (default 512)")
-    build.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to embed (default cpu)")
+    build.add_argument("--batch-size", type=positive_int_arg, default=512, help="documents per embedding call (default 512)")
+    add_device_argument(build, "where to embed")
     build.add_argument("--force", action="store_true", help="replace an existing index at --out")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=_run_index_build)
@@ -151,7 +111,7 @@ def _run_index_build(args) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise FileExistsError(f"{str(out)!r} exists: pass --force to replace it")
+        raise OutputExistsError(f"{str(out)!r} exists: pass --force to replace it")
     ids, texts = read_corpus(args.corpus) if args.corpus else (None, None)  # read before the slow part
     embedder = Embedder(args.embedder, device=args.device)
     options = {"dtype": args.dtype, "connectivity": args.connectivity, "expansion_add": args.expansion_add,
@@ -201,12 +161,12 @@ def _add_search(sub) -> None:
     p.add_argument("--embedder", metavar="ART",
                    help="bi-encoder artifact (default: the one recorded in the index; it must match)")
     p.add_argument("--reranker", metavar="ART", help="cross-encoder artifact (default: first stage only)")
-    p.add_argument("--k", type=_positive, default=100, help="first-stage candidates (default 100)")
-    p.add_argument("--top-n", type=_positive, default=10, help="results to print (default 10)")
-    p.add_argument("--deadline-ms", type=_non_negative_ms, default=None, metavar="MS",
+    p.add_argument("--k", type=positive_int_arg, default=100, help="first-stage candidates (default 100)")
+    p.add_argument("--top-n", type=positive_int_arg, default=10, help="results to print (default 10)")
+    p.add_argument("--deadline-ms", type=milliseconds_arg, default=None, metavar="MS",
                    help="time allowed for the search: the reranker scores candidates in first-stage order "
                         "until the next batch would overrun (default: no deadline)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where models run (default cpu)")
+    add_device_argument(p, "where models run")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run_search)
 
@@ -215,7 +175,7 @@ def _run_search(args) -> int:
     from crossrank.pipeline import Pipeline
 
     if not args.query.strip():
-        raise ValueError("the query is empty")
+        raise InvalidArgumentError("the query is empty")
     index_info(args.index)  # a missing or broken index is reported before any model loads
     embedder = _load_embedder(args.embedder, args.index, args.device)
     index = Index.load(args.index, view=True, embedder=embedder)
@@ -261,54 +221,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--reranker", metavar="ART", help="cross-encoder artifact (default: first stage only)")
     p.add_argument("--dataset", default="semanlink", choices=["semanlink"], help="data set (default semanlink)")
     p.add_argument("--split", default="test", choices=["test", "dev", "train"], help="query split (default test)")
-    p.add_argument("--limit", type=_positive, default=None, help="evaluate only the first N queries")
-    p.add_argument("--k", type=_positive, default=100, help="first-stage candidates reranked (default 100)")
-    p.add_argument("--batch", type=_positive, default=8, help="queries per pipeline call (default 8)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where models run (default cpu)")
+    p.add_argument("--limit", type=positive_int_arg, default=None, help="evaluate only the first N queries")
+    p.add_argument("--k", type=positive_int_arg, default=100, help="first-stage candidates reranked (default 100)")
+    p.add_argument("--batch", type=positive_int_arg, default=8, help="queries per pipeline call (default 8)")
+    add_device_argument(p, "where models run")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_run_eval)
 
 
-def evaluate(pipeline, queries, k: int = 100, batch: int = 8, progress: bool = False) -> dict:
-    """Mean metrics over queries (objects with .text and .relevant): {"first_stage": {...}, "reranked": {...}}.
-
-    "reranked" is present only when the pipeline has a reranker. recall@100 needs k >= 100 (else
-    recall@k is reported).
-    """
-    from crossrank.metrics import mrr_at_k, ndcg_at_k, recall_at_k
-
-    deep = min(k, 100)
-    names = ("ndcg@10", "mrr@10", "recall@10", f"recall@{deep}")
-    totals = {"first_stage": dict.fromkeys(names, 0.0)}
-    if pipeline.reranker is not None:
-        totals["reranked"] = dict.fromkeys(names, 0.0)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(queries), unit="query", desc="evaluating")
-    for start in range(0, len(queries), batch):
-        part = queries[start: start + batch]
-        for query, result in zip(part, pipeline.search_many([q.text for q in part], k=k, top_n=None)):
-            rankings = {"first_stage": [h.id for h in sorted(result.hits, key=lambda h: h.first_stage_rank)]}
-            if "reranked" in totals:
-                rankings["reranked"] = result.ids
-            for stage, ranked in rankings.items():
-                relevant = set(query.relevant)
-                totals[stage]["ndcg@10"] += ndcg_at_k(ranked, relevant, 10)
-                totals[stage]["mrr@10"] += mrr_at_k(ranked, relevant, 10)
-                totals[stage]["recall@10"] += recall_at_k(ranked, relevant, 10)
-                totals[stage][f"recall@{deep}"] += recall_at_k(ranked, relevant, deep)
-        if bar is not None:
-            bar.update(len(part))
-    if bar is not None:
-        bar.close()
-    return {stage: {name: value / max(len(queries), 1) for name, value in figures.items()}
-            for stage, figures in totals.items()}
-
-
 def _run_eval(args) -> int:
-    from crossrank.datasets import semanlink_queries
+    from crossrank.evaluation.datasets import semanlink_queries
     from crossrank.pipeline import Pipeline
 
     index_info(args.index)
@@ -318,7 +240,7 @@ def _run_eval(args) -> int:
     wanted = sorted({doc for q in queries for doc in q.relevant})
     present = sum(doc in index for doc in wanted[:200])
     if present == 0:
-        raise ValueError(f"index {args.index!r} holds none of the {args.dataset} documents (ids must be "
+        raise InvalidArgumentError(f"index {args.index!r} holds none of the {args.dataset} documents (ids must be "
                          f"their URLs): build it with `crossrank index build --semanlink --out DIR`")
     pipeline = Pipeline(embedder, index, _load_reranker(args.reranker, args.device))
     start = time.perf_counter()

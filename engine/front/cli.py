@@ -1,11 +1,25 @@
-"""The ``crossrank`` command line. Each subcommand has its own ``--help``."""
+"""The ``crossrank`` command line. Each subcommand has its own ``--help``.
+
+A failure is one line on stderr naming the problem, exit status 2; ``--debug`` (or the
+environment variable ``CROSSRANK_DEBUG=1``) prints the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from crossrank.artifact import load_artifact
+from crossrank.errors import CrossrankError, InvalidArgumentError, MissingFileError
+from crossrank.evaluation.datasets import read_jsonl
+from crossrank.front.args import add_device_argument
+from crossrank.front.bench import add_bench
+from crossrank.front.search import add_search_commands
+from crossrank.front.tune import add_tune
+from crossrank.reranker import Reranker
 
 
 def _add_export(sub) -> None:
@@ -74,8 +88,6 @@ def _add_info(sub) -> None:
 
 
 def _run_info(args) -> int:
-    from crossrank.artifact import load_artifact
-
     artifact = load_artifact(args.artifact)
     print(json.dumps(artifact.manifest, indent=2) if args.json else describe_artifact(artifact.path, artifact.manifest))
     return 0
@@ -90,7 +102,7 @@ def _add_rerank(sub) -> None:
     p.add_argument("--docs", required=True,
                    help="documents: JSONL with {\"id\": ..., \"text\": ...} per line (.jsonl), else one per line")
     p.add_argument("--top-n", type=int, default=10, help="how many to print (default 10; 0 = all)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="execution provider (default cpu)")
+    add_device_argument(p)
     p.add_argument("--long-documents", default="truncate", choices=["truncate", "chunk"],
                    help="truncate long documents to the window, or score overlapping windows (default truncate)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
@@ -99,27 +111,23 @@ def _add_rerank(sub) -> None:
 
 def read_documents(path: str | Path) -> tuple[list[str], list[str]]:
     """(ids, texts) from a JSONL corpus ({"id", "text"} per line) or a plain file (one per line)."""
-    from crossrank.datasets import read_jsonl
-
     path = Path(path)
     if path.suffix in (".jsonl", ".json"):
         ids, texts = [], []
         for where, number, row in read_jsonl(path, "documents file", ("text",)):
             if not isinstance(row["text"], str):
-                raise ValueError(f"{where}: \"text\" must be a string, got {type(row['text']).__name__}")
+                raise InvalidArgumentError(f"{where}: \"text\" must be a string, got {type(row['text']).__name__}")
             ids.append(str(row.get("id", number)))
             texts.append(row["text"])
         return ids, texts
     if not path.is_file():
-        raise FileNotFoundError(f"documents file {str(path)!r} does not exist")
+        raise MissingFileError(f"documents file {str(path)!r} does not exist")
     kept = [(str(number), line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
             if line.strip()]
     return [number for number, _ in kept], [line for _, line in kept]
 
 
 def _run_rerank(args) -> int:
-    from crossrank.reranker import Reranker
-
     ids, texts = read_documents(args.docs)
     reranker = Reranker(args.reranker, device=args.device, long_documents=args.long_documents)
     ranked = reranker.rerank(args.query, texts, top_n=args.top_n or None)
@@ -137,25 +145,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fast, faithful two-stage retrieval: export models to optimized ONNX, embed and "
                     "index with usearch, rerank with cross-encoders on ONNX Runtime.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of a failure (also: environment variable CROSSRANK_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_export(sub)
     _add_info(sub)
     _add_rerank(sub)
-    from crossrank.cli_search import add_search_commands
-
     add_search_commands(sub)
-    from crossrank.cli_bench import add_bench_commands
-
-    add_bench_commands(sub)
+    add_bench(sub)
+    add_tune(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("CROSSRANK_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"crossrank {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"crossrank {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        if isinstance(err, (CrossrankError, OSError)):
+            message = str(err)
+        else:  # a bug or an unforeseen failure: still one line, with the way to see more
+            message = (f"unexpected {type(err).__name__}: {err} (run with --debug or CROSSRANK_DEBUG=1 "
+                       f"for the traceback)")
+        print(f"crossrank {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -20,12 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from crossrank.errors import DatasetNotFound, InvalidArgumentError, MissingFileError
+
 ARXIV_DOC_TAG = "http://www.semanlink.net/tag/arxiv_doc"
 TREC_RAG_FILE = "study1_retrieval.jsonl.gz"
-
-
-class DatasetNotFound(FileNotFoundError):
-    """A bundled data set is not installed; the message says how to install it."""
 
 
 def read_jsonl(path: str | Path, what: str, fields: Sequence[str]) -> Iterator[tuple[str, int, dict]]:
@@ -36,7 +34,7 @@ def read_jsonl(path: str | Path, what: str, fields: Sequence[str]) -> Iterator[t
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+        raise MissingFileError(f"{what} {str(path)!r} does not exist")
     keys = " and ".join(f'"{name}"' for name in fields)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
@@ -47,10 +45,10 @@ def read_jsonl(path: str | Path, what: str, fields: Sequence[str]) -> Iterator[t
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line "
+                raise InvalidArgumentError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line "
                                  f"must be an object with {keys}") from err
             if not isinstance(row, dict) or any(name not in row for name in fields):
-                raise ValueError(f"{where}: expected an object with {keys}, got {line.strip()[:80]!r}")
+                raise InvalidArgumentError(f"{where}: expected an object with {keys}, got {line.strip()[:80]!r}")
             yield where, number, row
 
 
@@ -130,7 +128,7 @@ def load_semanlink() -> tuple[tuple[Document, ...], tuple[Query, ...]]:
 
 def semanlink_queries(split: str | None = None) -> list[Query]:
     if split not in (None, "train", "dev", "test"):
-        raise ValueError(f"split {split!r} is not one of 'train', 'dev', 'test'")
+        raise InvalidArgumentError(f"split {split!r} is not one of 'train', 'dev', 'test'")
     _, queries = load_semanlink()
     return [q for q in queries if split is None or tag_split(q.tag) == split]
 

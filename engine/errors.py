@@ -1,0 +1,205 @@
+"""The one error family and the one set of input checks.
+
+Every error crossrank raises on purpose is a ``CrossrankError``, so a service can catch them all
+in one place. Each class also derives from the built-in exception its kind of failure has always
+raised (ValueError, TypeError, KeyError, ...), so ``except ValueError`` keeps working.
+
+The ``check_*`` functions are the one rule per kind of input; every public entry point calls them,
+so the same bad value gets the same error (class and wording) everywhere. Each names the argument,
+the bad value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+
+
+class CrossrankError(Exception):
+    """Base of every error crossrank raises on purpose."""
+
+
+class InvalidArgumentError(CrossrankError, ValueError):
+    """An argument has a value crossrank cannot use; the message names it and what is accepted."""
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type (also a TypeError)."""
+
+
+class ArtifactError(CrossrankError, ValueError):
+    """An artifact folder is missing, malformed, or does not match its manifest."""
+
+
+class RuntimeConfigError(CrossrankError, ValueError):
+    """``runtime.json`` is malformed: the message names the file and the bad key or value."""
+
+
+class IndexFormatError(CrossrankError, ValueError):
+    """An index folder is missing, truncated, corrupted or not an index; the message names the file."""
+
+
+class EmbedderMismatchError(CrossrankError, ValueError):
+    """The embedder given to an index is not the one that built it (other model or dimension)."""
+
+
+class UnknownIdError(CrossrankError, KeyError):
+    """A document id is not in the index."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(CrossrankError, RuntimeError):
+    """The call is not possible in the object's current state (e.g. a read-only index)."""
+
+
+class DeviceUnavailableError(CrossrankError, RuntimeError):
+    """The execution provider asked for is not installed (e.g. device="cuda" without onnxruntime-gpu)."""
+
+
+class MissingFileError(CrossrankError, FileNotFoundError):
+    """An input file or folder the caller named does not exist."""
+
+
+class DatasetNotFound(MissingFileError):
+    """A bundled data set is not installed; the message says how to install it."""
+
+
+class OutputExistsError(CrossrankError, FileExistsError):
+    """An output path exists and would be replaced without permission (``--force``)."""
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.60}"
+
+
+def check_int(value, name: str, low: int | None = 1, high: int | None = None, allow_none: bool = False):
+    """An integer (Python or numpy, never bool or float) within [low, high]; returns a Python int."""
+    if value is None and allow_none:
+        return None
+    if low is not None and high is not None:
+        accepted = f"an integer in [{low}, {high}]"
+    elif low == 1:
+        accepted = "a positive integer"
+    else:
+        accepted = "an integer" + (f" >= {low}" if low is not None else "")
+    if allow_none:
+        accepted += " or None"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(f"{name} must be {accepted}, got {_show(value)}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InvalidArgumentError(f"{name} must be {accepted}, got {value}")
+    return value
+
+
+def check_number(value, name: str, low: float = 0.0, allow_none: bool = False, finite: bool = True):
+    """A real number >= low (finite unless ``finite=False``; never nan); returns a float."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a number >= {low:g}{' or None' if allow_none else ''}, "
+                                f"got {_show(value)}")
+    if not (value >= low and (np.isfinite(value) or not finite)):
+        raise InvalidArgumentError(f"{name} must be a {'finite ' if finite else ''}number >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def check_bool(value, name: str, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be True or False{' or None' if allow_none else ''}, "
+                                f"got {_show(value)}")
+    return bool(value)
+
+
+def check_choice(value, name: str, choices: Sequence):
+    if not any(value is choice or (type(value) is type(choice) and value == choice) for choice in choices):
+        raise InvalidArgumentError(f"{name} {value!r:.60} is not one of {tuple(choices)}")
+    return value
+
+
+def _check_encodable(text: str, name: str) -> None:
+    """Text the Rust tokenizer can take: valid Unicode (no lone surrogates)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidArgumentError(
+            f"{name} is not valid Unicode: a lone surrogate {text[err.start]!r} at character {err.start} "
+            f"(decode your bytes with errors='replace' or drop it)") from None
+
+
+def check_text(value, name: str) -> str:
+    """A str (may be empty) that the tokenizer can take."""
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be a str, got {_show(value)}")
+    _check_encodable(value, name)
+    return value
+
+
+def check_query(value, name: str = "query") -> str:
+    """A non-empty, non-blank str: the text documents are ranked (or searched) against."""
+    check_text(value, name)
+    if not value.strip():
+        raise InvalidArgumentError(f"{name} is empty; give the text to rank documents against")
+    return value
+
+
+def check_texts(values, name: str = "documents") -> list[str]:
+    """A list (or other sequence, not a str) of str; returns a list."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ArgumentTypeError(f"{name} must be a list of str, got {type(values).__name__}")
+    for i, value in enumerate(values):
+        check_text(value, f"{name}[{i}]")
+    return list(values)
+
+
+def check_queries(values, name: str = "queries") -> list[str]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ArgumentTypeError(f"{name} must be a list of str, got {type(values).__name__}")
+    return [check_query(value, f"{name}[{i}]") for i, value in enumerate(values)]
+
+
+def check_top_n(top_n, name: str = "top_n"):
+    """A positive int, or None for all."""
+    return check_int(top_n, name, low=1, allow_none=True)
+
+
+def check_deadline_ms(deadline_ms, name: str = "deadline_ms"):
+    """Milliseconds >= 0 (inf: no limit), or None for no deadline."""
+    return check_number(deadline_ms, name, low=0.0, allow_none=True, finite=False)
+
+
+def check_id(value, name: str):
+    """A document id: a str or an integer that fits int64 (numpy integers are the int they are)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(f"{name} must be a str or an int, got {_show(value)}")
+    value = int(value)
+    if not -(2 ** 63) <= value < 2 ** 63:
+        raise InvalidArgumentError(f"{name} {value} does not fit a signed 64-bit integer")
+    return value
+
+
+def check_ids(values, name: str = "ids") -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise ArgumentTypeError(f"{name} must be a list of str or int, got {type(values).__name__}")
+    return [check_id(value, f"{name}[{i}]") for i, value in enumerate(values)]
+
+
+__all__ = [
+    "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
+    "EmbedderMismatchError", "IndexFormatError", "InvalidArgumentError", "MissingFileError", "OutputExistsError",
+    "RuntimeConfigError", "UnknownIdError", "UsageError",
+    "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
+    "check_queries", "check_query", "check_text", "check_texts", "check_top_n",
+]

@@ -1,0 +1,382 @@
+"""``crossrank tune``: sweep a reranker's runtime settings on this machine and write runtime.json.
+
+``crossrank tune ART`` measures the settings that matter on the machine it runs on (intra-op
+threads, batch token budget and, on CUDA, IO binding), picks the fastest whose p95 latency for
+the reference request (1 query x 20 documents) stays within the caller's budget, and writes
+them to ``ART/runtime.json`` (format and precedence: crossrank.settings). ``Reranker(ART)`` then
+uses them; explicit constructor arguments win.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from crossrank.artifact import MANIFEST, load_artifact
+from crossrank.errors import InvalidArgumentError, RuntimeConfigError
+from crossrank.front.args import add_workload_arguments, count_arg, int_list_arg, positive_float_arg, positive_int_arg
+from crossrank.front.measure import machine_name, measure_latency, measure_throughput
+from crossrank.front.workload import load_workload, request_of_size, spread
+from crossrank.reranker import Reranker
+from crossrank.runner import RunStats
+from crossrank.session import require_device
+from crossrank.settings import (BATCH_TOKENS_RANGE, RUNTIME_FILE, default_settings, physical_cores, read_runtime,
+                                write_runtime)
+
+DEFAULT_SWEEP_BATCH_TOKENS = (1024, 2048, 4096, 8192)
+REFERENCE_DOCUMENTS = 20  # the reference request: one query with 20 candidates
+NOISE = 0.03              # throughputs within 3% of the best are treated as equal
+FINAL_CHUNK_PAIRS = 40    # final round: finalists take turns every 40 pairs (2 requests of 20)
+FINALISTS = 2             # fastest settings within budget that go to the final round (plus the defaults)
+
+
+def settings_grid(device: str, threads: list[int] | None = None,
+                  batch_tokens: list[int] | None = None) -> list[dict]:
+    """Every combination to try: threads 1..physical cores, the batch budgets, and on CUDA IO
+    binding on and off (on CPU it only adds a copy, so it is not swept there)."""
+    threads = threads or list(range(1, physical_cores() + 1))
+    batch_tokens = batch_tokens or list(DEFAULT_SWEEP_BATCH_TOKENS)
+    bindings = (False, True) if device == "cuda" else (False,)
+    return [{"threads": t, "batch_tokens": b, "io_binding": io}
+            for t in threads for b in batch_tokens for io in bindings]
+
+
+@dataclass
+class Trial:
+    """One setting and what it measured: one sweep sample, plus the final round's samples when
+    it was a finalist (``final``; then ``rate`` is their median)."""
+    threads: int
+    batch_tokens: int
+    io_binding: bool
+    pairs_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    padding_fraction: float = 0.0
+    is_default: bool = False
+    candidate: bool = True   # False: measured as the baseline only (outside the grid)
+    label: str = ""          # e.g. a precision variant's folder
+    final: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> dict:
+        return {"threads": self.threads, "batch_tokens": self.batch_tokens, "io_binding": self.io_binding}
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.final) if self.final else self.pairs_per_s
+
+
+def _fresh_throughput(path: str | Path, device: str, settings: dict, pairs: list[tuple[str, str]]):
+    """(Reranker, pairs/s of one bulk ``score(pairs)``) on a new Reranker after a warm-up call."""
+    reranker = Reranker(path, device=device, **settings)
+    reranker.score(pairs[:8])  # warm-up: first-call allocations, thread pool start
+    reranker.runner.stats = RunStats()
+    return reranker, measure_throughput(lambda: reranker.score(pairs), len(pairs))[0]
+
+
+def measure(path: str | Path, device: str, settings: dict, pairs: list[tuple[str, str]],
+            reference: tuple[str, list[str]], runs: int) -> Trial:
+    """Throughput of ``score(pairs)`` (one bulk call) and latency of ``rerank(reference)``."""
+    reranker, pairs_per_s = _fresh_throughput(path, device, settings, pairs)
+    padding = reranker.padding_fraction
+    latency = measure_latency(lambda: reranker.rerank(*reference), runs=runs, warmup=1)
+    return Trial(settings["threads"], settings["batch_tokens"], settings["io_binding"], pairs_per_s,
+                 latency.p50_ms, latency.p95_ms, padding)
+
+
+def within_budget(trials: list[Trial], latency_budget_ms: float | None) -> list[Trial]:
+    """Candidate trials whose p95 for the reference request meets the budget, fastest first."""
+    ok = [t for t in trials if t.candidate and (latency_budget_ms is None or t.p95_ms <= latency_budget_ms)]
+    return sorted(ok, key=lambda t: -t.pairs_per_s)
+
+
+def final_round(path: str | Path, device: str, finalists: list[Trial], pairs: list[tuple[str, str]],
+                rounds: int, progress: Callable[[str], None] | None = None,
+                chunk_pairs: int = FINAL_CHUNK_PAIRS) -> None:
+    """Re-measure the finalists' throughput into ``trial.final`` (one pairs/s per round).
+
+    A sweep sample per setting is at the mercy of whatever else the machine does during those
+    seconds. Here every finalist keeps one warm Reranker and they take turns on each chunk of
+    ``chunk_pairs`` pairs (who goes first rotates), so a burst of outside load lands on all of
+    them alike; a round's rate is all its pairs over the summed time of its turns.
+    """
+    rerankers = [Reranker(path, device=device, **trial.settings) for trial in finalists]
+    for reranker in rerankers:
+        reranker.score(pairs[:8])
+    chunks = [pairs[i:i + chunk_pairs] for i in range(0, len(pairs), chunk_pairs)]
+    for round_number in range(1, rounds + 1):
+        if progress is not None:
+            progress(f"  final round {round_number}/{rounds}: {len(finalists)} settings taking turns "
+                     f"every {chunk_pairs} pairs")
+        seconds = [0.0] * len(finalists)
+        for k, chunk in enumerate(chunks):
+            for j in range(len(finalists)):
+                i = (j + k) % len(finalists)
+                start = time.perf_counter()
+                rerankers[i].score(chunk)
+                seconds[i] += time.perf_counter() - start
+        for trial, spent in zip(finalists, seconds):
+            trial.final.append(len(pairs) / spent)
+
+
+def choose(trials: list[Trial], latency_budget_ms: float | None) -> tuple[Trial | None, str]:
+    """The fastest candidate whose p95 is within the budget, by the final round's medians when
+    there was one (ties within measurement noise go to the lower p95), and a sentence saying
+    why. None when no candidate meets the budget."""
+    within = within_budget(trials, latency_budget_ms)
+    if not within:
+        pool = [t for t in trials if t.candidate] or trials
+        best = min(pool, key=lambda t: t.p95_ms)
+        return None, (f"no setting meets the {latency_budget_ms:g} ms p95 budget for 1 x "
+                      f"{REFERENCE_DOCUMENTS}: the lowest p95 was {best.p95_ms:.0f} ms ({describe(best)})")
+    finalists = [t for t in within if t.final]
+    pool = finalists or within
+    fastest = max(pool, key=lambda t: t.rate)
+    close = [t for t in pool if t.rate >= fastest.rate * (1 - NOISE)]
+    chosen = min(close, key=lambda t: t.p95_ms)
+    excluded = sum(t.candidate for t in trials) - len(within)
+    basis = (f"median of {len(fastest.final)} final rounds, {len(finalists)} finalists taking turns"
+             if finalists else "one sample per setting")
+    reason = (f"highest throughput ({fastest.rate:.1f} pairs/s, {basis})"
+              + (f" among the {len(within)} settings whose p95 for 1 x {REFERENCE_DOCUMENTS} is within "
+                 f"{latency_budget_ms:g} ms ({excluded} over budget)" if latency_budget_ms is not None
+                 else "; no latency budget given"))
+    if chosen is not fastest:
+        reason += (f"; {len(close)} settings were within {NOISE:.0%} of it (measurement noise), "
+                   f"so the one with the lowest p95 ({chosen.p95_ms:.0f} ms) was taken")
+    return chosen, reason
+
+
+def describe(trial: Trial) -> str:
+    return (f"threads {trial.threads}, batch_tokens {trial.batch_tokens}"
+            + (", io_binding" if trial.io_binding else ""))
+
+
+def sweep(path: str | Path, device: str, grid: list[dict], pairs: list[tuple[str, str]],
+          reference: tuple[str, list[str]], runs: int,
+          progress: Callable[[int, int, Trial, float], None] | None = None) -> list[Trial]:
+    """``measure`` every setting of the grid; ``progress(i, n, trial, seconds)`` after each."""
+    default = default_settings(device)
+    trials = []
+    for i, settings in enumerate(grid, start=1):
+        start = time.perf_counter()
+        trial = measure(path, device, settings, pairs, reference, runs)
+        trial.is_default = settings == default
+        trials.append(trial)
+        if progress is not None:
+            progress(i, len(grid), trial, time.perf_counter() - start)
+    return trials
+
+
+def precision_variants(path: str | Path) -> list[Path]:
+    """Sibling artifact folders exported from the same source files as ``path`` (same kind) in
+    another precision: candidates for the "precision variants present" part of the sweep."""
+    folder = Path(path).resolve()
+    try:
+        own = json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    source = (own.get("source") or {}).get("files")
+    found = []
+    for sibling in sorted(folder.parent.iterdir()):
+        if sibling == folder or not (sibling / MANIFEST).is_file():
+            continue
+        try:
+            other = json.loads((sibling / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (source and other.get("kind") == own.get("kind") and other.get("precision") != own.get("precision")
+                and (other.get("source") or {}).get("files") == source):
+            found.append(sibling)
+    return found
+
+
+def measured_record(trial: Trial, latency_budget_ms: float | None, workload: str, pairs: int,
+                    model_sha256: str, gain: float | None) -> dict:
+    """The ``measured`` block written next to the chosen settings: where they come from."""
+    record = {
+        "pairs_per_s": round(trial.rate, 2), "p50_1x20_ms": round(trial.p50_ms, 1),
+        "p95_1x20_ms": round(trial.p95_ms, 1), "padding_fraction": round(trial.padding_fraction, 4),
+        "latency_budget_ms": latency_budget_ms, "workload": workload, "pairs": pairs,
+        "machine": machine_name(), "physical_cores": physical_cores(), "model_sha256": model_sha256,
+        "tuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if trial.final:
+        record["final_round_pairs_per_s"] = [round(x, 2) for x in trial.final]
+    if gain is not None:
+        record["gain_over_default"] = round(gain, 3)
+    return record
+
+
+# -- the command ----------------------------------------------------------------------------
+
+def add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune", help="sweep threads and batch budgets on this machine and write runtime.json",
+        description="Measure a reranker artifact under each setting (intra-op threads 1..physical cores, "
+                    "batch token budget, IO binding on CUDA), re-measure the fastest against the defaults "
+                    "in interleaved rounds, pick the highest throughput whose p95 for the reference request "
+                    "(1 query x 20 documents) is within --latency-budget-ms, and write it to "
+                    "ART/runtime.json (the manifest is not touched). Reranker(ART) then uses it; explicit "
+                    "arguments win. Sibling artifacts of the same model in other precisions are measured at "
+                    "the chosen settings, for comparison.",
+    )
+    p.add_argument("artifact", metavar="ART", help="cross-encoder artifact folder")
+    p.add_argument("--latency-budget-ms", type=positive_float_arg, default=None, metavar="N",
+                   help="p95 limit for 1 query x 20 documents (default: none, highest throughput wins)")
+    add_workload_arguments(p, 8, "scored per setting")
+    p.add_argument("--threads", type=int_list_arg, default=None, metavar="N,N,...",
+                   help="thread counts to try (default 1..physical cores)")
+    p.add_argument("--batch-tokens", type=int_list_arg, default=None, metavar="N,N,...",
+                   help="batch token budgets to try (default 1024,2048,4096,8192)")
+    p.add_argument("--runs", type=positive_int_arg, default=7, metavar="N",
+                   help="timed 1 x 20 requests per setting for the p95 (default 7)")
+    p.add_argument("--rounds", type=count_arg, default=3, metavar="N",
+                   help="final rounds: the 2 fastest settings and the defaults, each on a warm Reranker, take "
+                        "turns on the same pairs, N rounds; the choice and the gain use the medians (default 3; "
+                        "0 = choose from the sweep's single samples, no gain figure)")
+    p.add_argument("--no-variants", action="store_true", help="skip measuring other precisions of the model")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, but do not write runtime.json")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_tune)
+
+
+def run_tune(args) -> int:
+    artifact = load_artifact(args.artifact)
+    if artifact.kind != "cross":
+        raise InvalidArgumentError(f"crossrank tune tunes rerankers: {str(artifact.path)!r} is a "
+                                   f"{artifact.kind!r} (embedder) artifact, which Reranker settings do not "
+                                   f"apply to; measure it with `crossrank bench`")
+    try:
+        read_runtime(artifact.path)
+    except RuntimeConfigError as err:
+        raise RuntimeConfigError(f"{err} -- fix or delete {artifact.path / RUNTIME_FILE}, then tune again") from None
+    require_device(args.device)
+    low, high = BATCH_TOKENS_RANGE
+    if args.batch_tokens and not all(low <= b <= high for b in args.batch_tokens):
+        raise InvalidArgumentError(f"--batch-tokens values must be in [{low}, {high}], got {args.batch_tokens}")
+    cores = physical_cores()
+    if args.threads and max(args.threads) > 4 * cores:
+        raise InvalidArgumentError(f"--threads {max(args.threads)} is far above this machine's {cores} physical cores")
+    requests, workload_name = load_workload(args.workload)
+    measured_requests = spread(requests, args.queries or None)
+    pairs = [(r["query"], d) for r in measured_requests for d in r["documents"]]
+    reference = request_of_size(requests, REFERENCE_DOCUMENTS)
+    grid = settings_grid(args.device, args.threads, args.batch_tokens)
+    default = default_settings(args.device)
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    say(f"tuning {artifact.path} ({artifact.precision}, {args.device}): {len(grid)} settings x "
+        f"({len(pairs)} pairs + {args.runs} x 1x{REFERENCE_DOCUMENTS} requests); {cores} physical cores")
+
+    def progress(i, total, trial, seconds):
+        say(f"  [{i}/{total}] {describe(trial)}: {trial.pairs_per_s:.1f} pairs/s, p95 {trial.p95_ms:.0f} ms "
+            f"({seconds:.0f} s)")
+
+    trials = sweep(artifact.path, args.device, grid, pairs, reference, args.runs, progress)
+    baseline = next((t for t in trials if t.is_default), None)
+    if baseline is None:  # the defaults are outside the grid: measured as the baseline, not a candidate
+        say(f"  [+] default settings (threads {default['threads']}, batch_tokens {default['batch_tokens']})")
+        baseline = measure(artifact.path, args.device, default, pairs, reference, args.runs)
+        baseline.is_default, baseline.candidate = True, False
+        baseline.notes.append("baseline only (outside the grid)")
+        trials.append(baseline)
+    if args.rounds:
+        finalists = within_budget(trials, args.latency_budget_ms)[:FINALISTS]
+        if finalists and baseline not in finalists:
+            finalists.append(baseline)
+        if len(finalists) > 1:
+            final_round(artifact.path, args.device, finalists, pairs, args.rounds, say)
+    chosen, reason = choose(trials, args.latency_budget_ms)
+    for trial in trials:
+        if args.latency_budget_ms is not None and trial.p95_ms > args.latency_budget_ms:
+            trial.notes.append("over budget")
+    variants = []
+    if not args.no_variants:
+        at = chosen.settings if chosen is not None else default
+        for folder in precision_variants(artifact.path):
+            say(f"  [variant] {folder.name}")
+            try:
+                trial = measure(folder, args.device, at, pairs, reference, args.runs)
+            except (ValueError, RuntimeError) as err:  # a broken sibling is reported, not fatal
+                say(f"    skipped: {err}")
+                continue
+            trial.label = f"{folder.name} ({load_artifact(folder, verify=False).precision})"
+            variants.append(trial)
+    gain = None
+    if chosen is baseline:
+        gain = 1.0
+    elif chosen is not None and chosen.final and baseline.final:
+        gain = chosen.rate / baseline.rate
+    print(format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain, workload_name, len(pairs)))
+    if chosen is None:
+        print(f"\nruntime.json not written: {reason}. Raise --latency-budget-ms, or use a faster "
+              f"precision variant.", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("\n--dry-run: runtime.json not written")
+        return 0
+    path = write_runtime(artifact.path, args.device, chosen.settings,
+                         measured_record(chosen, args.latency_budget_ms, workload_name, len(pairs),
+                                         artifact.sha256, gain))
+    print(f"\nwrote {path}: Reranker({str(artifact.path)!r}, device={args.device!r}) now uses "
+          f"{describe(chosen)} (explicit arguments still win)")
+    return 0
+
+
+def format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain, workload, n_pairs) -> str:
+
+    budget = args.latency_budget_ms
+    lines = [f"crossrank tune {artifact.path} ({artifact.precision}, {args.device}); workload: {workload}, "
+             f"{n_pairs} pairs per setting; reference request 1 x 20, {args.runs} runs"
+             + (f"; p95 budget {budget:g} ms" if budget is not None else "; no latency budget"), "",
+             f"  {'threads':>7} {'batch_tokens':>12} {'io_binding':>10} {'pairs/s':>8} {'final':>6} {'p50 ms':>7} "
+             f"{'p95 ms':>7} {'padding':>7}  note"]
+
+    def row(t, label=""):
+        notes = list(t.notes)
+        if t.is_default:
+            notes.insert(0, "default")
+        if chosen is not None and t is chosen:
+            notes.insert(0, "CHOSEN")
+        if label:
+            notes.insert(0, label)
+        final = f"{t.rate:.1f}" if t.final else "-"
+        return (f"  {t.threads:>7} {t.batch_tokens:>12} {'on' if t.io_binding else 'off':>10} "
+                f"{t.pairs_per_s:>8.1f} {final:>6} {t.p50_ms:>7.0f} {t.p95_ms:>7.0f} {t.padding_fraction:>7.1%}  "
+                + ", ".join(notes))
+
+    lines += [row(t) for t in trials]
+    lines.append("  (pairs/s: one sweep sample; final: median over the final rounds, where the finalists "
+                 "take turns on the same pairs)")
+    if variants:
+        lines += ["", "  other precisions of the same model, at the chosen settings (advisory: runtime.json "
+                      "covers this artifact only):"]
+        lines += [row(t, t.label) for t in variants]
+    lines += ["", f"chosen: {describe(chosen)}: {reason}." if chosen is not None else f"no choice: {reason}."]
+    if gain is not None:
+        if chosen is baseline:
+            lines.append("the chosen settings are the defaults: gain 1.00x")
+        else:
+            d = ", ".join(f"{x:.1f}" for x in baseline.final)
+            t = ", ".join(f"{x:.1f}" for x in chosen.final)
+            lines.append(f"gain over the defaults ({describe(baseline)}): {gain:.2f}x throughput "
+                         f"(final rounds, taking turns: defaults {d} pairs/s; chosen {t} pairs/s)")
+    if chosen is not None and variants:
+        best = max(variants, key=lambda v: v.pairs_per_s)
+        if best.pairs_per_s > chosen.pairs_per_s * 1.05 and (budget is None or best.p95_ms <= budget):
+            lines.append(f"note: {best.label} is {best.pairs_per_s / chosen.pairs_per_s:.2f}x faster at these "
+                         f"settings; point Reranker at it (and tune it) if its fidelity suits you.")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "Trial", "add_tune", "choose", "describe", "final_round", "measure", "measured_record", "precision_variants",
+    "run_tune", "settings_grid", "sweep", "within_budget",
+]

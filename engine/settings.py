@@ -1,0 +1,213 @@
+"""The one place runtime defaults live, and ``runtime.json``: per-machine settings of an artifact.
+
+A model's runtime settings come from, in order: the constructor's arguments, the artifact
+folder's ``runtime.json`` section for the device (written by ``crossrank tune``), then the
+defaults below. ``resolve_settings`` applies that order and says where each value came from.
+
+``runtime.json`` is not listed in the manifest (it is per machine, not part of the model): loading
+checks the manifest's files only, and ``tune`` never touches the manifest. Format (one section per
+device; a section's keys are all optional)::
+
+    {"format": 1,
+     "cpu": {"threads": 2, "batch_tokens": 4096, "io_binding": false,
+             "measured": {... what tune measured, free-form ...}}}
+
+A malformed file is an error naming the file and the bad key or value, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from crossrank.errors import InvalidArgumentError, RuntimeConfigError, check_bool, check_choice, check_int
+
+DEVICES = ("cpu", "cuda")
+# Token budget per model call (rows x padded length). cpu: measured best of 512..16384 on the TREC
+# RAG pairs (crossrank bench --budgets); cuda: large batches keep the GPU busy.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
+MAX_ROWS = 256                      # rows per model call, whatever the budget
+THREADS_RANGE = (1, 1024)
+BATCH_TOKENS_RANGE = (16, 1 << 22)
+# ONNX Runtime graph optimisation at load. The export already ran the transformer fusions
+# (Attention, SkipLayerNormalization, ...) and saved the fused graph; see benchmarks/cold_start.py
+# for what each level costs at load and gains per call.
+GRAPH_OPTIMIZATION = "all"
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+# ONNX Runtime's CPU arena keeps the largest buffers it ever served, so with requests of varying
+# shapes RSS only grows: off by default (see the memory soak in benchmarks/rerank_bench.py).
+MEMORY_ARENA = False
+
+RUNTIME_FILE = "runtime.json"
+RUNTIME_FORMAT = 1
+TUNABLE = ("threads", "batch_tokens", "io_binding")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads of one core count once)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in allowed:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What a model's session and batch planner run with."""
+
+    device: str
+    threads: int
+    batch_tokens: int
+    io_binding: bool
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k in TUNABLE}
+
+
+def check_device(device) -> str:
+    return check_choice(device, "device", DEVICES)
+
+
+def check_threads(threads, allow_none: bool = True):
+    return check_int(threads, "threads", *THREADS_RANGE, allow_none=allow_none)
+
+
+def check_batch_tokens(batch_tokens, allow_none: bool = True):
+    return check_int(batch_tokens, "batch_tokens", *BATCH_TOKENS_RANGE, allow_none=allow_none)
+
+
+def default_settings(device: str) -> dict:
+    """What a model uses without runtime.json and without arguments."""
+    check_device(device)
+    return {"threads": physical_cores(), "batch_tokens": DEFAULT_BATCH_TOKENS[device],
+            "io_binding": device == "cuda"}
+
+
+def resolve_settings(folder: str | Path | None, device: str, threads=None, batch_tokens=None,
+                     io_binding=None) -> tuple[RuntimeSettings, dict[str, str]]:
+    """The settings to run with and where each came from ("argument", "runtime.json", "default")."""
+    check_device(device)
+    explicit = {"threads": check_threads(threads), "batch_tokens": check_batch_tokens(batch_tokens),
+                "io_binding": check_bool(io_binding, "io_binding", allow_none=True)}
+    tuned = runtime_settings(folder, device) if folder is not None else {}
+    default = default_settings(device)
+    chosen, origin = {}, {}
+    for key in TUNABLE:
+        if explicit[key] is not None:
+            chosen[key], origin[key] = explicit[key], "argument"
+        elif key in tuned:
+            chosen[key], origin[key] = tuned[key], RUNTIME_FILE
+        else:
+            chosen[key], origin[key] = default[key], "default"
+    return RuntimeSettings(device=device, **chosen), origin
+
+
+# -- runtime.json: read, validate, write ------------------------------------------------------
+
+def _check_section(where: str, device: str, section: Any) -> dict:
+    if not isinstance(section, dict):
+        raise RuntimeConfigError(f"{where}: {device!r} must be an object of settings, got {section!r:.60}")
+    for key, value in section.items():
+        name = f"'{device}.{key}'"
+        try:
+            if key == "threads":
+                check_int(value, name, *THREADS_RANGE)
+            elif key == "batch_tokens":
+                check_int(value, name, *BATCH_TOKENS_RANGE)
+            elif key == "io_binding":
+                check_bool(value, name)
+            elif key == "measured":
+                if not isinstance(value, dict):
+                    raise InvalidArgumentError(f"{name} must be an object, got {value!r:.60}")
+            else:
+                raise InvalidArgumentError(f"unknown key {name}; a device section holds threads, "
+                                           f"batch_tokens, io_binding and measured")
+        except InvalidArgumentError as err:
+            raise RuntimeConfigError(f"{where}: {err}") from None
+    return section
+
+
+def validate_runtime(document: Any, where: str = RUNTIME_FILE) -> dict:
+    """Check a parsed runtime.json; returns it unchanged or raises RuntimeConfigError."""
+    if not isinstance(document, dict):
+        raise RuntimeConfigError(f"{where}: expected a JSON object, got {type(document).__name__}")
+    if "format" not in document:
+        raise RuntimeConfigError(f"{where}: lacks the key 'format' (this crossrank writes {RUNTIME_FORMAT})")
+    if document["format"] != RUNTIME_FORMAT:
+        raise RuntimeConfigError(
+            f"{where}: 'format' = {document['format']!r} is not {RUNTIME_FORMAT}: run `crossrank tune` again")
+    for key, value in document.items():
+        if key == "format":
+            continue
+        if key not in DEVICES:
+            raise RuntimeConfigError(
+                f"{where}: unknown key {key!r}; runtime.json holds 'format' and one section per device {DEVICES}")
+        _check_section(where, key, value)
+    return document
+
+
+def read_runtime(folder: str | Path) -> dict | None:
+    """The validated ``runtime.json`` of an artifact folder, or None when there is none."""
+    path = Path(folder) / RUNTIME_FILE
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RuntimeConfigError(f"{path}: not valid JSON ({err}); fix it or delete it "
+                                 f"(`crossrank tune` writes a new one)") from err
+    return validate_runtime(document, str(path))
+
+
+def runtime_settings(folder: str | Path, device: str) -> dict:
+    """``{threads, batch_tokens, io_binding}`` (those present) for ``device`` from runtime.json;
+    empty when the file or its section for that device is absent."""
+    document = read_runtime(folder)
+    if document is None:
+        return {}
+    section = document.get(device) or {}
+    return {k: section[k] for k in TUNABLE if k in section}
+
+
+def write_runtime(folder: str | Path, device: str, settings: dict, measured: dict | None = None) -> Path:
+    """Write (atomically) the ``device`` section of ``folder/runtime.json``, keeping the others."""
+    check_device(device)
+    folder = Path(folder)
+    path = folder / RUNTIME_FILE
+    document = read_runtime(folder) or {"format": RUNTIME_FORMAT}
+    section = {k: settings[k] for k in TUNABLE if k in settings}
+    if measured is not None:
+        section["measured"] = measured
+    document[device] = section
+    validate_runtime(document, str(path))
+    handle, tmp = tempfile.mkstemp(prefix=".runtime-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(json.dumps(document, indent=2) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = [
+    "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION", "MAX_ROWS", "MEMORY_ARENA",
+    "RUNTIME_FILE", "RuntimeSettings", "THREADS_RANGE", "check_batch_tokens", "check_device", "check_threads",
+    "default_settings", "physical_cores", "read_runtime", "resolve_settings", "runtime_settings",
+    "validate_runtime", "write_runtime",
+]
