@@ -1,0 +1,169 @@
+"""The architecture, read from the code's own imports (ast: nothing is imported to check it).
+
+Layers, each importing only from those below it:
+
+    core        modules directly in engine/ (import name crossrank.*): the runtime a service imports
+    evaluation  crossrank.evaluation: data sets, metrics, retrieval evaluation (export and front use it)
+    kernels     crossrank.kernels: graph pieces and int8 recipes (the export uses them)
+    export      crossrank.export: HF checkpoint -> artifact (torch, transformers, optimum)
+    front       everything else: crossrank.front (CLI, demo, bench, tune), framework adapters, servers
+
+Plus: no import cycle anywhere (module-level or inside functions), exactly one place that builds an
+ONNX Runtime session, and ``import crossrank`` loading core modules only.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIRS = {"crossrank": ROOT / "engine", "crossrank.export": ROOT / "export",
+                "crossrank.kernels": ROOT / "kernels"}
+CORE_THIRD_PARTY = {"numpy", "onnxruntime", "tokenizers", "usearch", "tqdm"}
+NEVER_IN_RUNTIME = {"torch", "transformers", "optimum", "onnx", "sentence_transformers"}
+ALLOWED_LAYERS = {
+    "core": {"core"},
+    "evaluation": {"core", "evaluation"},
+    "kernels": {"core", "kernels"},
+    "export": {"core", "evaluation", "kernels", "export"},
+    "front": {"core", "evaluation", "kernels", "export", "front"},
+}
+
+
+def module_files() -> dict[str, Path]:
+    modules = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            name = ".".join([package, *parts])
+            if package == "crossrank" and parts and parts[0] in ("export", "kernels"):
+                continue  # not a folder of engine/ in practice; guard against shadowing
+            modules[name] = path
+    return modules
+
+
+MODULES = module_files()
+
+
+def layer(module: str) -> str:
+    if module.startswith("crossrank.export"):
+        return "export"
+    if module.startswith("crossrank.kernels"):
+        return "kernels"
+    if module.startswith("crossrank.evaluation"):
+        return "evaluation"
+    path = MODULES[module]
+    if path.parent == PACKAGE_DIRS["crossrank"] and path.name != "__main__.py":
+        return "core"
+    return "front"
+
+
+def imports_of(module: str) -> list[tuple[str, int]]:
+    """(imported name, line) for every import in the module, inside functions too; relative
+    imports resolved; ``from pkg import name`` resolved to the submodule when ``name`` is one."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.append((sub if sub in MODULES else base, node.lineno))
+    return found
+
+
+def crossrank_target(name: str) -> str | None:
+    """The crossrank module an import names (the longest known prefix), or None."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def test_every_module_imports_only_from_its_own_layer_or_below():
+    problems = []
+    for module in MODULES:
+        own = layer(module)
+        for name, line in imports_of(module):
+            where = f"{MODULES[module].relative_to(ROOT)}:{line}"
+            target = crossrank_target(name) if name.startswith("crossrank") else None
+            if target is not None:
+                if layer(target) not in ALLOWED_LAYERS[own]:
+                    problems.append(f"{where}: {own} module {module} imports {layer(target)} module {target}")
+                continue
+            top = name.split(".")[0]
+            if own in ("core", "evaluation") and top in NEVER_IN_RUNTIME:
+                problems.append(f"{where}: {own} module {module} imports {top}")
+            elif own == "core" and top not in CORE_THIRD_PARTY and top not in sys.stdlib_module_names \
+                    and top != "__future__":
+                problems.append(f"{where}: core module {module} imports {top} (the runtime depends only on "
+                                f"{sorted(CORE_THIRD_PARTY)})")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_import_cycles():
+    graph = {m: sorted({t for name, _ in imports_of(m) if name.startswith("crossrank")
+                        for t in [crossrank_target(name)] if t and t != m}) for m in MODULES}
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_one_session_builder():
+    """``InferenceSession(`` appears only in crossrank.session (the package, tests and benchmarks)."""
+    allowed = ROOT / "engine" / "session.py"
+    found = [f"{path.relative_to(ROOT)}:{number}"
+             for folder in ("engine", "export", "kernels", "benchmarks", "tests")
+             for path in (ROOT / folder).rglob("*.py") if path != allowed and path != Path(__file__)
+             for number, line in enumerate(path.read_text().splitlines(), 1) if "InferenceSession(" in line]
+    assert not found, f"sessions built outside crossrank.session.build_session: {found}"
+
+
+def test_layers_are_classified_as_documented():
+    assert layer("crossrank.reranker") == "core" and layer("crossrank.errors") == "core"
+    assert layer("crossrank.front.cli") == "front" and layer("crossrank.__main__") == "front"
+    assert layer("crossrank.evaluation.metrics") == "evaluation"
+    assert layer("crossrank.export.starter") == "export"
+    # the import reader resolves what the modules really import
+    assert "crossrank.front.tune" in {name for name, _ in imports_of("crossrank.front.cli")}
+    assert "crossrank.export.source" in {name for name, _ in imports_of("crossrank.export")}  # relative import
+
+
+def test_import_crossrank_loads_only_core_modules():
+    code = ("import sys, crossrank, json; "
+            "print(json.dumps(sorted(m for m in sys.modules if m == 'crossrank' or m.startswith('crossrank.')))); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            f"{sorted(NEVER_IN_RUNTIME)!r})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    import json
+
+    loaded, heavy = (json.loads(line) for line in result.stdout.splitlines())
+    assert not heavy, f"import crossrank loaded {heavy}"
+    assert loaded and all(layer(m) == "core" for m in loaded), [m for m in loaded if layer(m) != "core"]
