@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crossrank.artifact import load_artifact
+from crossrank.artifact import check_graph, load_artifact
 from crossrank.errors import check_bool, check_int, check_texts
 from crossrank.runner import BatchRunner
 from crossrank.settings import MEMORY_ARENA, resolve_settings
@@ -29,6 +29,7 @@ class Embedder:
         self.dim = int(self.artifact.manifest["dim"])
         self.tokenizer = TextTokenizer(self.artifact.tokenizer_path, self.max_length)
         self.runner = BatchRunner(self.artifact.model_path, settings, memory_arena=memory_arena)
+        check_graph(self.artifact, self.runner.session)
         self.device = device
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:

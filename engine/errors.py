@@ -196,10 +196,72 @@ def check_ids(values, name: str = "ids") -> list:
     return [check_id(value, f"{name}[{i}]") for i, value in enumerate(values)]
 
 
+# -- file formats (manifests): a schema of fields, each with a check that names the problem ---------
+
+def check_fields(document, where: str, fields: dict, required, error: type[CrossrankError]) -> dict:
+    """Validate a parsed JSON object against ``fields`` (key -> check, a function returning a
+    problem or None); ``required`` keys must be present; unknown keys are refused. Raises
+    ``error`` naming ``where`` (the file) and the key."""
+    if not isinstance(document, dict):
+        raise error(f"{where}: expected a JSON object, got {type(document).__name__}")
+    unknown = sorted(set(document) - set(fields))
+    if unknown:
+        raise error(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+    missing = [key for key in required if key not in document]
+    if missing:
+        raise error(f"{where}: lacks the key {missing[0]!r}")
+    for key, check in fields.items():
+        if key in document:
+            problem = check(document[key])
+            if problem:
+                raise error(f"{where}: {key!r} {problem}")
+    return document
+
+
+def is_int(low: int | None = None, high: int | None = None):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer, got {value!r:.60}"
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"must be in [{low}, {high if high is not None else 'inf'}], got {value}"
+    return check
+
+
+def is_one_of(*choices):
+    def check(value):
+        if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+            return f"must be one of {choices}, got {value!r:.60}"
+    return check
+
+
+def is_type(*types, optional: bool = False):
+    def check(value):
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) and bool not in types:
+            return f"must be {' or '.join(t.__name__ for t in types)}, got {value!r:.60}"
+        if not isinstance(value, types):
+            return f"must be {' or '.join(t.__name__ for t in types)}{' or null' if optional else ''}, got {value!r:.60}"
+    return check
+
+
+def anything(value):
+    return None
+
+
+def plain_file_name(name) -> str | None:
+    """A problem if ``name`` is not a plain file name inside its folder (no path parts)."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or "\0" in name or name.startswith("~"):
+        return f"file name {name!r:.80} is not a plain file name inside the folder"
+    return None
+
+
 __all__ = [
     "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
     "EmbedderMismatchError", "IndexFormatError", "InvalidArgumentError", "MissingFileError", "OutputExistsError",
     "RuntimeConfigError", "UnknownIdError", "UsageError",
     "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
-    "check_queries", "check_query", "check_text", "check_texts", "check_top_n",
+    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "is_int",
+    "is_one_of", "is_type", "plain_file_name",
 ]

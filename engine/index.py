@@ -13,6 +13,7 @@ Keys are usearch's unsigned 64-bit keys, handed out in order and never reused. U
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -20,27 +21,38 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
-import usearch
+
+import crossrank.session  # noqa: F401  onnxruntime must be loaded before usearch (see crossrank.session)
+import usearch  # noqa: I001
 from usearch import index as usearch_index
 
 from crossrank.artifact import sha256_file
 from crossrank.docstore import DocumentStore, chunks
-from crossrank.errors import (EmbedderMismatchError, IndexFormatError, InvalidArgumentError, OutputExistsError,
-                              UsageError, check_choice, check_id, check_ids, check_int, check_queries, check_query,
+from crossrank.errors import (EmbedderMismatchError, IndexFormatError, InvalidArgumentError, MissingFileError,
+                              OutputExistsError, UsageError, check_choice, check_id, check_ids, check_int, check_queries, check_query,
                               check_texts)
-from crossrank.index_files import (DOCUMENTS, FORMAT_VERSION, KIND, MANIFEST, POINTER, VECTORS, claim_generation,
-                                   fsync_dir, fsync_file, new_staging_folder, read_manifest, remove_stale,
-                                   write_pointer)
+from crossrank.index_files import (DOCUMENTS, DTYPES, FORMAT_VERSION, KIND, MANIFEST, METRICS, POINTER,
+                                   VECTORS, commit_generation, fsync_dir, fsync_file, new_staging_folder,
+                                   read_manifest)
+from crossrank.locks import ReadWriteLock
 from crossrank.version import __version__
 
-DTYPES = ("f32", "f16", "i8")
-METRICS = ("cos", "ip")  # similarity = 1 - distance for both (ip on unit vectors == cos)
 # HNSW defaults, chosen on Semanlink (7,245 MiniLM vectors, f16): recall@10 0.999 and recall@100
 # 0.997 against exact search, ~1,500 queries/s on one core. usearch's own (16, 128, 64) give
 # 0.980 / 0.950. See benchmarks/index_figures.py.
 DEFAULT_CONNECTIVITY = 32
 DEFAULT_EXPANSION_ADD = 256
 DEFAULT_EXPANSION_SEARCH = 256
+
+
+def _made_by_save(name: str) -> bool:
+    return name.startswith(("gen-", ".tmp-", f".{POINTER}."))
+
+
+def _check_finite(vectors: np.ndarray, name: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1)) if vectors.size else []
+    if len(bad):
+        raise InvalidArgumentError(f"{name} {int(bad[0])} has nan or inf values: a vector must be finite")
 
 
 class _IdsAndSimilarities(NamedTuple):
@@ -65,7 +77,7 @@ def embedder_identity(embedder) -> dict:
     """What the manifest records about the embedder that built an index."""
     artifact = embedder.artifact
     manifest = getattr(artifact, "manifest", {}) or {}
-    return {"sha256": artifact.sha256, "dim": int(embedder.dim), "path": str(artifact.path),
+    return {"sha256": artifact.sha256, "dim": int(embedder.dim), "path": str(Path(artifact.path).resolve()),
             "precision": manifest.get("precision"), "source": manifest.get("source")}
 
 
@@ -91,7 +103,8 @@ class Index:
         self.view = view
         self.path = path
         self.metadata = dict(metadata or {})  # JSON-able notes saved with the index (e.g. corpus name)
-        self._write_lock = threading.Lock()
+        self._mutation = threading.Lock()  # one add / remove / save at a time
+        self._lock = ReadWriteLock()         # searches read; the vector and store changes write
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -179,7 +192,7 @@ class Index:
         self._writable("add documents")
         texts = check_texts(documents)
         check_int(batch_size, "batch_size")
-        with self._write_lock:
+        with self._mutation:
             keys = list(range(self._next_key, self._next_key + len(texts)))
             if ids is None:
                 ids = list(keys)
@@ -198,14 +211,17 @@ class Index:
                 raise UsageError("this index has no embedder: pass embedder= to Index.load, or vectors=")
             if not texts:
                 return []
+            # Documents go into the store first, vectors after (chunk by chunk, each under the write
+            # lock): a search never meets a vector without its document.
             self._store.insert(keys, ids, texts)
             try:
                 self._add_vectors(texts, np.asarray(keys, dtype=np.uint64), batch_size, progress, vectors)
             except BaseException:
-                self._store.delete(keys)
-                present = [k for k in keys if self._vectors.contains(k)]
-                if present:
-                    self._vectors.remove(present)
+                with self._lock.writing():
+                    present = [k for k in keys if self._vectors.contains(k)]
+                    if present:
+                        self._vectors.remove(present)
+                    self._store.delete(keys)
                 raise
             self._next_key += len(texts)
         return ids
@@ -216,7 +232,8 @@ class Index:
         # every run (HNSW recall@10 0.95-1.0 on 240 documents); one thread makes builds
         # reproducible, and embedding, not insertion, is the cost of building.
         if vectors is not None:
-            self._vectors.add(keys, vectors, threads=1)
+            with self._lock.writing():
+                self._vectors.add(keys, vectors, threads=1)
             return
         order = np.argsort([len(t) for t in texts], kind="stable")
         bar = None
@@ -226,8 +243,9 @@ class Index:
             bar = tqdm(total=len(texts), unit="doc", desc="indexing", smoothing=0.1)
         try:
             for part in chunks(order, batch_size):
-                embedded = self.embedder.embed([texts[i] for i in part])
-                self._vectors.add(keys[part], self._check_vectors(embedded, len(part)), threads=1)
+                embedded = self._check_vectors(self.embedder.embed([texts[i] for i in part]), len(part))
+                with self._lock.writing():
+                    self._vectors.add(keys[part], embedded, threads=1)
                 if bar is not None:
                     bar.update(len(part))
         finally:
@@ -238,6 +256,7 @@ class Index:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape != (rows, self.dim):
             raise InvalidArgumentError(f"vectors have shape {vectors.shape}; expected ({rows}, {self.dim})")
+        _check_finite(vectors, "vectors")
         return np.ascontiguousarray(vectors)
 
     def remove(self, ids: Sequence) -> int:
@@ -246,7 +265,7 @@ class Index:
         if isinstance(ids, (str, int, np.integer)):
             ids = [ids]
         ids = check_ids(ids)
-        with self._write_lock:
+        with self._mutation, self._lock.writing():
             keys = list(dict.fromkeys(self._store.keys_of(ids)))
             self._vectors.remove(np.asarray(keys, dtype=np.uint64))
             self._store.delete(keys)
@@ -260,8 +279,10 @@ class Index:
             vectors = queries.reshape(1, -1) if single and queries.ndim == 1 else queries
             if vectors.ndim != 2 or vectors.shape[1] != self.dim:
                 raise InvalidArgumentError(f"query vectors have shape {queries.shape}; this index holds "
-                                 f"{self.dim}-dim vectors")
-            return np.ascontiguousarray(vectors, dtype=np.float32)
+                                           f"{self.dim}-dim vectors")
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            _check_finite(vectors, "query vector")
+            return vectors
         texts = [check_query(queries[0])] if single else check_queries(queries)
         if self.embedder is None:
             raise UsageError(
@@ -282,9 +303,15 @@ class Index:
         return self.search_vectors(self._query_vectors(queries, single=False), k, exact)
 
     def search_vectors(self, vectors: np.ndarray, k: int, exact: bool = False) -> list[Hits]:
+        """``search`` for an [n, dim] float array of query vectors."""
         k = check_int(k, "k")
+        vectors = self._query_vectors(np.asarray(vectors), single=False)
         if len(vectors) == 0:
             return []
+        with self._lock.reading():
+            return self._search_locked(vectors, k, exact)
+
+    def _search_locked(self, vectors: np.ndarray, k: int, exact: bool) -> list[Hits]:
         if len(self) == 0:
             return [Hits([], np.zeros(0, dtype=np.float32)) for _ in range(len(vectors))]
         matches = self._vectors.search(vectors, min(k, len(self)), exact=exact)
@@ -310,10 +337,17 @@ class Index:
         rows = self._store.rows_by_key(keys)
         return [rows[key][1] for key in keys]
 
+    def reading(self):
+        """A ``with`` block in which add/remove wait: searches and fetches inside it see one state
+        of the index (``Pipeline`` searches and fetches the candidates' texts in one)."""
+        return self._lock.reading()
+
     def fetch_documents(self, hits: Sequence[Hits]) -> list[list[str]]:
-        """The texts of every hit of several search results, in one store query (by key)."""
+        """The texts of every hit of several search results, in one store query (by key). Hold
+        ``reading()`` around the search and the fetch when another thread may remove documents."""
         flat = np.concatenate([h.keys for h in hits]) if hits else np.zeros(0, dtype=np.uint64)
-        text_of = self._store.texts_by_key(flat)
+        with self._lock.reading():
+            text_of = self._store.texts_by_key(flat)
         return [[text_of[int(key)] for key in h.keys] for h in hits]
 
     def get_vectors(self, ids: Sequence) -> np.ndarray:
@@ -327,23 +361,43 @@ class Index:
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the index to the folder ``path`` atomically (see the module docstring)."""
-        root = Path(path)
-        if root.exists() and not root.is_dir():
-            raise OutputExistsError(f"{str(root)!r} exists and is not a folder; an index is saved as a folder")
-        if root.is_dir() and not (root / POINTER).is_file() and any(root.iterdir()):
-            raise OutputExistsError(f"{str(root)!r} is a non-empty folder that holds no crossrank index "
-                                  f"(no {POINTER} file); refusing to write into it")
+        root = self.check_save_path(path)
         root.mkdir(parents=True, exist_ok=True)
         staging = new_staging_folder(root)
         try:
-            self._write_generation(staging)
-            generation = claim_generation(root, staging)
-            write_pointer(root, generation)
+            with self._mutation:  # a consistent copy: add/remove wait, searches go on
+                self._write_generation(staging)
+            commit_generation(root, staging)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        remove_stale(root, keep=generation)
         self.path = root
+        return root
+
+    def _embedder_record(self, root: Path) -> dict:
+        """embedder_info plus where the embedder is seen from the index folder, so that an index
+        moved together with its artifacts still finds it (``recorded_embedder_path``)."""
+        record = dict(self.embedder_info)
+        if record.get("path"):
+            record["path_from_index"] = os.path.relpath(record["path"], root.resolve())
+        return record
+
+    @staticmethod
+    def check_save_path(path: str | Path) -> Path:
+        """Raise OutputExistsError now if ``save(path)`` could not write there (a file, a folder
+        holding other things, an unwritable place): callers check before long work."""
+        root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise OutputExistsError(f"{str(root)!r} exists and is not a folder; an index is saved as a folder")
+        foreign = [p.name for p in root.iterdir() if not _made_by_save(p.name)] if root.is_dir() else []
+        if foreign and not (root / POINTER).is_file():
+            raise OutputExistsError(f"{str(root)!r} is a non-empty folder that holds no crossrank index "
+                                    f"(no {POINTER} file; it holds {foreign[0]!r}); refusing to write into it")
+        existing = next(p for p in (root, *root.parents) if p.exists())
+        if not existing.is_dir():
+            raise OutputExistsError(f"cannot create {str(root)!r}: {str(existing)!r} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputExistsError(f"cannot write {str(root)!r}: {str(existing)!r} is not writable")
         return root
 
     def _write_generation(self, folder: Path) -> None:
@@ -354,7 +408,7 @@ class Index:
         files = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
                  for name in (VECTORS, DOCUMENTS)}
         manifest = {"format": FORMAT_VERSION, "kind": KIND, **self.settings, "count": len(self),
-                    "next_key": self._next_key, "embedder": self.embedder_info,
+                    "next_key": self._next_key, "embedder": self._embedder_record(folder.parent),
                     "metadata": self.metadata, "files": files,
                     "crossrank_version": __version__, "usearch_version": usearch.__version__,
                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -369,20 +423,28 @@ class Index:
         view=True memory-maps the vectors and reads documents from disk (fast start, shared page
         cache, read-only); view=False loads both into memory (then ``add``/``remove`` work).
         embedder: the Embedder for text queries; it must be the artifact that built the index
-        (same model.onnx sha256 and dim), else EmbedderMismatchError. verify=True checks the
-        sha256 of both files (reads them once: ~1 s per GB); False checks sizes and headers only.
+        (same model.onnx sha256 and dim), else EmbedderMismatchError.
+
+        verify=True (default) checks the sha256 of both files against the manifest before either
+        is opened (reads them once: ~1 s per GB), so a damaged file is an IndexFormatError, never a
+        crash. verify=False is a trust decision for fast starts on files you know are whole: only
+        sizes and the usearch header (count, dimensions, scalar type, metric) are checked, and a
+        file corrupted inside its body can crash the process in usearch's native code.
         """
         root = Path(path)
-        for attempt in range(3):
-            folder, manifest = read_manifest(root)
-            if embedder is not None:
-                check_embedder(manifest, embedder, root)
+        for attempt in range(5):
+            pointer = _read_pointer(root)
             try:
+                folder, manifest = read_manifest(root)
+                if embedder is not None:
+                    check_embedder(manifest, embedder, root)
                 return cls._open_generation(root, folder, manifest, view, embedder, verify)
-            except IndexFormatError:
-                # A concurrent save may have switched CURRENT and removed this generation
-                # between our reads: retry on the new one; a damaged generation fails again.
-                if attempt == 2 or read_manifest(root)[0] == folder:
+            except (IndexFormatError, FileNotFoundError) as err:
+                # A concurrent save may have switched CURRENT and removed this generation between
+                # our reads: retry on the new one; a damaged generation fails the same way again.
+                if attempt == 4 or _read_pointer(root) == pointer:
+                    if isinstance(err, FileNotFoundError):
+                        raise IndexFormatError(f"index file {err.filename!r} is missing") from err
                     raise
         raise AssertionError("unreachable")
 
@@ -415,6 +477,34 @@ class Index:
 
 # -- loading helpers -------------------------------------------------------------------------
 
+USEARCH_SCALARS = {"f32": "F32", "f16": "F16", "i8": "I8"}
+USEARCH_METRICS = {"cos": "Cos", "ip": "IP"}
+
+
+def _read_pointer(root: Path) -> str | None:
+    try:
+        return (root / POINTER).read_text()
+    except OSError:
+        return None
+
+
+def recorded_embedder_path(path: str | Path) -> Path:
+    """The embedder artifact an index at ``path`` was built with, as recorded in its manifest
+    (absolute, or relative to the index folder when the two moved together); MissingFileError
+    saying what to pass when neither exists."""
+    root = Path(path)
+    _, manifest = read_manifest(root)
+    info = manifest["embedder"]
+    candidates = [Path(p) for p in (info.get("path"), info.get("path_from_index") and root / info["path_from_index"])
+                  if p]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise MissingFileError(f"index {str(root)!r} was built by the embedder at {info.get('path')!r} (model.onnx "
+                           f"sha256 {str(info.get('sha256'))[:16]}...), which is not there any more: pass the "
+                           f"same artifact with --embedder ART (embedder= in Python)")
+
+
 def check_embedder(manifest: dict, embedder, root: Path) -> None:
     """Raise EmbedderMismatchError unless ``embedder`` is the artifact that built the index."""
     built = manifest["embedder"]
@@ -442,6 +532,13 @@ def _open_vectors(path: Path, manifest: dict, view: bool) -> usearch_index.Index
         dims = None if meta is None else meta["dimensions"]
         raise IndexFormatError(f"index file {str(path)!r} holds {dims}-dim vectors, its manifest says "
                                f"{manifest['dim']}")
+    header = {"count": int(meta.get("count_present", -1)), "dtype": getattr(meta.get("kind_scalar"), "name", None),
+              "metric": getattr(meta.get("kind_metric"), "name", None)}
+    expected = {"count": manifest["count"], "dtype": USEARCH_SCALARS[manifest["dtype"]],
+                "metric": USEARCH_METRICS[manifest["metric"]]}
+    if header != expected:
+        raise IndexFormatError(f"index file {str(path)!r} does not match its manifest: its header says "
+                               f"{header}, the manifest {expected}")
     graph = usearch_index.Index(ndim=manifest["dim"], metric=manifest["metric"], dtype=manifest["dtype"],
                                 connectivity=manifest.get("connectivity"),
                                 expansion_add=manifest.get("expansion_add"),

@@ -14,6 +14,10 @@ atomic rename of a small file: the commit point). A crash at any moment leaves `
 naming a whole generation: the previous one until that rename, the new one after it. Renaming a
 folder over an existing one cannot be done atomically on POSIX, which is why the pointer file
 exists. Older generations and dead savers' leftovers are removed after the switch.
+
+Saves of one index from several processes take turns on an advisory lock (``flock`` on the index
+folder itself, nothing created) from claiming the generation name to the clean-up; writing the
+generation itself runs unlocked.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from crossrank.errors import IndexFormatError
+from crossrank.errors import IndexFormatError, check_fields, is_int, is_one_of, is_type, plain_file_name
+from crossrank.locks import file_lock, pid_alive
 
 FORMAT_VERSION = 1
 KIND = "crossrank-index"
@@ -32,6 +37,36 @@ POINTER = "CURRENT"
 MANIFEST = "index.json"
 VECTORS = "vectors.usearch"
 DOCUMENTS = "documents.sqlite"
+DTYPES = ("f32", "f16", "i8")
+METRICS = ("cos", "ip")  # similarity = 1 - distance for both (ip on unit vectors == cos)
+
+
+def _is_files(files) -> str | None:
+    if not isinstance(files, dict) or set(files) != {VECTORS, DOCUMENTS}:
+        return f"must list exactly {VECTORS!r} and {DOCUMENTS!r}, got {sorted(files) if isinstance(files, dict) else files!r:.80}"
+    for name, spec in files.items():
+        if plain_file_name(name):
+            return plain_file_name(name)
+        if not isinstance(spec, dict) or set(spec) != {"bytes", "sha256"} or is_int(0)(spec["bytes"]) \
+                or not isinstance(spec["sha256"], str) or len(spec["sha256"]) != 64:
+            return f"entry {name!r} must be {{\"bytes\": int, \"sha256\": 64 hex digits}}, got {spec!r:.80}"
+    return None
+
+
+def _is_embedder(info) -> str | None:
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or is_int(1)(info.get("dim")):
+        return f"must record the embedder's model sha256 and dim, got {info!r:.80}"
+    return None
+
+
+MANIFEST_FIELDS = {
+    "format": is_one_of(FORMAT_VERSION), "kind": is_one_of(KIND), "dim": is_int(1, 1 << 16),
+    "dtype": is_one_of(*DTYPES), "metric": is_one_of(*METRICS), "connectivity": is_int(1),
+    "expansion_add": is_int(1), "expansion_search": is_int(1), "count": is_int(0), "next_key": is_int(0),
+    "embedder": _is_embedder, "metadata": is_type(dict), "files": _is_files,
+    "crossrank_version": is_type(str), "usearch_version": is_type(str), "saved_at": is_type(str),
+}
+REQUIRED_FIELDS = ("format", "kind", "dim", "dtype", "metric", "count", "next_key", "embedder", "files")
 
 
 def fsync_file(path: Path) -> None:
@@ -69,14 +104,16 @@ def read_manifest(root: Path) -> tuple[Path, dict]:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise IndexFormatError(f"index manifest {str(manifest_path)!r} is not valid JSON: {err}") from err
-    required = ("format", "kind", "dim", "dtype", "metric", "count", "next_key", "embedder", "files")
-    missing = [key for key in required if key not in manifest]
-    if missing or manifest.get("kind") != KIND:
-        raise IndexFormatError(f"{str(manifest_path)!r} is not a crossrank index manifest "
-                               f"(missing {missing or ['kind']})")
-    if manifest["format"] != FORMAT_VERSION:
-        raise IndexFormatError(f"{str(manifest_path)!r} has format {manifest['format']!r}; this crossrank "
-                               f"reads format {FORMAT_VERSION}: rebuild the index")
+    where = repr(str(manifest_path))
+    if isinstance(manifest, dict) and manifest.get("kind") != KIND:
+        raise IndexFormatError(f"{where} is not a crossrank index manifest (its 'kind' is {manifest.get('kind')!r})")
+    if isinstance(manifest, dict) and manifest.get("format") != FORMAT_VERSION:
+        raise IndexFormatError(f"{where} has format {manifest.get('format')!r}; this crossrank reads format "
+                               f"{FORMAT_VERSION}: rebuild the index")
+    check_fields(manifest, where, MANIFEST_FIELDS, REQUIRED_FIELDS, IndexFormatError)
+    if manifest["next_key"] < manifest["count"] or manifest["embedder"]["dim"] != manifest["dim"]:
+        raise IndexFormatError(f"{where} is inconsistent: count {manifest['count']}, next_key {manifest['next_key']}, "
+                               f"dim {manifest['dim']}, embedder dim {manifest['embedder']['dim']}")
     return folder, manifest
 
 
@@ -113,29 +150,35 @@ def write_pointer(root: Path, generation: str) -> None:
     fsync_dir(root)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale(root: Path, keep: str) -> None:
-    """Drop older generations and the leftovers of savers that died (best effort)."""
+def remove_stale(root: Path) -> None:
+    """Drop every generation but the one ``CURRENT`` names, and the leftovers of savers that died.
+    Call it holding the index's lock (``commit_generation`` does)."""
+    keep = (root / POINTER).read_text().strip()
     for entry in root.iterdir():
-        if entry.name.startswith("gen-") and entry.name != keep and entry.name < keep:
+        if entry.name.startswith("gen-") and entry.name != keep:
             shutil.rmtree(entry, ignore_errors=True)
         elif entry.name.startswith((".tmp-", f".{POINTER}.")):
             parts = entry.name.lstrip(".").replace(".", "-").split("-")
             pid = next((int(p) for p in parts if p.isdigit()), None)
-            if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            if pid is not None and pid != os.getpid() and not pid_alive(pid):
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
+
+
+def commit_generation(root: Path, staging: Path) -> str:
+    """Make the fsynced ``staging`` folder the live generation; returns its name.
+
+    Savers of one index take turns on an advisory lock on the folder itself (across processes),
+    so claiming a name, switching ``CURRENT`` and removing the old generations never interleave
+    with another save's: clean-up can never delete the generation ``CURRENT`` names.
+    """
+    with file_lock(root):
+        generation = claim_generation(root, staging)
+        write_pointer(root, generation)
+        remove_stale(root)
+    return generation
 
 
 def index_info(path: str | Path) -> dict:

@@ -102,9 +102,10 @@ class Pipeline:
 
         vectors = self.embedder.embed(list(queries))
         lap("embed")
-        first = self.index.search_vectors(vectors, k)
-        lap("search")
-        documents = self.index.fetch_documents(first)
+        with self.index.reading():  # a concurrent remove waits until the candidates' texts are read
+            first = self.index.search_vectors(vectors, k)
+            lap("search")
+            documents = self.index.fetch_documents(first)
         lap("fetch")
         if self.reranker is None:
             orders = [[(i, None) for i in range(len(hits.ids))][:top_n] for hits in first]

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from crossrank.artifact import load_artifact
+from crossrank.artifact import check_graph, load_artifact
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_bool, check_choice, check_deadline_ms,
                               check_int, check_queries, check_query, check_text, check_texts, check_top_n)
 from crossrank.runner import BatchRunner, Deadline
@@ -85,6 +85,7 @@ class Reranker:
         self.chunk_overlap = chunk_overlap
         self.activation = ACTIVATIONS[self.artifact.manifest["activation"]]
         self.runner = BatchRunner(self.artifact.model_path, settings, memory_arena=memory_arena)
+        check_graph(self.artifact, self.runner.session)
         self.device = device
         self.clock: Callable[[], float] = time.perf_counter
         self._seconds_per_token: float | None = None  # measured by the last deadline call

@@ -6,9 +6,19 @@ here, so what is measured is what runs.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
-import onnxruntime as ort
+if "usearch" in sys.modules and "onnxruntime" not in sys.modules:
+    # Seen with usearch 2.26 and onnxruntime 1.32 wheels: once usearch's native module is loaded,
+    # onnxruntime crashes the process (SIGSEGV in libstdc++) when it builds its first session.
+    # crossrank itself always loads onnxruntime first; this is about an import made before it.
+    warnings.warn("usearch was imported before onnxruntime: with some wheel builds onnxruntime then "
+                  "crashes the process when it loads a model. Import crossrank (or onnxruntime) before "
+                  "usearch.", RuntimeWarning, stacklevel=2)
+
+import onnxruntime as ort  # noqa: E402  (after the check above)
 
 from crossrank.errors import DeviceUnavailableError, check_bool, check_choice
 from crossrank import settings

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from crossrank.artifact import (FORMAT_VERSION, MANIFEST, MODEL_FILE, PRECISIONS, TOKENIZER_FILE, load_artifact,
                                 sha256_file)
-from crossrank.errors import ArtifactError, CrossrankError, InvalidArgumentError, OutputExistsError
+from crossrank.errors import ArtifactError, CrossrankError, InvalidArgumentError
 
+from .output import check_output, clean_stale, replace_atomically
 from .source import SourceError, SourceModel, bundled_bi_encoder, inspect_source
 
 OPSET = 17
@@ -122,7 +123,8 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
 
     The folder is built next to ``out`` under a temporary name and renamed into place only when
     every stage, the fidelity check included, has passed: an interrupted export leaves nothing
-    half-written at ``out``.
+    half-written at ``out``. ``force`` replaces an existing artifact, never anything else (see
+    crossrank.export.output); leftovers of killed exports of ``out`` are cleaned up first.
     """
     import onnx
 
@@ -137,9 +139,8 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
         raise InvalidArgumentError(f"--int8-recipe {int8_recipe!r} needs --precision int8, not {precision!r}")
     recipe = get_recipe(int8_recipe or DEFAULT_INT8_RECIPE) if precision == "int8" else None
     out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"output {str(out)!r} already exists; pass --force to replace it")
     source = inspect_source(src, kind)
+    check_output(out, source.path, force)  # before any work: nothing to lose, nothing wasted
     if max_length is not None:
         if not 8 <= max_length <= source.max_length:
             raise InvalidArgumentError(f"--max-length {max_length} must be between 8 and the model's limit {source.max_length}")
@@ -148,6 +149,8 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
 
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    check_output(out, source.path, force)  # again: an interrupted replacement may have been restored
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -208,9 +211,7 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
             "files": {name: sha256_file(work / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
+        replace_atomically(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest

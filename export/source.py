@@ -115,6 +115,14 @@ def _bi_encoder_settings(folder: Path, config: dict) -> tuple[str, bool, int]:
     return pooling, normalize, min(max_length, limit)
 
 
+def _config_int(config: dict, key: str, path: Path) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SourceError(f"{str(path)!r}: {key!r} must be a positive integer, got {value!r:.60} "
+                          f"(is this a complete Hugging Face config.json?)")
+    return value
+
+
 def inspect_source(src: str | Path, kind: str) -> SourceModel:
     if kind not in ("cross", "bi"):
         raise SourceError(f"--kind {kind!r} is not one of 'cross', 'bi'")
@@ -147,6 +155,7 @@ def inspect_source(src: str | Path, kind: str) -> SourceModel:
     return SourceModel(
         path=folder, name=str(src),
         kind=kind, model_type=model_type, architecture=architecture, num_labels=num_labels,
-        num_heads=int(config["num_attention_heads"]), hidden_size=int(config["hidden_size"]),
+        num_heads=_config_int(config, "num_attention_heads", config_path),
+        hidden_size=_config_int(config, "hidden_size", config_path),
         max_length=max_length, pooling=pooling, normalize=normalize,
     )

@@ -60,8 +60,8 @@ def trec_rag():
 
 
 @pytest.fixture(scope="session")
-def tiny_cross(minilm_path, tmp_path_factory) -> Path:
-    """A tiny generated cross-encoder (2 layers, hidden 32) for shape and memory tests only."""
+def tiny_cross_src(minilm_path, tmp_path_factory) -> Path:
+    """A tiny generated cross-encoder checkpoint (2 layers, hidden 32): shape and error-path tests only."""
     import shutil
 
     import torch
@@ -77,4 +77,10 @@ def tiny_cross(minilm_path, tmp_path_factory) -> Path:
     for name in TOKENIZER_FILES:
         if (minilm_path / name).is_file():
             shutil.copy2(minilm_path / name, src / name)
-    return _export(tmp_path_factory, src, "cross", "fp32")
+    return src
+
+
+@pytest.fixture(scope="session")
+def tiny_cross(tiny_cross_src, tmp_path_factory) -> Path:
+    """The tiny cross-encoder exported (fp32), for shape and memory tests only."""
+    return _export(tmp_path_factory, tiny_cross_src, "cross", "fp32")

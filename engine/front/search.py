@@ -11,11 +11,11 @@ import json
 import time
 from pathlib import Path
 
-from crossrank.errors import InvalidArgumentError, MissingFileError, OutputExistsError
+from crossrank.errors import InvalidArgumentError, OutputExistsError
 from crossrank.evaluation.datasets import read_jsonl
 from crossrank.evaluation.retrieval import build_semanlink_index, evaluate
 from crossrank.front.args import add_device_argument, milliseconds_arg, positive_int_arg
-from crossrank.index import DTYPES, Index
+from crossrank.index import DTYPES, Index, recorded_embedder_path
 from crossrank.index_files import index_info
 
 # -- library helpers ------------------------------------------------------------------------
@@ -47,13 +47,7 @@ def _load_embedder(path: str | None, index_dir: str, device: str):
     """The embedder given, or the one recorded in the index manifest."""
     from crossrank.embedder import Embedder
 
-    if path is None:
-        recorded = index_info(index_dir)["embedder"].get("path")
-        if not recorded or not Path(recorded).is_dir():
-            raise MissingFileError(f"index {index_dir!r} was built by the embedder at {recorded!r}, which "
-                                    f"is not there any more: pass --embedder ART")
-        path = recorded
-    return Embedder(path, device=device)
+    return Embedder(path if path is not None else recorded_embedder_path(index_dir), device=device)
 
 
 def _load_reranker(path: str | None, device: str):
@@ -112,6 +106,7 @@ def _run_index_build(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise OutputExistsError(f"{str(out)!r} exists: pass --force to replace it")
+    Index.check_save_path(out)  # before the slow part
     ids, texts = read_corpus(args.corpus) if args.corpus else (None, None)  # read before the slow part
     embedder = Embedder(args.embedder, device=args.device)
     options = {"dtype": args.dtype, "connectivity": args.connectivity, "expansion_add": args.expansion_add,
