@@ -1,17 +1,26 @@
-"""Two-stage search: embed the query, take k candidates from the Index, rerank them, keep top_n.
+"""Two-stage (or multi-stage) search: embed the query, take k candidates from the Index, rerank
+them with one cross-encoder or a cascade of them, keep top_n.
+
+A cascade ``rerankers=[small, large], depths=[100, 20]`` reranks the first stage's top 100 with the
+small model, then the small model's top 20 with the large one; the final order is the large model's
+20, then the rest of the small model's 100 in its order, then any first-stage candidates beyond 100
+in their order. ``depths=[20]`` with one reranker reranks only the first stage's top 20.
 
 Timings are wall-clock milliseconds per stage: ``embed`` (query embedding), ``search`` (HNSW walk
-and key -> id lookup), ``fetch`` (candidate texts from the document store, by key, one query), ``rerank``
-(tokenizing the pairs and running the cross-encoder; 0 without a reranker) and ``total``.
+and key -> id lookup), ``fetch`` (candidate texts from the document store, by key, one query),
+``rerank`` (tokenizing the pairs and running the cross-encoders, all reranking stages; 0 without a
+reranker) and ``total``; ``SearchResult.stages`` has each reranking stage's depth, count scored and ms.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from crossrank.errors import check_deadline_ms, check_int, check_queries, check_query, check_top_n
+from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_deadline_ms, check_int,
+                              check_queries, check_query, check_top_n)
 from crossrank.index import Index, check_embedder
 
 STAGES = ("embed", "search", "fetch", "rerank", "total")
@@ -20,8 +29,10 @@ STAGES = ("embed", "search", "fetch", "rerank", "total")
 @dataclass(frozen=True)
 class Hit:
     """One result. ``rank`` is its final 1-based place; ``first_stage_rank`` its place among the
-    k candidates by ``similarity`` (1 - cosine distance). ``score`` is the reranker's score
-    (after the artifact's activation), None without a reranker."""
+    k candidates by ``similarity`` (1 - cosine distance). ``stage_scores`` holds each reranking
+    stage's score (after the artifact's activation; None where that stage did not score it, nan
+    where a deadline stopped it first); ``score`` is the score of the last stage that scored it
+    (None without a reranker)."""
 
     id: object
     document: str
@@ -29,6 +40,7 @@ class Hit:
     score: float | None
     rank: int
     first_stage_rank: int
+    stage_scores: tuple = ()
 
 
 @dataclass
@@ -45,7 +57,8 @@ class SearchResult:
     reranked: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
-    scored: int | None = None        # candidates the reranker scored (fewer under a deadline)
+    scored: int | None = None        # candidates the last reranker scored (fewer under a deadline)
+    stages: list[dict] = field(default_factory=list)  # per reranking stage: depth, scored, ms
 
     @property
     def ids(self) -> list:
@@ -55,28 +68,61 @@ class SearchResult:
         return asdict(self)
 
 
+def check_cascade(rerankers, depths) -> tuple[list, list]:
+    """(rerankers, depths) as lists; depths[i] = candidates stage i reranks (None: all of them)."""
+    if isinstance(rerankers, (str, bytes)) or not isinstance(rerankers, Sequence) or not rerankers:
+        raise ArgumentTypeError(f"rerankers must be a non-empty list of Rerankers, got {rerankers!r:.80}")
+    if depths is None:
+        if len(rerankers) > 1:
+            raise InvalidArgumentError(f"a cascade of {len(rerankers)} rerankers needs depths (how many candidates "
+                                       f"each stage reranks, e.g. depths=[100, 20])")
+        depths = [None]
+    if isinstance(depths, (str, bytes)) or not isinstance(depths, Sequence) or len(depths) != len(rerankers):
+        raise InvalidArgumentError(f"depths must list one depth per reranker ({len(rerankers)}), got {depths!r:.80}")
+    depths = [check_int(d, f"depths[{i}]", allow_none=i == 0) for i, d in enumerate(depths)]
+    for i in range(1, len(depths)):
+        if depths[i - 1] is not None and depths[i] > depths[i - 1]:
+            raise InvalidArgumentError(f"depths must not grow: stage {i + 1} cannot rerank {depths[i]} candidates "
+                                       f"when stage {i} ranked only {depths[i - 1]} (depths {depths})")
+    return list(rerankers), depths
+
+
 class Pipeline:
-    """``Pipeline(embedder, index, reranker=None)``; without a reranker it returns first-stage results.
+    """``Pipeline(embedder, index, reranker=None)``: first stage, then one reranker (or none: first-
+    stage results). ``Pipeline(embedder, index, rerankers=[small, large], depths=[100, 20])``: a
+    cascade (see the module docstring); ``depths`` also limits a single reranker (``depths=[20]``).
 
     The embedder must be the artifact that built the index (checked: EmbedderMismatchError).
     """
 
-    def __init__(self, embedder, index: Index, reranker=None):
+    def __init__(self, embedder, index: Index, reranker=None, *, rerankers=None, depths=None):
         if index.embedder_info:
             check_embedder({"dim": index.dim, "embedder": index.embedder_info}, embedder,
                            index.path or "(in memory)")
+        if reranker is not None and rerankers is not None:
+            raise InvalidArgumentError("give reranker= (one model) or rerankers= (a cascade), not both")
+        if reranker is not None or rerankers is not None:
+            self.rerankers, self.depths = check_cascade([reranker] if reranker is not None else rerankers, depths)
+        elif depths is not None:
+            raise InvalidArgumentError("depths without rerankers: nothing would rerank the candidates")
+        else:
+            self.rerankers, self.depths = [], []
         self.embedder = embedder
         self.index = index
-        self.reranker = reranker
+
+    @property
+    def reranker(self):
+        """The last (or only) reranking stage's Reranker; None for first-stage search."""
+        return self.rerankers[-1] if self.rerankers else None
 
     def search(self, query: str, k: int = 100, top_n: int | None = 10,
                deadline_ms: float | None = None) -> SearchResult:
         """The ``top_n`` best of ``k`` first-stage candidates (top_n=None: all of them).
 
-        deadline_ms: time allowed for the whole call. The reranker gets what the first stage
-        left of it and scores candidates in first-stage order until the next batch would overrun
-        (``Reranker.rerank(deadline_ms=...)``); unscored candidates follow in first-stage order
-        with score nan, and ``result.scored`` says how many were scored.
+        deadline_ms: time allowed for the whole call. Each reranking stage gets what the stages
+        before it left and scores its candidates in their current order until the next batch would
+        overrun (``Reranker.rerank(deadline_ms=...)``); unscored candidates follow the scored ones
+        in that order, and ``result.scored`` says how many the last stage scored.
         """
         query = check_query(query)
         return self._search([query], k, top_n, check_deadline_ms(deadline_ms))[0]
@@ -107,24 +153,38 @@ class Pipeline:
             lap("search")
             documents = self.index.fetch_documents(first)
         lap("fetch")
-        if self.reranker is None:
-            orders = [[(i, None) for i in range(len(hits.ids))][:top_n] for hits in first]
-            scored = [None] * len(first)
-        else:
+        orders = [list(range(len(hits.ids))) for hits in first]  # candidate positions, best first
+        scores = [[[None] * len(self.rerankers) for _ in hits.ids] for hits in first]
+        stages = [[] for _ in first]
+        scored = [None] * len(first)
+        for number, (reranker, depth) in enumerate(zip(self.rerankers, self.depths)):
+            stage_start = time.perf_counter()
+            heads = [order[:depth] for order in orders]
+            texts = [[docs[i] for i in head] for docs, head in zip(documents, heads)]
             if deadline_ms is None:
-                ranked = self.reranker.rerank_many(list(queries), documents, top_n=top_n)
-                scored = [len(docs) for docs in documents]
+                ranked = reranker.rerank_many(list(queries), texts, return_documents=False)
             else:  # search() of one query
                 left_ms = max(0.0, deadline_ms - (time.perf_counter() - start) * 1e3)
-                ranked = [self.reranker.rerank(queries[0], documents[0], top_n=top_n, deadline_ms=left_ms)]
-                scored = [ranked[0].scored]
-            orders = [[(r.index, float(r.score)) for r in ranking] for ranking in ranked]
+                ranked = [reranker.rerank(queries[0], texts[0], return_documents=False, deadline_ms=left_ms)]
+            ms = (time.perf_counter() - stage_start) * 1e3
+            for q, ranking in enumerate(ranked):
+                head = heads[q]
+                for r in ranking:
+                    scores[q][head[r.index]][number] = float(r.score)
+                orders[q] = [head[r.index] for r in ranking] + orders[q][len(head):]
+                scored[q] = ranking.scored
+                stages[q].append({"depth": len(head), "scored": ranking.scored, "ms": ms})
         lap("rerank")
         timings["total"] = (time.perf_counter() - start) * 1e3
         results = []
-        for query, hits, docs, order, count in zip(queries, first, documents, orders, scored):
-            chosen = [Hit(hits.ids[i], docs[i], float(hits.similarities[i]), score, rank, i + 1)
-                      for rank, (i, score) in enumerate(order, start=1)]
-            results.append(SearchResult(query, chosen, len(hits.ids), self.reranker is not None,
-                                        dict(timings), len(queries), count))
+        for q, (query, hits, docs) in enumerate(zip(queries, first, documents)):
+            chosen = []
+            for rank, i in enumerate(orders[q][:top_n], start=1):
+                stage_scores = tuple(scores[q][i])
+                last_score = next((s for s in reversed(stage_scores) if s is not None and not math.isnan(s)),
+                                  stage_scores[0] if stage_scores else None)
+                chosen.append(Hit(hits.ids[i], docs[i], float(hits.similarities[i]), last_score, rank, i + 1,
+                                  stage_scores))
+            results.append(SearchResult(query, chosen, len(hits.ids), bool(self.rerankers), dict(timings),
+                                        len(queries), scored[q], stages[q]))
         return results

@@ -48,6 +48,17 @@ def int_list_arg(text: str) -> list[int]:
     return sorted(set(values))
 
 
+def int_list_arg_in_order(text: str) -> list[int]:
+    """Comma-separated positive integers kept in the order given, e.g. "100,20"."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
 def add_device_argument(p, what: str = "execution provider") -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help=f"{what} (default cpu)")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from crossrank.errors import InvalidArgumentError, OutputExistsError
 from crossrank.evaluation.datasets import read_jsonl
 from crossrank.evaluation.retrieval import build_semanlink_index, evaluate
-from crossrank.front.args import add_device_argument, milliseconds_arg, positive_int_arg
+from crossrank.front.args import add_device_argument, int_list_arg_in_order, milliseconds_arg, positive_int_arg
 from crossrank.index import DTYPES, Index, recorded_embedder_path
 from crossrank.index_files import index_info
 
@@ -50,12 +50,35 @@ def _load_embedder(path: str | None, index_dir: str, device: str):
     return Embedder(path if path is not None else recorded_embedder_path(index_dir), device=device)
 
 
-def _load_reranker(path: str | None, device: str):
-    if path is None:
-        return None
+def add_reranking_arguments(p) -> None:
+    """--reranker (repeatable: a cascade) and --depths."""
+    p.add_argument("--reranker", metavar="ART", action="append", default=None,
+                   help="cross-encoder artifact (default: first stage only); repeat it for a cascade, "
+                        "each reranking the previous one's top candidates (then give --depths)")
+    p.add_argument("--depths", type=int_list_arg_in_order, default=None, metavar="N,N,...",
+                   help="candidates each --reranker reranks, in order, e.g. 100,20 (default: all k for one "
+                        "reranker; required for a cascade)")
+
+
+def check_reranking_args(args) -> None:
+    """--reranker/--depths agree (checked before any model loads)."""
+    from crossrank.pipeline import check_cascade
+
+    if args.reranker:
+        check_cascade(args.reranker, args.depths)
+    elif args.depths is not None:
+        raise InvalidArgumentError("--depths needs --reranker: nothing would rerank the candidates")
+
+
+def build_pipeline(embedder, index, args):
+    """The Pipeline of --reranker/--depths (first stage only without --reranker)."""
+    from crossrank.pipeline import Pipeline
     from crossrank.reranker import Reranker
 
-    return Reranker(path, device=device)
+    if not args.reranker:
+        return Pipeline(embedder, index, depths=args.depths)
+    rerankers = [Reranker(path, device=args.device) for path in args.reranker]
+    return Pipeline(embedder, index, rerankers=rerankers, depths=args.depths)
 
 
 # -- crossrank index build | info -------------------------------------------------------------
@@ -155,7 +178,7 @@ def _add_search(sub) -> None:
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (crossrank index build)")
     p.add_argument("--embedder", metavar="ART",
                    help="bi-encoder artifact (default: the one recorded in the index; it must match)")
-    p.add_argument("--reranker", metavar="ART", help="cross-encoder artifact (default: first stage only)")
+    add_reranking_arguments(p)
     p.add_argument("--k", type=positive_int_arg, default=100, help="first-stage candidates (default 100)")
     p.add_argument("--top-n", type=positive_int_arg, default=10, help="results to print (default 10)")
     p.add_argument("--deadline-ms", type=milliseconds_arg, default=None, metavar="MS",
@@ -167,14 +190,13 @@ def _add_search(sub) -> None:
 
 
 def _run_search(args) -> int:
-    from crossrank.pipeline import Pipeline
-
     if not args.query.strip():
         raise InvalidArgumentError("the query is empty")
     index_info(args.index)  # a missing or broken index is reported before any model loads
+    check_reranking_args(args)
     embedder = _load_embedder(args.embedder, args.index, args.device)
     index = Index.load(args.index, view=True, embedder=embedder)
-    pipeline = Pipeline(embedder, index, _load_reranker(args.reranker, args.device))
+    pipeline = build_pipeline(embedder, index, args)
     result = pipeline.search(args.query, k=args.k, top_n=args.top_n, deadline_ms=args.deadline_ms)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
@@ -194,8 +216,12 @@ def format_result(result, width: int = 100) -> str:
     t = result.timings_ms
     stages = "  ".join(f"{name} {t[name]:.1f}" for name in ("embed", "search", "fetch", "rerank") if name in t)
     mode = "reranked" if result.reranked else "first stage only (no --reranker)"
-    if result.reranked and result.scored is not None and result.scored < result.candidates:
-        mode += f" ({result.scored} scored by the deadline, the rest in first-stage order)"
+    if len(result.stages) > 1:
+        mode += " by a cascade: " + " > ".join(f"reranker {i} on the top {s['depth']} ({s['ms']:.0f} ms)"
+                                               for i, s in enumerate(result.stages, start=1))
+    last = result.stages[-1] if result.stages else None
+    if last is not None and last["scored"] < last["depth"]:
+        mode += f" ({last['scored']} of {last['depth']} scored by the deadline, the rest in their earlier order)"
     lines.append(f"{len(result.hits)} of {result.candidates} candidates, {mode}; ms: {stages}  total {t['total']:.1f}")
     return "\n".join(lines)
 
@@ -213,7 +239,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--index", required=True, metavar="DIR",
                    help="index folder holding the data set's documents (crossrank index build --semanlink)")
     p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")
-    p.add_argument("--reranker", metavar="ART", help="cross-encoder artifact (default: first stage only)")
+    add_reranking_arguments(p)
     p.add_argument("--dataset", default="semanlink", choices=["semanlink"], help="data set (default semanlink)")
     p.add_argument("--split", default="test", choices=["test", "dev", "train"], help="query split (default test)")
     p.add_argument("--limit", type=positive_int_arg, default=None, help="evaluate only the first N queries")
@@ -226,9 +252,9 @@ def _add_eval(sub) -> None:
 
 def _run_eval(args) -> int:
     from crossrank.evaluation.datasets import semanlink_queries
-    from crossrank.pipeline import Pipeline
 
     index_info(args.index)
+    check_reranking_args(args)
     embedder = _load_embedder(args.embedder, args.index, args.device)
     index = Index.load(args.index, view=True, embedder=embedder)
     queries = semanlink_queries(args.split)[: args.limit]
@@ -237,12 +263,13 @@ def _run_eval(args) -> int:
     if present == 0:
         raise InvalidArgumentError(f"index {args.index!r} holds none of the {args.dataset} documents (ids must be "
                          f"their URLs): build it with `crossrank index build --semanlink --out DIR`")
-    pipeline = Pipeline(embedder, index, _load_reranker(args.reranker, args.device))
+    pipeline = build_pipeline(embedder, index, args)
     start = time.perf_counter()
     figures = evaluate(pipeline, queries, k=args.k, batch=args.batch, progress=not args.json)
     seconds = time.perf_counter() - start
     report = {"dataset": args.dataset, "split": args.split, "queries": len(queries), "k": args.k,
-              "index": args.index, "reranker": args.reranker, "seconds": round(seconds, 1), **figures}
+              "index": args.index, "rerankers": args.reranker or [], "depths": pipeline.depths,
+              "seconds": round(seconds, 1), **figures}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -251,7 +278,7 @@ def _run_eval(args) -> int:
     print(f"{'stage':<13}" + "".join(f"{name:>12}" for name in names))
     for stage, values in figures.items():
         print(f"{stage:<13}" + "".join(f"{values[name]:>12.4f}" for name in names))
-    if args.reranker is None:
+    if not args.reranker:
         print("(first stage only: pass --reranker ART to measure reranking)")
     return 0
 
