@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import logging
 import math
 import threading
 import time
@@ -48,6 +49,7 @@ from crossrank.runner import BatchRunner, Deadline
 from crossrank.settings import DEFAULT_MAX_QUEUE_TOKENS, SCHEDULER_WINDOW_BATCHES
 from crossrank.tokenize import Rows
 
+log = logging.getLogger("crossrank.scheduler")
 SECONDS_PER_TOKEN_GUESS = 1e-4  # retry-after estimate before the first batch has been timed
 
 
@@ -260,7 +262,10 @@ class _Queue:
             report = BatchReport(self.name, len(batch), len({id(window[p][0]) for p in batch.tolist()}),
                                  int(lengths[batch].sum()), cost, seconds, self.queued_tokens)
         for listener in list(self.listeners):
-            listener(report)
+            try:
+                listener(report)
+            except Exception:  # a listener (e.g. metrics) must not fail the requests
+                log.exception("batch listener %r failed", listener)
         return complete
 
     def close(self) -> None:
@@ -276,6 +281,8 @@ class _Queue:
 
 def _resolve(request: _Request, error: BaseException | None = None) -> None:
     """Complete a request's future (outside the lock: a future runs its callbacks at once)."""
+    if request.future.done():  # cancelled by its caller, or already resolved
+        return
     if request.future.set_running_or_notify_cancel():
         if error is None:
             request.future.set_result(request.result())

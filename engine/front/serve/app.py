@@ -220,7 +220,7 @@ def build_app(config: ServeConfig) -> FastAPI:
             status, message, param, error = err.status, str(err), err.param, err
         except OverloadedError as err:
             status, message, error = 429, str(err), err
-            headers["Retry-After"] = str(int(math.ceil(err.retry_after_s)))
+            headers["Retry-After"] = str(math.ceil(err.retry_after_s))
             metrics.overloaded.labels(endpoint).inc()
         except NotReady as err:
             status, message = 503, str(err)

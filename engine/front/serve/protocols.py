@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from crossrank.errors import (InvalidArgumentError, check_bool, check_choice, check_deadline_ms, check_int,
-                              check_query, check_text, check_texts)
+from crossrank.errors import (InvalidArgumentError, check_bool, check_choice, check_deadline_ms, check_int, check_query,
+                              check_text, check_texts)
 
 COHERE, TEI, OPENAI = "cohere", "tei", "openai"
 ENCODING_FORMATS = ("float", "base64")
