@@ -1,17 +1,18 @@
 """Closed-loop load on ``crossrank serve`` over loopback, against the in-process API.
 
-    python benchmarks/serve_bench.py [--concurrency 1,4,16,64] [--min-requests 24] [--rounds 2]
-                                     [--reranker ART] [--out benchmarks/results]
+    python benchmarks/serve_bench.py [--concurrency 1,4,16,64] [--min-requests 24] [--requests-per-client 2]
+                                     [--rounds 2] [--reranker ART] [--out benchmarks/results]
 
 Workload: TREC RAG 2024 requests, each a query with its 20 MS MARCO passages (1 x 20), sent
 to ``POST /v1/rerank`` by C clients at once, each sending its next request as soon as its answer
-arrives (closed loop), max(min_requests, 2 C) requests per concurrency level. Modes:
+arrives (closed loop), max(min_requests, requests_per_client x C) requests per concurrency level. Modes:
 
 (a) the server with shared batches (one scheduler thread merges every request's pairs);
 (b) the same server with sharing off (``--shared 0``: each request runs its own batches on its own
     thread, as many at once as there are requests);
 (c) the in-process API called sequentially: ``Reranker.rerank`` per request, and
-    ``Reranker.score`` on all the pairs of a level's requests in one call (the throughput yardstick).
+    ``Reranker.score`` on all the pairs of a level's requests in one call (the throughput yardstick);
+    at the ``--baseline-levels`` only (default 1 and 16, where the targets are).
 
 Both servers run as subprocesses on 127.0.0.1 (free ports) with the same artifact; the load
 generator (asyncio + httpx) and (c) run in this process. Rounds are interleaved (a, b, c, then
@@ -173,13 +174,14 @@ def run(args) -> dict:
     cursor = 0
     try:
         for concurrency in args.concurrency:
-            count = max(args.min_requests, 2 * concurrency)
-            count -= count % args.rounds
-            per_round = count // args.rounds
+            # every round offers the full concurrency: at least one request per client
+            per_round = max(-(-args.min_requests // args.rounds), args.requests_per_client * concurrency)
+            count = per_round * args.rounds
             chosen = [{"query": r["query"], "documents": r["documents"]}
                       for r in (rows[(cursor + i) % len(rows)] for i in range(count))]
             cursor += count
             pairs = sum(len(b["documents"]) for b in chosen)
+            baseline = concurrency in args.baseline_levels
             acc = {m: {"seconds": 0.0, "latencies": []} for m in ("shared", "unshared", "rerank")}
             score_seconds = 0.0
             before = {m: s.metrics() for m, s in servers.items()}
@@ -189,21 +191,23 @@ def run(args) -> dict:
                     seconds, latencies = asyncio.run(closed_loop(server.url, part, concurrency))
                     acc[mode]["seconds"] += seconds
                     acc[mode]["latencies"] += latencies
-                seconds, latencies, scored = in_process(reranker, part)
-                acc["rerank"]["seconds"] += seconds
-                acc["rerank"]["latencies"] += latencies
-                score_seconds += scored
+                if baseline:
+                    seconds, latencies, scored = in_process(reranker, part)
+                    acc["rerank"]["seconds"] += seconds
+                    acc["rerank"]["latencies"] += latencies
+                    score_seconds += scored
             after = {m: s.metrics() for m, s in servers.items()}
             level = {"concurrency": concurrency, "pairs": pairs,
-                     "modes": {m: summarise(a["seconds"], a["latencies"], count, pairs) for m, a in acc.items()},
-                     "score_pairs_per_s": pairs / score_seconds,
+                     "modes": {m: summarise(a["seconds"], a["latencies"], count, pairs) for m, a in acc.items()
+                               if a["latencies"]},
+                     "score_pairs_per_s": pairs / score_seconds if baseline else None,
                      "batches": {m: batch_figures(before[m], after[m]) for m in servers}}
             levels.append(level)
             s = level["modes"]
             print(f"c={concurrency:>3} shared {s['shared']['pairs_per_s']:.1f} pairs/s p95 {s['shared']['p95_ms']:.0f} ms"
                   f" | unshared {s['unshared']['pairs_per_s']:.1f} p95 {s['unshared']['p95_ms']:.0f}"
-                  f" | rerank {s['rerank']['pairs_per_s']:.1f} p50 {s['rerank']['p50_ms']:.0f}"
-                  f" | score {level['score_pairs_per_s']:.1f}", file=sys.stderr, flush=True)
+                  + (f" | rerank {s['rerank']['pairs_per_s']:.1f} p50 {s['rerank']['p50_ms']:.0f}"
+                     f" | score {level['score_pairs_per_s']:.1f}" if baseline else ""), file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
             server.stop()
@@ -249,6 +253,8 @@ def write_report(report: dict, out: Path, command: str) -> None:
     names = {"shared": "(a) shared", "unshared": "(b) sharing off", "rerank": "(c) in-process rerank"}
     for level in report["levels"]:
         for mode, label in names.items():
+            if mode not in level["modes"]:
+                continue
             m = level["modes"][mode]
             b = level["batches"].get(mode)
             extra = (f"{b['rows_per_batch']:.1f} | {b['padding']:.1%} | "
@@ -256,8 +262,9 @@ def write_report(report: dict, out: Path, command: str) -> None:
                      (f"{b['rows_per_batch']:.1f} | {b['padding']:.1%} | -" if b else "- | - | -"))
             lines.append(f"| {level['concurrency']} | {label} | {m['requests']} | {m['requests_per_s']:.2f} | "
                          f"{m['pairs_per_s']:.1f} | {m['p50_ms']:.0f} | {m['p95_ms']:.0f} | {m['p99_ms']:.0f} | {extra} |")
-        lines.append(f"| {level['concurrency']} | `score` (one call) | - | - | {level['score_pairs_per_s']:.1f} "
-                     "| - | - | - | - | - | - |")
+        if level["score_pairs_per_s"] is not None:
+            lines.append(f"| {level['concurrency']} | `score` (one call) | - | - | {level['score_pairs_per_s']:.1f} "
+                         "| - | - | - | - | - | - |")
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|---|"]
     if "c16_shared_vs_score" in t:
         lines.append(f"| c=16: (a) pairs/s >= 0.9x in-process `score` | {t['c16_shared_vs_score']:.2f}x | "
@@ -287,7 +294,8 @@ def plot(report: dict, out: Path) -> None:
     for mode, label, style in (("shared", "(a) server, shared batches", "o-"),
                                ("unshared", "(b) server, sharing off", "s--")):
         ax.plot(xs, [level["modes"][mode]["p95_ms"] for level in levels], style, label=label)
-    ax.axhline(np.median([level["modes"]["rerank"]["p50_ms"] for level in levels]), color="#999", ls=":",
+    ax.axhline(np.median([level["modes"]["rerank"]["p50_ms"] for level in levels if "rerank" in level["modes"]]),
+               color="#999", ls=":",
                label="(c) in-process rerank, p50 (one request alone)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -308,9 +316,13 @@ def int_list(text: str) -> list[int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int_list, default=[1, 4, 16, 64], help="levels (default 1,4,16,64)")
-    parser.add_argument("--min-requests", type=int, default=24, help="requests per level at least (default 24; "
-                                                                     "a level sends max(this, 2 x concurrency))")
+    parser.add_argument("--min-requests", type=int, default=24,
+                        help="requests per level at least (default 24; a level sends max(this, "
+                             "requests-per-client x concurrency))")
+    parser.add_argument("--requests-per-client", type=int, default=2, help="(default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per level (default 2)")
+    parser.add_argument("--baseline-levels", type=int_list, default=[1, 16],
+                        help="levels at which (c) runs in process too (default 1,16: the targets' levels)")
     parser.add_argument("--reranker", default=None, help="cross-encoder artifact (default: the starter, int8)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="report folder")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """The shared batch scheduler (crossrank.scheduler) alone, in process.
 
-Exactness on the real trained starter reranker and the real MiniLM embedder in fp32 (batch-
-invariant: a row's output does not depend on its batch mates). Fairness, deadlines, cancellation
+Exactness on the real trained starter reranker in fp32 (batch-invariant: a row's score does not
+depend on its batch mates); the real MiniLM embedder in fp32 up to float rounding. Fairness, deadlines, cancellation
 and the bounded queue on the tiny generated cross-encoder, with the worker paused at a gate or
 time moved by a fake clock, so each ordering is forced rather than raced.
 """
@@ -86,7 +86,10 @@ def test_async_callers_and_score(starter_plain, starter_shared, trec_rag):
     np.testing.assert_array_equal(scores, starter_plain.score(pairs))
 
 
-def test_shared_embedder_is_exact(bi_fp32, trec_rag):
+def test_shared_embedder_matches_to_float_rounding(bi_fp32, trec_rag):
+    """The fp32 bi-encoder graph is batch-invariant only up to float rounding: a text's vector moves
+    by about one ulp (1.5e-8 measured) when the batch goes from 1 row to 2, whatever the mate (the
+    cross-encoder's scores do not move at all). Merged requests must stay within that rounding."""
     plain = crossrank.Embedder(bi_fp32)
     shared = crossrank.Embedder(bi_fp32, shared=True)
     texts = [[d for d in r["documents"][: 3 + i]] for i, r in enumerate(trec_rag[:6])]
@@ -95,7 +98,7 @@ def test_shared_embedder_is_exact(bi_fp32, trec_rag):
         return await asyncio.gather(*[shared.aembed(t) for t in texts])
 
     for got, t in zip(asyncio.run(main()), texts):
-        np.testing.assert_array_equal(got, plain.embed(t))
+        np.testing.assert_allclose(got, plain.embed(t), rtol=0, atol=1e-6)
     shared.close()
 
 

@@ -4,7 +4,9 @@ openai (embeddings, base64 and float), and plain HTTP for TEI's shapes.
 
 Models: the shipped starter reranker exported to fp32 (batch-invariant, so every answer must equal
 the in-process ``Reranker.rerank`` exactly, whatever it was batched with) and to int8 (held to
-the fidelity bar), the real MiniLM bi-encoder in fp32, an index of Semanlink documents. No
+the fidelity bar), the real MiniLM bi-encoder in fp32 (batch-invariant up to one ulp; its
+requests here run one at a time, in the same batches as in process, so they must match
+exactly), an index of Semanlink documents. No
 traffic leaves the loopback interface; every loop is bounded in count.
 """
 
