@@ -55,7 +55,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, artifact: Path, shared: bool, log: Path):
+    def __init__(self, artifact: Path, shared: bool, log: Path, workers: int = 1, threads: int | None = None):
         import httpx
 
         self.port = free_port()
@@ -65,7 +65,8 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "crossrank", "serve", "--reranker", str(artifact), "--host", "127.0.0.1",
              "--port", str(self.port), "--shared", "1" if shared else "0", "--log-level", "warning",
-             "--max-queue-tokens", str(1 << 22)],
+             "--max-queue-tokens", str(1 << 22), "--workers", str(workers)]
+            + (["--threads", str(threads)] if threads else []),
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         while True:
@@ -167,6 +168,7 @@ def batch_figures(before: dict, after: dict) -> dict:
 def run(args) -> dict:
     from crossrank.export import ensure_artifact
     from crossrank.front.measure import machine_name
+    from crossrank.settings import physical_cores
 
     artifact = Path(args.reranker) if args.reranker else \
         ensure_artifact(STARTER, ROOT / "artifacts" / "starter-reranker-int8", "cross", "int8")[0].path
@@ -174,7 +176,9 @@ def run(args) -> dict:
     rows = load_trec_rag()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    cores = physical_cores()
     servers = {"shared": Server(artifact, True, out / "serve-shared.log"),
+               "shared_workers": Server(artifact, True, out / "serve-shared-workers.log", workers=cores, threads=1),
                "unshared": Server(artifact, False, out / "serve-unshared.log")}
     reranker = crossrank.Reranker(artifact)
     reranker.rerank(rows[0]["query"], rows[0]["documents"])  # warm
@@ -190,12 +194,13 @@ def run(args) -> dict:
             cursor += count
             pairs = sum(len(b["documents"]) for b in chosen)
             baseline = concurrency in args.baseline_levels
-            acc = {m: {"seconds": 0.0, "cpu": 0.0, "latencies": []} for m in ("shared", "unshared", "rerank")}
+            acc = {m: {"seconds": 0.0, "cpu": 0.0, "latencies": []} for m in (*servers, "rerank")}
             score_seconds = score_cpu = 0.0
             before = {m: s.metrics() for m, s in servers.items()}
             for r in range(args.rounds):
                 part = chosen[r * per_round:(r + 1) * per_round]
-                for mode, server in servers.items():
+                order = list(servers.items()) if r % 2 == 0 else list(reversed(servers.items()))
+                for mode, server in order:  # alternate the order so that a drifting load hits every mode alike
                     cpu = server.cpu_seconds()
                     seconds, latencies = asyncio.run(closed_loop(server.url, part, concurrency))
                     acc[mode]["cpu"] += server.cpu_seconds() - cpu
@@ -218,6 +223,7 @@ def run(args) -> dict:
             levels.append(level)
             s = level["modes"]
             print(f"c={concurrency:>3} shared {s['shared']['pairs_per_s']:.1f} pairs/s p95 {s['shared']['p95_ms']:.0f} ms"
+                  f" | workers {s['shared_workers']['pairs_per_s']:.1f} p95 {s['shared_workers']['p95_ms']:.0f}"
                   f" | unshared {s['unshared']['pairs_per_s']:.1f} p95 {s['unshared']['p95_ms']:.0f}"
                   + (f" | rerank {s['rerank']['pairs_per_s']:.1f} p50 {s['rerank']['p50_ms']:.0f}"
                      f" | score {level['score_pairs_per_s']:.1f}" if baseline else ""), file=sys.stderr, flush=True)
@@ -229,7 +235,7 @@ def run(args) -> dict:
             "artifact": str(artifact), "precision": manifest["precision"],
             "int8_recipe": (manifest.get("quantization") or {}).get("name"),
             "threads": reranker.runner.settings.threads, "batch_tokens": reranker.runner.batch_tokens,
-            "rounds": args.rounds, "load_average_at_end": os.getloadavg(), "levels": levels,
+            "rounds": args.rounds, "workers": cores, "load_average_at_end": os.getloadavg(), "levels": levels,
             "targets": targets(levels)}
 
 
@@ -244,9 +250,15 @@ def targets(levels: list[dict]) -> dict:
         result["c16_shared_vs_score_per_cpu"] = level["shared"]["pairs_per_cpu_s"] / by_c[16]["score_pairs_per_cpu_s"]
         result["c16_shared_vs_unshared_per_cpu"] = (level["shared"]["pairs_per_cpu_s"]
                                                     / level["unshared"]["pairs_per_cpu_s"])
+        if "shared_workers" in level:
+            result["c16_workers_vs_score"] = level["shared_workers"]["pairs_per_s"] / by_c[16]["score_pairs_per_s"]
+            result["c16_workers_vs_unshared"] = (level["shared_workers"]["pairs_per_s"]
+                                                 / level["unshared"]["pairs_per_s"])
     if 1 in by_c:
         level = by_c[1]["modes"]
         result["c1_p50_shared_vs_rerank"] = level["shared"]["p50_ms"] / level["rerank"]["p50_ms"]
+        if "shared_workers" in level:
+            result["c1_p50_workers_vs_rerank"] = level["shared_workers"]["p50_ms"] / level["rerank"]["p50_ms"]
     return result
 
 
@@ -261,14 +273,17 @@ def write_report(report: dict, out: Path, command: str) -> None:
         f"{report['threads']} intra-op threads, batch budget {report['batch_tokens']} tokens  ",
         f"Workload: TREC RAG 2024, 1 query x 20 passages per request, POST /v1/rerank; {report['rounds']} "
         "interleaved rounds per level (a, b, c in turn).", "",
-        "Modes: **(a)** server, shared batches; **(b)** server, sharing off (`--shared 0`); **(c)** in-process "
+        "Modes: **(a)** server, shared batches (one scheduler thread, session with the default threads); **(a')** "
+        "the same with `--workers N --threads 1` (N = physical cores: batches side by side on a 1-thread session); "
+        "**(b)** server, sharing off (`--shared 0`); **(c)** in-process "
         "`Reranker.rerank` called sequentially (its p50 is the single-request reference); `score` = "
         "in-process `Reranker.score` on all the level's pairs in one call (the throughput yardstick).", "",
         "| concurrency | mode | requests | req/s | pairs/s | pairs/CPU-s | p50 ms | p95 ms | p99 ms | rows/batch | padding "
         "| requests/batch |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    names = {"shared": "(a) shared", "unshared": "(b) sharing off", "rerank": "(c) in-process rerank"}
+    names = {"shared": "(a) shared", "shared_workers": f"(a') shared, {report['workers']} workers x 1 thread",
+             "unshared": "(b) sharing off", "rerank": "(c) in-process rerank"}
     for level in report["levels"]:
         for mode, label in names.items():
             if mode not in level["modes"]:
@@ -295,6 +310,14 @@ def write_report(report: dict, out: Path, command: str) -> None:
                      f"{'yes' if t['c16_shared_vs_score_per_cpu'] >= 0.9 else 'no'} |")
         lines.append(f"| (per CPU-second) c=16: (a) >= 1.3x (b) | {t['c16_shared_vs_unshared_per_cpu']:.2f}x | "
                      f"{'yes' if t['c16_shared_vs_unshared_per_cpu'] >= 1.3 else 'no'} |")
+    if "c16_workers_vs_score" in t:
+        lines.append(f"| (a') c=16: pairs/s >= 0.9x in-process `score` | {t['c16_workers_vs_score']:.2f}x | "
+                     f"{'yes' if t['c16_workers_vs_score'] >= 0.9 else 'no'} |")
+        lines.append(f"| (a') c=16: pairs/s >= 1.3x (b) | {t['c16_workers_vs_unshared']:.2f}x | "
+                     f"{'yes' if t['c16_workers_vs_unshared'] >= 1.3 else 'no'} |")
+    if "c1_p50_workers_vs_rerank" in t:
+        lines.append(f"| (a') c=1: p50 within 10% of in-process `rerank` | {t['c1_p50_workers_vs_rerank']:.2f}x | "
+                     f"{'yes' if t['c1_p50_workers_vs_rerank'] <= 1.1 else 'no'} |")
     if "c1_p50_shared_vs_rerank" in t:
         lines.append(f"| c=1: (a) p50 within 10% of in-process `rerank` | {t['c1_p50_shared_vs_rerank']:.2f}x | "
                      f"{'yes' if t['c1_p50_shared_vs_rerank'] <= 1.1 else 'no'} |")
@@ -319,6 +342,7 @@ def plot(report: dict, out: Path) -> None:
     xs = [level["concurrency"] for level in levels]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for mode, label, style in (("shared", "(a) server, shared batches", "o-"),
+                               ("shared_workers", "(a') shared, workers x 1 thread", "^-"),
                                ("unshared", "(b) server, sharing off", "s--")):
         ax.plot(xs, [level["modes"][mode]["p95_ms"] for level in levels], style, label=label)
     ax.axhline(np.median([level["modes"]["rerank"]["p50_ms"] for level in levels if "rerank" in level["modes"]]),

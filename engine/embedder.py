@@ -21,25 +21,27 @@ class Embedder:
     """A bi-encoder artifact on ONNX Runtime; ``embed(texts)`` -> float32 [n, dim], input order.
 
     shared: concurrent callers' texts share batches through one worker thread
-    (``crossrank.scheduler``), at most ``max_queue_tokens`` tokens queued (beyond: OverloadedError).
+    (``crossrank.scheduler``), at most ``max_queue_tokens`` tokens queued (beyond: OverloadedError),
+    ``workers`` threads running its batches.
     ``aembed`` is the asyncio variant (the model never runs on the event loop).
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  max_length: int | None = None, batch_tokens: int | None = None,
                  io_binding: bool | None = None, memory_arena: bool = MEMORY_ARENA, shared: bool = False,
-                 max_queue_tokens: int | None = None):
+                 max_queue_tokens: int | None = None, workers: int = 1):
         settings, self.settings_origin = resolve_settings(path, device, threads, batch_tokens, io_binding)
-        if not check_bool(shared, "shared") and max_queue_tokens is not None:
-            raise InvalidArgumentError("max_queue_tokens bounds the shared queue: pass it with shared=True")
+        if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
+            raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
+                                       "shared=True")
         self.artifact = load_artifact(path, expect_kind="bi")
         limit = self.artifact.max_length
         self.max_length = check_int(max_length, "max_length", 4, limit, allow_none=True) or limit
         self.dim = int(self.artifact.manifest["dim"])
         self.tokenizer = TextTokenizer(self.artifact.tokenizer_path, self.max_length)
         self.runner = BatchRunner(self.artifact.model_path, settings, memory_arena=memory_arena)
-        self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens,
-                                   name="embedder") if shared else None
+        self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens, name="embedder",
+                                   workers=workers) if shared else None
         self.device = device
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:

@@ -63,7 +63,8 @@ class Reranker:
     window)) and keeps the best. io_binding: bind inputs on the device (default: on for CUDA).
     shared: run every call through one worker thread that merges concurrent callers' pairs into
     shared batches (``crossrank.scheduler``; ``self.scheduler``), with at most ``max_queue_tokens``
-    tokens queued (beyond: OverloadedError). The async variants (``arerank``, ``ascore``,
+    tokens queued (beyond: OverloadedError) and ``workers`` threads running its batches (default 1;
+    see ``crossrank.scheduler.Scheduler``). The async variants (``arerank``, ``ascore``,
     ``arerank_many``) work either way and never run the model on the event loop.
 
     threads, batch_tokens and io_binding left as None come from ``runtime.json`` in the artifact
@@ -75,11 +76,13 @@ class Reranker:
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  max_length: int | None = None, batch_tokens: int | None = None,
                  long_documents: str = "truncate", chunk_overlap: int | None = None, io_binding: bool | None = None,
-                 memory_arena: bool = MEMORY_ARENA, shared: bool = False, max_queue_tokens: int | None = None):
+                 memory_arena: bool = MEMORY_ARENA, shared: bool = False, max_queue_tokens: int | None = None,
+                 workers: int = 1):
         settings, self.settings_origin = resolve_settings(path, device, threads, batch_tokens, io_binding)
         check_choice(long_documents, "long_documents", LONG_DOCUMENT_MODES)
-        if not check_bool(shared, "shared") and max_queue_tokens is not None:
-            raise InvalidArgumentError("max_queue_tokens bounds the shared queue: pass it with shared=True")
+        if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
+            raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
+                                       "shared=True")
         self.artifact = load_artifact(path, expect_kind="cross")
         limit = self.artifact.max_length
         self.max_length = check_int(max_length, "max_length", 8, limit, allow_none=True) or limit
@@ -92,8 +95,8 @@ class Reranker:
         self.chunk_overlap = chunk_overlap
         self.activation = ACTIVATIONS[self.artifact.manifest["activation"]]
         self.runner = BatchRunner(self.artifact.model_path, settings, memory_arena=memory_arena)
-        self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens,
-                                   name="reranker") if shared else None
+        self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens, name="reranker",
+                                   workers=workers) if shared else None
         self.device = device
         self.clock: Callable[[], float] = time.perf_counter
         self._seconds_per_token: float | None = None  # measured by the last deadline call

@@ -292,22 +292,26 @@ def _resolve(request: _Request, error: BaseException | None = None) -> None:
 
 
 class Scheduler:
-    """One model's shared queue and worker thread; see the module docstring.
+    """One model's shared queue and worker thread(s); see the module docstring.
 
-    runner: the model's BatchRunner (the worker is then the only caller of its session).
+    runner: the model's BatchRunner (the workers are then the only callers of its session).
     pad_id: the tokenizer's padding id. max_queue_tokens: real tokens that may wait before
     ``submit`` raises OverloadedError. window_batches: batches' worth of tokens taken per turn
-    (more: less padding, longer wait for a newcomer). name: for errors and metrics.
+    (more: less padding, longer wait for a newcomer). workers: threads taking windows from the
+    one queue and running them on the one session (default 1; with a 1-thread session, one per
+    core runs batches side by side instead of splitting each batch across cores, which on small
+    CPUs wastes less time synchronising: see benchmarks/serve_bench.py). name: for errors and metrics.
     """
 
     def __init__(self, runner: BatchRunner, pad_id: int, max_queue_tokens: int | None = None,
-                 window_batches: int = SCHEDULER_WINDOW_BATCHES, name: str = "model"):
+                 window_batches: int = SCHEDULER_WINDOW_BATCHES, name: str = "model", workers: int = 1):
         max_queue_tokens = check_int(max_queue_tokens, "max_queue_tokens", allow_none=True) or DEFAULT_MAX_QUEUE_TOKENS
         check_int(window_batches, "window_batches")
+        self.workers = check_int(workers, "workers", 1, 64)
         self.runner, self.pad_id, self.name = runner, pad_id, name
         self._queue = _Queue(runner, pad_id, max_queue_tokens, window_batches, name)
-        self._worker = threading.Thread(target=self._queue.work, name=f"crossrank-{name}", daemon=True)
-        self._worker.start()
+        for number in range(self.workers):
+            threading.Thread(target=self._queue.work, name=f"crossrank-{name}-{number}", daemon=True).start()
         # dropping the last reference to the Scheduler (e.g. with its Reranker) stops the worker
         self._finalizer = weakref.finalize(self, self._queue.close)
 

@@ -86,6 +86,17 @@ def test_async_callers_and_score(starter_plain, starter_shared, trec_rag):
     np.testing.assert_array_equal(scores, starter_plain.score(pairs))
 
 
+def test_workers_side_by_side_on_a_one_thread_session_are_exact(starter_fp32, starter_plain, trec_rag):
+    reranker = crossrank.Reranker(starter_fp32, threads=1, shared=True, workers=2)
+    requests = mixed_requests(trec_rag, 6)
+    calls = [in_thread(reranker.rerank, q, docs) for q, docs in requests]
+    for (thread, out), (q, docs) in zip(calls, requests):
+        thread.join()
+        assert same_ranking(out["result"], starter_plain.rerank(q, docs))
+    assert reranker.scheduler.workers == 2 and reranker.scheduler.queued_tokens == 0
+    reranker.close()
+
+
 def test_shared_embedder_matches_to_float_rounding(bi_fp32, trec_rag):
     """The fp32 bi-encoder graph is batch-invariant only up to float rounding: a text's vector moves
     by about one ulp (1.5e-8 measured) when the batch goes from 1 row to 2, whatever the mate (the
@@ -299,6 +310,10 @@ def test_full_queue_refuses_at_once_then_recovers(tiny_cross):
 def test_options_and_lifecycle(tiny_cross):
     with pytest.raises(InvalidArgumentError, match="shared=True"):
         crossrank.Reranker(tiny_cross, max_queue_tokens=100)
+    with pytest.raises(InvalidArgumentError, match="shared=True"):
+        crossrank.Reranker(tiny_cross, workers=2)
+    with pytest.raises(InvalidArgumentError, match="workers"):
+        crossrank.Reranker(tiny_cross, shared=True, workers=0)
     with pytest.raises(InvalidArgumentError, match="max_queue_tokens"):
         crossrank.Reranker(tiny_cross, shared=True, max_queue_tokens=0)
     with pytest.raises(TypeError, match="shared"):

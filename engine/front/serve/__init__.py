@@ -72,6 +72,9 @@ def add_serve(sub) -> None:
     p.add_argument("--shared", type=_flag_bool, default=_env("SHARED", "1"), metavar="BOOL",
                    help="merge concurrent requests into shared batches (default 1; 0: each request runs its own "
                         "batches, as the in-process API does)")
+    p.add_argument("--workers", type=positive_int_arg, default=_env("WORKERS", "1"), metavar="N",
+                   help="scheduler threads per model running batches side by side on its one session (default 1; "
+                        "with --threads 1, one per core: see benchmarks/results/serve.md)")
     p.add_argument("--device", default=_env("DEVICE", "cpu"), choices=["cpu", "cuda"], help="execution provider (default cpu)")
     p.add_argument("--threads", type=positive_int_arg, default=_env("THREADS"),
                    help="intra-op threads per model (default: runtime.json, else physical cores)")
@@ -100,8 +103,8 @@ def run_serve(args) -> int:
                         stream=sys.stderr)
     config = ServeConfig(reranker=args.reranker, embedder=args.embedder, index=args.index, host=args.host,
                          port=args.port, max_queue_tokens=args.max_queue_tokens, max_documents=args.max_documents,
-                         max_request_bytes=args.max_request_bytes, shared=args.shared, device=args.device,
-                         threads=args.threads)
+                         max_request_bytes=args.max_request_bytes, shared=args.shared, workers=args.workers,
+                         device=args.device, threads=args.threads)
     app = build_app(config)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            access_log=False, lifespan="on"))

@@ -64,7 +64,7 @@ class Models:
 
     def load(self) -> None:
         c = self.config
-        shared = {"shared": True, "max_queue_tokens": c.max_queue_tokens} if c.shared else {}
+        shared = {"shared": True, "max_queue_tokens": c.max_queue_tokens, "workers": c.workers} if c.shared else {}
         try:
             if c.reranker:
                 self.reranker = Reranker(c.reranker, device=c.device, threads=c.threads, **shared)
@@ -120,7 +120,8 @@ class Models:
                         int8_recipe=(m.get("quantization") or {}).get("name"),
                         settings={**model.runner.settings.as_dict(), "origin": model.settings_origin},
                         shared=model.scheduler is not None,
-                        max_queue_tokens=model.scheduler.max_queue_tokens if model.scheduler else None)
+                        max_queue_tokens=model.scheduler.max_queue_tokens if model.scheduler else None,
+                        workers=model.scheduler.workers if model.scheduler else None)
             if what == "embedder":
                 info["dim"] = model.dim
         return info

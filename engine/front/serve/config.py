@@ -23,6 +23,7 @@ class ServeConfig:
     max_documents: int = DEFAULT_MAX_DOCUMENTS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     shared: bool = True
+    workers: int = 1                    # scheduler threads per model (with --threads 1: one per core)
     device: str = "cpu"
     threads: int | None = None
 
