@@ -1,6 +1,7 @@
 """The shared batch scheduler: many concurrent callers, one model, one worker thread.
 
-A ``Scheduler`` owns a model's ``BatchRunner`` (its ONNX session). Callers — threads, or asyncio
+A ``Scheduler`` owns a model's ``BatchRunner`` (its ONNX session) and its worker thread (or
+``workers`` threads sharing the one queue and session, one window each). Callers — threads, or asyncio
 tasks through ``run_async`` — submit token rows (``submit`` returns a Future; ``run`` waits for
 it, with ``BatchRunner.run``'s signature and result). The worker thread takes queued rows
 round-robin across requests, one row per request per turn, until it holds ``window_batches``
