@@ -13,7 +13,8 @@ from crossrank.artifact import Artifact, load_artifact
 from crossrank.embedder import Embedder
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
-                              MissingFileError, OutputExistsError, RuntimeConfigError, UnknownIdError, UsageError)
+                              MissingFileError, OutputExistsError, OverloadedError, RuntimeConfigError, UnknownIdError,
+                              UsageError)
 from crossrank.index import Hits, Index
 from crossrank.pipeline import Hit, Pipeline, SearchResult
 from crossrank.reranker import Ranked, RankedList, Reranker
@@ -22,6 +23,6 @@ from crossrank.version import __version__
 __all__ = [
     "ArgumentTypeError", "Artifact", "ArtifactError", "CrossrankError", "DatasetNotFound",
     "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Hit", "Hits", "Index", "IndexFormatError",
-    "InvalidArgumentError", "MissingFileError", "OutputExistsError", "Pipeline", "Ranked", "RankedList", "Reranker",
-    "RuntimeConfigError", "SearchResult", "UnknownIdError", "UsageError", "load_artifact", "__version__",
+    "InvalidArgumentError", "MissingFileError", "OutputExistsError", "OverloadedError", "Pipeline", "Ranked",
+    "RankedList", "Reranker", "RuntimeConfigError", "SearchResult", "UnknownIdError", "UsageError", "load_artifact", "__version__",
 ]

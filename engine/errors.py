@@ -60,6 +60,15 @@ class DeviceUnavailableError(CrossrankError, RuntimeError):
     """The execution provider asked for is not installed (e.g. device="cuda" without onnxruntime-gpu)."""
 
 
+class OverloadedError(CrossrankError, RuntimeError):
+    """A shared model's queue is full: the work was refused at once, nothing was queued.
+    ``retry_after_s`` estimates when the queue will have room (seconds, >= 1)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class MissingFileError(CrossrankError, FileNotFoundError):
     """An input file or folder the caller named does not exist."""
 
@@ -260,7 +269,7 @@ def plain_file_name(name) -> str | None:
 __all__ = [
     "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
     "EmbedderMismatchError", "IndexFormatError", "InvalidArgumentError", "MissingFileError", "OutputExistsError",
-    "RuntimeConfigError", "UnknownIdError", "UsageError",
+    "OverloadedError", "RuntimeConfigError", "UnknownIdError", "UsageError",
     "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
     "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "is_int",
     "is_one_of", "is_type", "plain_file_name",

@@ -22,6 +22,7 @@ from typing import Sequence
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_deadline_ms, check_int,
                               check_queries, check_query, check_top_n)
 from crossrank.index import Index, check_embedder
+from crossrank.scheduler import run_async
 
 STAGES = ("embed", "search", "fetch", "rerank", "total")
 
@@ -126,6 +127,12 @@ class Pipeline:
         """
         query = check_query(query)
         return self._search([query], k, top_n, check_deadline_ms(deadline_ms))[0]
+
+    async def asearch(self, query: str, k: int = 100, top_n: int | None = 10,
+                      deadline_ms: float | None = None) -> SearchResult:
+        """``search`` for asyncio callers: on a thread of its own, never on the event loop; with a
+        shared embedder and reranker, concurrent searches share their batches."""
+        return await run_async(self.search, query, k, top_n, deadline_ms)
 
     def search_many(self, queries: Sequence[str], k: int = 100, top_n: int | None = 10) -> list[SearchResult]:
         """``search`` for several queries: one embed call, one index call, shared rerank batches."""

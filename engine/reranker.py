@@ -21,6 +21,7 @@ from crossrank.artifact import check_graph, load_artifact
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_bool, check_choice, check_deadline_ms,
                               check_int, check_queries, check_query, check_text, check_texts, check_top_n)
 from crossrank.runner import BatchRunner, Deadline
+from crossrank.scheduler import Scheduler, run_async
 from crossrank.settings import MEMORY_ARENA, resolve_settings
 from crossrank.tokenize import PairTokenizer, Rows
 
@@ -60,6 +61,11 @@ class Reranker:
     long_documents: "truncate" (default) keeps a document's first window; "chunk" scores
     overlapping windows (``chunk_overlap`` tokens, default min(64, a quarter of the
     window)) and keeps the best. io_binding: bind inputs on the device (default: on for CUDA).
+    shared: run every call through one worker thread that merges concurrent callers' pairs into
+    shared batches (``crossrank.scheduler``; ``self.scheduler``), with at most ``max_queue_tokens``
+    tokens queued (beyond: OverloadedError) and ``workers`` threads running its batches (default 1;
+    see ``crossrank.scheduler.Scheduler``). The async variants (``arerank``, ``ascore``,
+    ``arerank_many``) work either way and never run the model on the event loop.
 
     threads, batch_tokens and io_binding left as None come from ``runtime.json`` in the artifact
     folder when it has a section for ``device`` (written by ``crossrank tune``), else the defaults
@@ -70,9 +76,13 @@ class Reranker:
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  max_length: int | None = None, batch_tokens: int | None = None,
                  long_documents: str = "truncate", chunk_overlap: int | None = None, io_binding: bool | None = None,
-                 memory_arena: bool = MEMORY_ARENA):
+                 memory_arena: bool = MEMORY_ARENA, shared: bool = False, max_queue_tokens: int | None = None,
+                 workers: int = 1):
         settings, self.settings_origin = resolve_settings(path, device, threads, batch_tokens, io_binding)
         check_choice(long_documents, "long_documents", LONG_DOCUMENT_MODES)
+        if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
+            raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
+                                       "shared=True")
         self.artifact = load_artifact(path, expect_kind="cross")
         limit = self.artifact.max_length
         self.max_length = check_int(max_length, "max_length", 8, limit, allow_none=True) or limit
@@ -86,6 +96,8 @@ class Reranker:
         self.activation = ACTIVATIONS[self.artifact.manifest["activation"]]
         self.runner = BatchRunner(self.artifact.model_path, settings, memory_arena=memory_arena)
         check_graph(self.artifact, self.runner.session)
+        self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens, name="reranker",
+                                   workers=workers) if shared else None
         self.device = device
         self.clock: Callable[[], float] = time.perf_counter
         self._seconds_per_token: float | None = None  # measured by the last deadline call
@@ -98,8 +110,9 @@ class Reranker:
         return self.tokenizer.pair_rows(query_ids, query_of_doc, doc_ids, chunk_overlap=overlap)
 
     def _encode_core(self, rows: Rows, deadline: Deadline | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.runner.run(rows, self.tokenizer.pad_id, order="length" if deadline is None else "input",
-                               deadline=deadline)
+        runner = self.runner if self.scheduler is None else self.scheduler
+        return runner.run(rows, self.tokenizer.pad_id, order="length" if deadline is None else "input",
+                          deadline=deadline)
 
     def _encode_post(self, rows: Rows, logits: np.ndarray, done: np.ndarray, n_documents: int,
                      raw: bool) -> tuple[np.ndarray, int]:
@@ -200,6 +213,27 @@ class Reranker:
             results.append(RankedList([Ranked(int(i), float(part[i]), docs[i] if return_documents else None)
                                        for i in order], scored=len(docs)))
         return results
+
+    async def ascore(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False) -> np.ndarray:
+        """``score`` for asyncio callers (on a thread of its own; cancelling drops queued pairs)."""
+        return await run_async(self.score, pairs, raw_scores)
+
+    async def arerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
+                      return_documents: bool = True, raw_scores: bool = False,
+                      deadline_ms: float | None = None) -> RankedList:
+        """``rerank`` for asyncio callers (on a thread of its own; cancelling drops queued pairs)."""
+        return await run_async(self.rerank, query, documents, top_n, return_documents, raw_scores, deadline_ms)
+
+    async def arerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[str]],
+                           top_n: int | None = None, return_documents: bool = True,
+                           raw_scores: bool = False) -> list[RankedList]:
+        """``rerank_many`` for asyncio callers."""
+        return await run_async(self.rerank_many, queries, documents_per_query, top_n, return_documents, raw_scores)
+
+    def close(self) -> None:
+        """Stop the shared worker thread, if any (calls still queued fail with UsageError)."""
+        if self.scheduler is not None:
+            self.scheduler.close()
 
     @property
     def padding_fraction(self) -> float:

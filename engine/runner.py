@@ -100,31 +100,35 @@ class BatchRunner:
         batches = plan_batches(lengths, self.batch_tokens, self.max_rows, order=order)
         outputs: np.ndarray | None = None
         done = np.zeros(len(lengths), dtype=bool)
-        ran = []
         for rows_in_batch in batches:
             cost = batch_cost(lengths, rows_in_batch)
             if deadline is not None and not deadline.allows(cost):
                 break
             started = deadline.clock() if deadline is not None else 0.0
-            batch = assemble_batch(rows_in_batch, rows.ids, rows.types, pad_id)
-            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                     "token_type_ids": batch.token_type_ids}
-            result = self._run_batch({k: v for k, v in feeds.items() if k in self.input_names})
+            result = self.run_batch(rows, rows_in_batch, pad_id)
             if deadline is not None:
                 deadline.spent(cost, deadline.clock() - started)
             if outputs is None:
                 outputs = np.zeros((len(lengths),) + result.shape[1:], dtype=np.float32)
             outputs[rows_in_batch] = result
             done[rows_in_batch] = True
-            ran.append(cost)
-        with self.stats.lock:
-            self.stats.batches += len(ran)
-            self.stats.rows += int(done.sum())
-            self.stats.real_tokens += int(lengths[done].sum())
-            self.stats.computed_tokens += sum(ran)
         if outputs is None:
             outputs = np.zeros((len(lengths),), dtype=np.float32)
         return outputs, done
+
+    def run_batch(self, rows: Rows, rows_in_batch: np.ndarray, pad_id: int) -> np.ndarray:
+        """One model call on the rows at positions ``rows_in_batch`` (padded to the longest);
+        returns their outputs in that order. ``run`` and the shared scheduler both call it."""
+        batch = assemble_batch(rows_in_batch, rows.ids, rows.types, pad_id)
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                 "token_type_ids": batch.token_type_ids}
+        result = self._run_batch({k: v for k, v in feeds.items() if k in self.input_names})
+        with self.stats.lock:
+            self.stats.batches += 1
+            self.stats.rows += len(rows_in_batch)
+            self.stats.real_tokens += int(sum(len(rows.ids[r]) for r in rows_in_batch))
+            self.stats.computed_tokens += batch.input_ids.size
+        return result
 
 
 __all__ = ["BatchRunner", "Deadline", "RunStats"]

@@ -31,6 +31,11 @@ DEVICES = ("cpu", "cuda")
 # RAG pairs (crossrank bench --budgets); cuda: large batches keep the GPU busy.
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
 MAX_ROWS = 256                      # rows per model call, whatever the budget
+# Shared models (crossrank.scheduler): real tokens that may wait in one model's queue before new
+# work is refused (OverloadedError; HTTP 429), and how many batches' worth of queued rows the worker
+# takes at a time, round-robin across requests, to sort by length and cut into batches.
+DEFAULT_MAX_QUEUE_TOKENS = 1 << 20
+SCHEDULER_WINDOW_BATCHES = 4
 THREADS_RANGE = (1, 1024)
 BATCH_TOKENS_RANGE = (16, 1 << 22)
 # ONNX Runtime graph optimisation at load. The export already ran the transformer fusions
@@ -206,7 +211,8 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
 
 
 __all__ = [
-    "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION", "MAX_ROWS", "MEMORY_ARENA",
+    "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_QUEUE_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION",
+    "MAX_ROWS", "MEMORY_ARENA", "SCHEDULER_WINDOW_BATCHES",
     "RUNTIME_FILE", "RuntimeSettings", "THREADS_RANGE", "check_batch_tokens", "check_device", "check_threads",
     "default_settings", "physical_cores", "read_runtime", "resolve_settings", "runtime_settings",
     "validate_runtime", "write_runtime",

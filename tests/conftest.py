@@ -51,6 +51,28 @@ def cross_int8_seeded(seeded_cross_src, tmp_path_factory) -> Path:
     return _export(tmp_path_factory, seeded_cross_src, "cross", "int8", allow_low_fidelity=True)
 
 
+STARTER = Path(__file__).resolve().parent.parent / "models" / "starter-reranker"
+
+
+@pytest.fixture(scope="session")
+def starter_int8(tmp_path_factory) -> Path:
+    """The shipped starter reranker exported to int8 (the default recipe), without
+    --allow-low-fidelity: the export itself enforces the int8 Spearman bar."""
+    return _export(tmp_path_factory, STARTER, "cross", "int8")
+
+
+@pytest.fixture(scope="session")
+def starter_fp32(tmp_path_factory, trec_rag) -> Path:
+    """The starter reranker in fp32 (batch-invariant: exactness tests use it). Its fidelity check
+    (max abs diff <= 1e-4 against PyTorch) runs on 4 real TREC RAG queries x 8 passages."""
+    import json
+
+    sample = tmp_path_factory.mktemp("fidelity") / "trec-rag.jsonl"
+    sample.write_text("".join(json.dumps({"query": r["query"], "documents": r["documents"][:8]}) + "\n"
+                              for r in trec_rag[:4]))
+    return _export(tmp_path_factory, STARTER, "cross", "fp32", fidelity_data=sample)
+
+
 @pytest.fixture(scope="session")
 def trec_rag():
     """TREC RAG 2024 queries with their 20 passages (``make data`` fetches the file)."""

@@ -20,14 +20,7 @@ KNOWN_QUERY = "Boosting"
 KNOWN_DOCUMENT = "https://quantdare.com/what-is-the-difference-between-bagging-and-boosting/"
 
 
-@pytest.fixture(scope="module")
-def starter_int8(tmp_path_factory) -> Path:
-    """Exported without --allow-low-fidelity: the export itself enforces the int8 Spearman bar."""
-    from crossrank.export import export_model
-
-    out = tmp_path_factory.mktemp("starter") / "int8"
-    export_model(STARTER, out, kind="cross", precision="int8", quiet=True)
-    return out
+# starter_int8: the session fixture in conftest.py (exported once, shared with the server tests)
 
 
 @pytest.fixture(scope="module")

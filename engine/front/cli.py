@@ -19,6 +19,7 @@ from crossrank.front.args import add_device_argument
 from crossrank.front.bench import add_bench
 from crossrank.front.search import add_search_commands
 from crossrank.front.select import add_select
+from crossrank.front.serve import add_serve
 from crossrank.front.tune import add_tune
 from crossrank.reranker import Reranker
 
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_tune(sub)
     add_select(sub)
+    add_serve(sub)
     return parser
 
 
