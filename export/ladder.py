@@ -16,9 +16,10 @@ Recipe (fixed seed, CPU, one command per student):
 5. Loss per group of 9 scores: ``ce_weight`` x softmax cross-entropy (the relevant document is the
    target, as for the starter) + ``kd_weight`` x T^2 x KL(softmax(teacher / T) || softmax(student / T))
    + ``mse_weight`` x mean squared error between student and teacher logits.
-6. Layer choice: with several ``--keep`` candidates, each trains the first epoch from the same seed
-   on the same groups; the one with the best dev nDCG@10 goes on (its first epoch is exactly what
-   a run with that candidate alone would have done). After every epoch: dev nDCG@10 of the
+6. Layer choice: with several ``--keep`` candidates, each trains the same first ``--trial-groups``
+   groups of epoch 1 from the same seed; the one with the best dev nDCG@10 goes on from where it
+   stopped (optimiser, schedule and random state kept: exactly the run it would have had alone).
+   After every epoch: dev nDCG@10 of the
    first-stage top 30 reranked; the best epoch is saved in fp16 safetensors with the tokenizer, a
    training log and a model card (figures filled in by ``benchmarks/ladder_report.py --card``).
 
@@ -89,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--artifacts", default="artifacts", help="cache of exported models and the index")
     p.add_argument("--cache", default=None, help="teacher-score cache folder (default .cache/ladder-teacher)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the train tags (default 3)")
+    p.add_argument("--trial-groups", type=int, default=400,
+                   help="with several --keep: groups of epoch 1 each candidate trains before the dev tags choose "
+                        "(default 400, rounded up to whole steps)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of the KL term (default 1)")
     p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the contrastive cross-entropy (default 1)")
     p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the T^2-scaled KL to the teacher (default 1)")
@@ -108,10 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--rewrite-card", action="store_true",
+                   help="only rewrite --out's README.md from its training_log.json (test figures kept); no training")
     args = p.parse_args(argv)
     if not 1 <= args.layers <= 5:
         p.error(f"--layers must be 1..5 (fewer than the teacher's 6), got {args.layers}")
-    for name in ("epochs", "groups_per_step", "max_positives_per_tag", "max_length", "k", "dev_k"):
+    for name in ("epochs", "trial_groups", "groups_per_step", "max_positives_per_tag", "max_length", "k", "dev_k"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.hard < 0 or args.random < 0 or args.hard + args.random < 1:
@@ -229,17 +235,33 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
-def write_card(out: Path, log: dict) -> None:
-    """The model card: recipe, split, teacher, layer choice, the dev training log and the size; the
-    test figures block is filled by ``benchmarks/ladder_report.py --card`` (kept across retraining
-    only as a placeholder: a retrained model's old figures would be wrong)."""
+def write_card(out: Path, log: dict, keep_figures: bool = False) -> None:
+    """The model card: recipe, split, teacher, layer choice, the dev training log and the size. The
+    test figures block is filled by ``benchmarks/ladder_report.py --card``; after retraining it
+    starts as a placeholder (the old model's figures would be wrong), ``keep_figures`` keeps it."""
+    figures = "Not measured yet for this training run: `make ladder-report` writes them here.\n"
+    old = out / "README.md"
+    if keep_figures and old.is_file() and CARD_START in old.read_text() and CARD_END in old.read_text():
+        figures = old.read_text().split(CARD_START, 1)[1].split(CARD_END, 1)[0].lstrip("\n")
     s = log["settings"]
     layers, keep = log["layers"], log["keep"]
-    trials = log["layer_trials"]
-    trial_rows = "\n".join(
-        f"| {','.join(map(str, t['keep']))} | {t['dev_ndcg@10_untrained']:.4f} | "
-        + (f"**{t['dev_ndcg@10_epoch1']:.4f}** (chosen)" if t["keep"] == keep else f"{t['dev_ndcg@10_epoch1']:.4f}")
-        + " |" for t in trials)
+    trials = [t for t in log["layer_trials"] if "dev_ndcg@10_trial" in t]
+    if trials:
+        trial_rows = "\n".join(
+            f"| {','.join(map(str, t['keep']))} | {t['dev_ndcg@10_untrained']:.4f} | "
+            + (f"**{t['dev_ndcg@10_trial']:.4f}** (chosen)" if t["keep"] == keep else f"{t['dev_ndcg@10_trial']:.4f}")
+            + " |" for t in trials)
+        choice = f"""- Layer choice (dev tags only): each candidate set trained the same first {trials[0]['trained_groups']:,}
+  groups of epoch 1 from the same seed; dev nDCG@10 of the first-stage top {s['dev_k']} reranked:
+
+| teacher layers kept | dev nDCG@10 before training | dev nDCG@10 after {trials[0]['trained_groups']:,} groups |
+|---|---|---|
+{trial_rows}
+
+- The chosen set ({','.join(map(str, keep))}) then goes on from where its trial stopped (same optimiser,
+  schedule and random state: the run it would have had alone)."""
+    else:
+        choice = f"- Layers: teacher layers {','.join(map(str, keep))} (given with --keep; no choice made here)."
     epoch_rows = "\n".join(
         f"| {e['epoch']} | {e['train_loss']:.4f} | {e['train_ce']:.4f} | {e['train_kd']:.4f} | "
         + (f"**{e['dev_ndcg@10']:.4f}** (saved)" if e["epoch"] == log["chosen_epoch"] else f"{e['dev_ndcg@10']:.4f}")
@@ -292,14 +314,8 @@ scoring included):
 - {s['epochs']} epochs of {log['groups_per_epoch']:,} groups, {s['groups_per_step']} groups per step, AdamW lr
   {s['lr']:g}, {s['warmup']:.0%} warm-up then linear decay, weight decay 0.01, gradient clip 1.0,
   {s['max_length']}-token window.
-- Layer choice (dev tags only): each candidate set trained the first epoch from the same seed on
-  the same groups; dev nDCG@10 of the first-stage top {s['dev_k']} reranked:
-
-| teacher layers kept | dev nDCG@10 before training | dev nDCG@10 after epoch 1 |
-|---|---|---|
-{trial_rows}
-
-- Then the chosen set trains on; after each epoch the dev nDCG@10 decides which epoch is saved
+{choice}
+- After each epoch the dev nDCG@10 decides which epoch is saved
   (first stage {log['dev_first_stage_ndcg@10']:.4f}, teacher {log['teacher_dev']['ndcg@10']:.4f} nDCG@10 /
   {log['teacher_dev']['mrr@10']:.4f} MRR@10 on the same dev candidates). `training_log.json` holds the
   settings and this log:
@@ -319,8 +335,7 @@ rungs together stay under the repository's 120 MiB limit for weights, so no voca
 ## Test figures
 
 {CARD_START}
-Not measured yet for this training run: `make ladder-report` writes them here.
-{CARD_END}
+{figures}{CARD_END}
 
 ## Use
 
@@ -340,12 +355,15 @@ Training data: MIT (Semanlink via cherche). Teacher and this model: Apache-2.0.
     (out / "README.md").write_text(card)
 
 
-def train_epoch(student, optimizer, schedule, groups, scores: TeacherScores, text_of, tokenizer, args, torch,
-                desc: str) -> dict:
+def train_steps(student, optimizer, schedule, groups, scores: TeacherScores, text_of, tokenizer, args, torch,
+                desc: str, record: dict | None = None) -> dict:
+    """Optimiser steps over ``groups`` (``args.groups_per_step`` per step). Appends to ``record``'s
+    per-step losses and seconds (a new record when None) and returns it; see ``epoch_summary``."""
     from tqdm import tqdm
 
+    record = record if record is not None else {"loss": [], "ce": [], "kd": [], "mse": [], "seconds": 0.0}
     student.train()
-    started, losses, parts = time.perf_counter(), [], {"ce": [], "kd": [], "mse": []}
+    started = time.perf_counter()
     width = 1 + args.hard + args.random
     bar = tqdm(range(0, len(groups), args.groups_per_step), desc=desc, unit="step")
     for start in bar:
@@ -360,19 +378,30 @@ def train_epoch(student, optimizer, schedule, groups, scores: TeacherScores, tex
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        record["loss"].append(loss.item())
         for name, value in values.items():
-            parts[name].append(value)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            record[name].append(value)
+        bar.set_postfix(loss=f"{np.mean(record['loss'][-50:]):.3f}")
     bar.close()
-    return {"train_loss": round(float(np.mean(losses)), 4),
-            **{f"train_{name}": round(float(np.mean(v)), 4) for name, v in parts.items()},
-            "seconds": round(time.perf_counter() - started, 1)}
+    record["seconds"] += time.perf_counter() - started
+    return record
+
+
+def epoch_summary(record: dict) -> dict:
+    return {"train_loss": round(float(np.mean(record["loss"])), 4),
+            **{f"train_{name}": round(float(np.mean(record[name])), 4) for name in ("ce", "kd", "mse")},
+            "seconds": round(record["seconds"], 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out, teacher_folder = Path(args.out), Path(args.teacher)
+    if args.rewrite_card:
+        if not (out / "training_log.json").is_file():
+            sys.exit(f"--rewrite-card: {out} has no training_log.json")
+        write_card(out, json.loads((out / "training_log.json").read_text()), keep_figures=True)
+        print(f"rewrote {out / 'README.md'}", file=sys.stderr)
+        return 0
     if out.exists() and not args.force:
         sys.exit(f"{out} exists: pass --force to retrain and replace it")
     if not (teacher_folder / "config.json").is_file():
@@ -443,34 +472,49 @@ def main(argv: list[str] | None = None) -> int:
            "teacher_dev": {"ndcg@10": round(teacher_dev["ndcg@10"], 4), "mrr@10": round(teacher_dev["mrr@10"], 4)},
            "layer_trials": [], "epochs": []}
 
+    # Layer choice: every candidate trains the same first groups of epoch 1 from the same seed; the
+    # winner then goes on from exactly where it stopped (its optimiser, schedule and random state),
+    # so its run is the one it would have had alone.
+    trial_groups = min(len(epoch_groups[0]), math.ceil(args.trial_groups / args.groups_per_step) * args.groups_per_step)
     best_trial = None
     for keep in candidates_keep:
         student, optimizer, schedule = fresh(keep)
+        name = ",".join(map(str, keep))
+        if len(candidates_keep) == 1:
+            log["layer_trials"].append({"keep": list(keep)})
+            best_trial = (None, keep, student, optimizer, schedule, None, torch.get_rng_state())
+            break
         before = dev_figures(student, tokenizer, dev, dev_ranked, text_of, args.max_length, torch)
-        record = train_epoch(student, optimizer, schedule, epoch_groups[0], scores, text_of, tokenizer, args, torch,
-                             desc=f"layers {','.join(map(str, keep))}: epoch 1/{args.epochs}")
+        record = train_steps(student, optimizer, schedule, epoch_groups[0][:trial_groups], scores, text_of, tokenizer,
+                             args, torch, desc=f"layers {name}: trial, {trial_groups} groups of epoch 1")
+        rng_state = torch.get_rng_state()
         figures = dev_figures(student, tokenizer, dev, dev_ranked, text_of, args.max_length, torch)
-        trial = {"keep": list(keep), "dev_ndcg@10_untrained": round(before["ndcg@10"], 4),
-                 "dev_ndcg@10_epoch1": round(figures["ndcg@10"], 4), "dev_mrr@10_epoch1": round(figures["mrr@10"], 4),
-                 "seconds": record["seconds"]}
-        log["layer_trials"].append(trial)
-        print(f"layers {keep}: dev nDCG@10 untrained {before['ndcg@10']:.4f}, after epoch 1 {figures['ndcg@10']:.4f}",
-              file=sys.stderr)
-        if best_trial is None or figures["ndcg@10"] > best_trial[0]["ndcg@10"]:
-            best_trial = (figures, keep, student, optimizer, schedule, record)
+        log["layer_trials"].append({
+            "keep": list(keep), "trained_groups": trial_groups, "dev_ndcg@10_untrained": round(before["ndcg@10"], 4),
+            "dev_ndcg@10_trial": round(figures["ndcg@10"], 4), "dev_mrr@10_trial": round(figures["mrr@10"], 4),
+            "seconds": round(record["seconds"], 1)})
+        print(f"layers {name}: dev nDCG@10 untrained {before['ndcg@10']:.4f}, after {trial_groups} groups "
+              f"{figures['ndcg@10']:.4f}", file=sys.stderr)
+        if best_trial is None or round(figures["ndcg@10"], 4) > round(best_trial[0]["ndcg@10"], 4):
+            best_trial = (figures, keep, student, optimizer, schedule, record, rng_state)
         else:
             del student, optimizer, schedule
-    figures, keep, student, optimizer, schedule, record = best_trial
+    _, keep, student, optimizer, schedule, record, rng_state = best_trial
+    torch.set_rng_state(rng_state)
     log["keep"] = list(keep)
     print(f"chosen layers {keep} on the dev tags", file=sys.stderr)
 
     best, best_state = -1.0, None
     for epoch in range(1, args.epochs + 1):
-        if epoch > 1:
-            record = train_epoch(student, optimizer, schedule, epoch_groups[epoch - 1], scores, text_of, tokenizer,
-                                 args, torch, desc=f"layers {','.join(map(str, keep))}: epoch {epoch}/{args.epochs}")
-            figures = dev_figures(student, tokenizer, dev, dev_ranked, text_of, args.max_length, torch)
-        entry = {"epoch": epoch, **record, "dev_ndcg@10": round(figures["ndcg@10"], 4),
+        groups = epoch_groups[epoch - 1]
+        if epoch == 1 and record is not None:  # the trial already trained the first groups
+            groups = groups[trial_groups:]
+        else:
+            record = None
+        record = train_steps(student, optimizer, schedule, groups, scores, text_of, tokenizer, args, torch,
+                             desc=f"layers {','.join(map(str, keep))}: epoch {epoch}/{args.epochs}", record=record)
+        figures = dev_figures(student, tokenizer, dev, dev_ranked, text_of, args.max_length, torch)
+        entry = {"epoch": epoch, **epoch_summary(record), "dev_ndcg@10": round(figures["ndcg@10"], 4),
                  "dev_mrr@10": round(figures["mrr@10"], 4)}
         log["epochs"].append(entry)
         print(f"epoch {epoch}: train loss {entry['train_loss']:.4f}, dev nDCG@10 {entry['dev_ndcg@10']:.4f} "
