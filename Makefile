@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.crossrank-installed
 CACHE := .cache
 
-.PHONY: demo test test-lower-bounds bench bench-int8 starter-model starter-report data clean
+.PHONY: demo test test-lower-bounds bench bench-int8 starter-model starter-report ladder-models ladder-report data clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,17 @@ starter-model: $(STAMP)
 # and the model card.
 starter-report: $(STAMP)
 	$(PY) benchmarks/starter_report.py --card
+
+# Distil the starter into 2- and 4-layer students -> models/starter-reranker-L2, -L4 (layer sets and
+# epochs chosen on the dev tags; about 2 hours on 2 shared cores, niced; not part of demo/test).
+ladder-models: $(STAMP)
+	nice -n 10 $(PY) -m crossrank.export.ladder --layers 2 --force
+	nice -n 10 $(PY) -m crossrank.export.ladder --layers 4 --force
+
+# The ladder (2, 4, 6 layers; fp32 and int8) on the test tags: quality on the same first-stage
+# candidates, interleaved 1 x 100 latency -> benchmarks/results/ladder.md and the students' cards.
+ladder-report: $(STAMP)
+	$(PY) benchmarks/ladder_report.py --card
 
 clean:
 	rm -rf $(VENV) .venv-lower artifacts $(CACHE)
