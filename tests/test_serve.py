@@ -280,6 +280,7 @@ def test_search(server, plain):
     assert set(body["timings_ms"]) == {"embed", "search", "fetch", "rerank", "total"}
     late = server.post("/v1/search", {"query": "knowledge graph embeddings", "k": 20, "deadline_ms": 0}).json()
     assert late["scored"] == 0 and all(h["score"] is None for h in late["hits"])  # unscored: null, not NaN
+    assert all(h["stage_scores"] == [None] for h in late["hits"]) and late["stages"][0]["scored"] == 0
 
 
 def test_health_info_and_metrics(server):

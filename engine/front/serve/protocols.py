@@ -296,6 +296,7 @@ def search_response(result) -> dict:
     for hit in body["hits"]:
         hit["score"] = _finite_or_none(hit["score"])  # under a deadline: unscored (nan) -> null
         hit["similarity"] = _finite_or_none(hit["similarity"])
+        hit["stage_scores"] = [_finite_or_none(score) for score in hit["stage_scores"]]
     return body
 
 
