@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, required=True, help="student depth (transformer layers), e.g. 2 or 4")
     p.add_argument("--keep", action="append", metavar="I,J,...",
                    help="teacher layers the student starts from, e.g. 0,5; repeat to try several on the dev "
-                        "tags (each trains the first epoch, the best goes on)")
+                        "tags (each trains the first --trial-groups groups, the best goes on)")
     p.add_argument("--teacher", default=str(TEACHER), help="teacher model folder (default models/starter-reranker)")
     p.add_argument("--out", default=None, help="folder to write (default models/starter-reranker-L<layers>)")
     p.add_argument("--artifacts", default="artifacts", help="cache of exported models and the index")
