@@ -93,18 +93,18 @@ class CrossrankReplica:
         self.app_name, self.deployment = context.app_name, context.deployment
         self._status: tuple[float, dict] | None = None
         self._status_lock = asyncio.Lock()
-        self.app = build_app(config, health_details=self.health_details)
-        models = self.app.state.models
+        self.crossrank_app = build_app(config, health_details=self.health_details)
+        models = self.crossrank_app.state.models
         await asyncio.to_thread(models.load)
         if models.error is not None:  # Serve reports the replica as failed to start and retries
             raise models.error
 
     def __serve_build_asgi_app__(self):
-        return self.app
+        return self.crossrank_app
 
     def check_health(self) -> None:
         """Serve's periodic health check: a replica whose models failed is replaced."""
-        error = self.app.state.models.error
+        error = self.crossrank_app.state.models.error
         if error is not None:
             raise RuntimeError(f"crossrank models failed: {error}")
 
