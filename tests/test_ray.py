@@ -298,3 +298,25 @@ def test_serve_command_line_needs_ray_for_replica_flags(starter_fp32, capsys):
     assert main(["serve", "--reranker", str(starter_fp32), "--replicas", "2"]) == 2
     assert "--replicas, --max-replicas, --max-ongoing-requests and --address lay out replicas on Ray: add --ray" \
            in capsys.readouterr().err
+
+
+def test_a_replica_refuses_an_artifact_other_than_the_one_the_application_was_built_with(starter_fp32, tmp_path):
+    """Every replica compares the manifest it sees with the driver's (a node with a stale copy
+    fails to start instead of serving another model); no cluster needed."""
+    import shutil
+
+    from crossrank.artifact import sha256_file
+    from crossrank.errors import ArtifactError
+    from crossrank.front.ray.serve import _check_same_artifacts, manifest_digests
+
+    config = ServeConfig(reranker=str(starter_fp32))
+    digests = manifest_digests(config)
+    assert digests == {"reranker": sha256_file(starter_fp32 / "manifest.json")}
+    _check_same_artifacts(config, digests)  # the same artifact: accepted
+    stale = tmp_path / "stale"
+    shutil.copytree(starter_fp32, stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["note"] = "another export"
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="every node must see the same artifact at the same path"):
+        _check_same_artifacts(ServeConfig(reranker=str(stale)), digests)
