@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"crossrank": ROOT / "engine", "crossrank.export": ROOT / "export",
                 "crossrank.kernels": ROOT / "kernels"}
 CORE_THIRD_PARTY = {"numpy", "onnxruntime", "tokenizers", "usearch", "tqdm"}
-NEVER_IN_RUNTIME = {"torch", "transformers", "optimum", "onnx", "sentence_transformers"}
+NEVER_IN_RUNTIME = {"torch", "transformers", "optimum", "onnx", "sentence_transformers", "ray", "pyarrow"}
 ALLOWED_LAYERS = {
     "core": {"core"},
     "evaluation": {"core", "evaluation"},
@@ -149,6 +149,7 @@ def test_one_session_builder():
 def test_layers_are_classified_as_documented():
     assert layer("crossrank.reranker") == "core" and layer("crossrank.errors") == "core"
     assert layer("crossrank.front.cli") == "front" and layer("crossrank.__main__") == "front"
+    assert layer("crossrank.front.ray.serve") == "front" and layer("crossrank.front.ray.data") == "front"
     assert layer("crossrank.evaluation.metrics") == "evaluation"
     assert layer("crossrank.export.starter") == "export"
     # the import reader resolves what the modules really import

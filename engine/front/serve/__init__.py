@@ -22,7 +22,7 @@ from pathlib import Path
 from crossrank.errors import MissingFileError, UsageError
 from crossrank.front.args import number_arg, positive_int_arg
 from crossrank.front.serve.config import (DEFAULT_MAX_DOCUMENTS, DEFAULT_MAX_QUEUE_TOKENS, DEFAULT_MAX_REQUEST_BYTES,
-                                          ServeConfig)
+                                          RayConfig, ServeConfig)
 
 ENV_PREFIX = "CROSSRANK_"
 port_arg = number_arg(int, lambda v: 0 <= v <= 65535, "expected a TCP port (0-65535), got {text}",
@@ -78,6 +78,21 @@ def add_serve(sub) -> None:
     p.add_argument("--device", default=_env("DEVICE", "cpu"), choices=["cpu", "cuda"], help="execution provider (default cpu)")
     p.add_argument("--threads", type=positive_int_arg, default=_env("THREADS"),
                    help="intra-op threads per model (default: runtime.json, else physical cores)")
+    ray = p.add_argument_group("on a Ray cluster (--ray; needs the 'ray' extra: pip install 'crossrank[ray]')")
+    ray.add_argument("--ray", type=_flag_bool, nargs="?", const=True, default=_env("RAY", "0"), metavar="BOOL",
+                     help="run the same app as a Ray Serve deployment: one copy of the models and one scheduler per "
+                          "replica, Serve's HTTP proxy on --host:--port; intra-op threads per replica = the CPUs it "
+                          "reserves (--threads, default 1); the artifacts must be at a path every node sees")
+    ray.add_argument("--replicas", type=positive_int_arg, default=_env("REPLICAS", "1"), metavar="N",
+                     help="replicas (with --max-replicas: the autoscaling floor) (default 1)")
+    ray.add_argument("--max-replicas", type=positive_int_arg, default=_env("MAX_REPLICAS"), metavar="N",
+                     help="autoscale between --replicas and N on requests in flight (default: a fixed --replicas)")
+    ray.add_argument("--max-ongoing-requests", type=positive_int_arg, default=_env("MAX_ONGOING_REQUESTS"),
+                     metavar="N", help="requests one replica takes at a time; more wait in Serve's router (default: "
+                                       "--max-queue-tokens // 25000, a 1 x 100 request of TREC RAG passages)")
+    ray.add_argument("--address", default=_env("ADDRESS"), metavar="ADDR",
+                     help="Ray cluster to join ('auto': the one `ray start` runs on this machine; default: start "
+                          "a local one for this command)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"],
                    help="log level; info logs one line per request (latency, documents, tokens) (default info)")
     p.set_defaults(func=run_serve)
@@ -92,6 +107,16 @@ def run_serve(args) -> int:
     for flag, path in (("--reranker", args.reranker), ("--embedder", args.embedder), ("--index", args.index)):
         if path and not Path(path).is_dir():
             raise MissingFileError(f"{flag} {path!r} is not a folder")
+    config = ServeConfig(reranker=args.reranker, embedder=args.embedder, index=args.index, host=args.host,
+                         port=args.port, max_queue_tokens=args.max_queue_tokens, max_documents=args.max_documents,
+                         max_request_bytes=args.max_request_bytes, shared=args.shared, workers=args.workers,
+                         device=args.device, threads=args.threads)
+    if args.ray:
+        return _run_on_ray(args, config)
+    if args.max_replicas is not None or args.address is not None or args.max_ongoing_requests is not None \
+            or args.replicas != 1:
+        raise UsageError("--replicas, --max-replicas, --max-ongoing-requests and --address lay out replicas on Ray: "
+                         "add --ray")
     try:
         import uvicorn
 
@@ -101,10 +126,6 @@ def run_serve(args) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    config = ServeConfig(reranker=args.reranker, embedder=args.embedder, index=args.index, host=args.host,
-                         port=args.port, max_queue_tokens=args.max_queue_tokens, max_documents=args.max_documents,
-                         max_request_bytes=args.max_request_bytes, shared=args.shared, workers=args.workers,
-                         device=args.device, threads=args.threads)
     app = build_app(config)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            access_log=False, lifespan="on"))
@@ -115,3 +136,15 @@ def run_serve(args) -> int:
         print(f"crossrank serve: error: {models.error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_on_ray(args, config: ServeConfig) -> int:
+    try:
+        from crossrank.front.ray.serve import run_on_ray
+    except ImportError as err:
+        print(f"crossrank serve --ray needs the 'ray' extra (pip install 'crossrank[ray]'): {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    return run_on_ray(config, RayConfig(replicas=args.replicas, max_replicas=args.max_replicas,
+                                        max_ongoing_requests=args.max_ongoing_requests, address=args.address))

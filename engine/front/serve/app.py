@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -159,13 +159,18 @@ class Outcome:
     tokens: int = 0
 
 
-def build_app(config: ServeConfig) -> FastAPI:
+def build_app(config: ServeConfig, health_details: Callable[[], Awaitable[dict]] | None = None) -> FastAPI:
+    """The app of one server. Its models load on a thread when it starts, unless whoever built it
+    loaded them already (``app.state.models.load()``: a Ray Serve replica does, so that it is
+    ready only once they are). ``health_details``: awaited by ``GET /health`` once the models are
+    ready, its keys added to the answer (a Ray replica adds its deployment's replica count)."""
     metrics = Metrics()
     models = Models(config, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        threading.Thread(target=models.load, name="crossrank-load", daemon=True).start()
+        if not models.ready.is_set() and models.error is None:
+            threading.Thread(target=models.load, name="crossrank-load", daemon=True).start()
         yield
         models.close()
 
@@ -331,7 +336,7 @@ def build_app(config: ServeConfig) -> FastAPI:
             return JSONResponse({"status": "failed", "message": str(models.error)}, status_code=503)
         if not models.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503)
-        return {"status": "ok"}
+        return {"status": "ok", **(await health_details() if health_details is not None else {})}
 
     @app.get("/info")
     async def info():
