@@ -42,9 +42,9 @@ test-lower-bounds: data
 # then first-stage figures -> benchmarks/results/index.md (about 20 minutes on 2 cores).
 bench: $(STAMP) data
 	$(PY) benchmarks/rerank_bench.py
-	$(PY) benchmarks/index_figures.py --embedder artifacts/embedder-int8 --reranker artifacts/bench-cross-int8
+	$(PY) benchmarks/index_figures.py --embedder artifacts/embedder-int8 --reranker artifacts/starter-reranker-int8
 
-# int8 recipes compared by fidelity and speed -> benchmarks/results/int8_recipes.md
+# int8 recipes compared by fidelity, batch invariance and speed -> benchmarks/results/int8_recipes.md
 bench-int8: $(STAMP) data
 	$(PY) benchmarks/int8_recipes.py
 
