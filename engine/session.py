@@ -49,21 +49,31 @@ def require_device(device: str) -> str:
 
 def build_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
                   memory_arena: bool = MEMORY_ARENA, optimization: str | None = None,
-                  profile_prefix: str | None = None) -> ort.InferenceSession:
+                  profile_prefix: str | None = None, spinning: str | None = None,
+                  optimized_model_path: str | Path | None = None) -> ort.InferenceSession:
     """An InferenceSession of ``model`` (a path, or the serialised graph) for ``device`` ("cpu" or "cuda").
 
     threads: intra-op threads (default: physical cores). memory_arena: ONNX Runtime's CPU arena
     (see crossrank.settings.MEMORY_ARENA). optimization: graph optimisation level at load, one of
-    "disable", "basic", "extended", "all" (default: crossrank.settings.GRAPH_OPTIMIZATION). profile_prefix: write ONNX Runtime's per-operator
-    profile to files starting with it (``session.end_profiling()`` returns the file).
+    "disable", "basic", "extended", "all" (default: crossrank.settings.GRAPH_OPTIMIZATION).
+    spinning: intra-op thread spinning, one of "within-calls", "always", "never" (default:
+    crossrank.settings.SPINNING). profile_prefix: write ONNX Runtime's per-operator profile to
+    files starting with it (``session.end_profiling()`` returns the file). optimized_model_path:
+    also save the graph as optimised at load there (to inspect what the optimiser changed).
     """
     require_device(device)
     threads = check_threads(threads)
     check_bool(memory_arena, "memory_arena")
     optimization = check_choice(settings.GRAPH_OPTIMIZATION if optimization is None else optimization,
                                 "optimization", settings.GRAPH_OPTIMIZATIONS)
+    spinning = check_choice(settings.SPINNING if spinning is None else spinning, "spinning", settings.SPINNING_MODES)
     options = ort.SessionOptions()
     options.graph_optimization_level = _LEVELS[optimization]
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "never" else "1")
+    if spinning == "within-calls":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

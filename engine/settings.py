@@ -27,9 +27,12 @@ from typing import Any
 from crossrank.errors import InvalidArgumentError, RuntimeConfigError, check_bool, check_choice, check_int
 
 DEVICES = ("cpu", "cuda")
-# Token budget per model call (rows x padded length). cpu: measured best of 512..16384 on the TREC
-# RAG pairs (crossrank bench --budgets); cuda: large batches keep the GPU busy.
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
+# Token budget per model call (rows x padded length). cpu: 512. The per-row int8 reranker on the
+# TREC RAG pairs runs 1.36x faster (CPU time, 1 thread) and 1.44x (wall, 2 threads) at 256-512 than
+# at 2048: smaller activations and attention buffers stay in cache; fp32 gains 1.14x at 1 thread
+# (measured with benchmarks/int8_recipes.py's harness; `crossrank bench --budgets` draws the curve,
+# `crossrank tune` picks the budget per machine). cuda: large batches keep the GPU busy.
+DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 65536}
 MAX_ROWS = 256                      # rows per model call, whatever the budget
 # Shared models (crossrank.scheduler): real tokens that may wait in one model's queue before new
 # work is refused (OverloadedError; HTTP 429), and how many batches' worth of queued rows the worker
@@ -43,6 +46,12 @@ BATCH_TOKENS_RANGE = (16, 1 << 22)
 # for what each level costs at load and gains per call.
 GRAPH_OPTIMIZATION = "all"
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+# Intra-op thread spinning: "always" (ONNX Runtime's own default: idle workers busy-wait, also
+# between calls), "within-calls" (busy-wait while a call runs, stop as soon as it returns:
+# session.force_spinning_stop) or "never" (workers sleep whenever idle). "within-calls" keeps the
+# cores free between calls without slowing a call down (benchmarks/rerank_bench.py compares them).
+SPINNING = "within-calls"
+SPINNING_MODES = ("within-calls", "always", "never")
 # ONNX Runtime's CPU arena keeps the largest buffers it ever served, so with requests of varying
 # shapes RSS only grows: off by default (see the memory soak in benchmarks/rerank_bench.py).
 MEMORY_ARENA = False
@@ -212,7 +221,7 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
 
 __all__ = [
     "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_QUEUE_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION",
-    "MAX_ROWS", "MEMORY_ARENA", "SCHEDULER_WINDOW_BATCHES",
+    "MAX_ROWS", "MEMORY_ARENA", "SCHEDULER_WINDOW_BATCHES", "SPINNING", "SPINNING_MODES",
     "RUNTIME_FILE", "RuntimeSettings", "THREADS_RANGE", "check_batch_tokens", "check_device", "check_threads",
     "default_settings", "physical_cores", "read_runtime", "resolve_settings", "runtime_settings",
     "validate_runtime", "write_runtime",

@@ -168,7 +168,7 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
         if precision == "int8":
             fp32_path = work / "fp32.onnx"
             onnx.save(model, str(fp32_path))
-            feeds = _calibration_feeds(source, sample) if recipe.format == "QDQ" else None
+            feeds = _calibration_feeds(source, sample) if recipe.needs_calibration else None
             stages.run(f"quantizing to int8 ({recipe.name})", quantize_int8, fp32_path, model_path, recipe, feeds)
             fp32_path.unlink()
         else:
@@ -238,17 +238,22 @@ def _calibration_feeds(source: SourceModel, sample) -> list[dict]:
 
 def ensure_artifact(src: str | Path, out: str | Path, kind: str, precision: str, **options):
     """(artifact, reused): ``out`` when it verifies against its manifest and was exported at
-    ``precision`` from ``src``'s current files; else export it (``force``: a retrained model is
-    re-exported). ``options`` go to ``export_model``."""
+    ``precision`` (and, for int8, with the requested or else the default recipe) from ``src``'s
+    current files; else export it (``force``: a retrained model, or an artifact of an older default
+    recipe, is re-exported). ``options`` go to ``export_model``."""
+    from crossrank.kernels.quantize import DEFAULT_INT8_RECIPE
+
     src, out = Path(src), Path(out)
+    recipe = (options.get("int8_recipe") or DEFAULT_INT8_RECIPE) if precision == "int8" else None
     try:
         artifact = load_artifact(out, expect_kind=kind)
         manifest = artifact.manifest
-        if manifest.get("precision") == precision and manifest.get("source", {}).get("files") == source_files(src):
+        if (manifest.get("precision") == precision and manifest.get("source", {}).get("files") == source_files(src)
+                and (recipe is None or (manifest.get("quantization") or {}).get("name") == recipe)):
             return artifact, True
     except ArtifactError:
         pass
-    print(f"exporting {src} -> {out} ({kind}, {precision})", file=sys.stderr)
+    print(f"exporting {src} -> {out} ({kind}, {precision}{', ' + recipe if recipe else ''})", file=sys.stderr)
     export_model(src, out, kind=kind, precision=precision, force=True, **options)
     return load_artifact(out, expect_kind=kind), False
 

@@ -21,6 +21,7 @@ SAMPLE_QUERIES = 12
 DOCS_PER_QUERY = 20
 RELEVANT_PER_QUERY = 5
 BATCH_SIZE = 16
+ALONE_ROWS = 32  # rows re-run alone (no padding, no batch mates) for the batch-invariance figure
 
 # Bars from the export issue; below a bar the export fails unless --allow-low-fidelity.
 BARS = {
@@ -101,6 +102,29 @@ def _onnx_outputs(session, feeds: dict) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
+class _AloneCheck:
+    """Batch invariance on the fidelity sample: the first ALONE_ROWS rows, each run alone without
+    padding, against the same rows' outputs in their padded batches of BATCH_SIZE."""
+
+    def __init__(self, session):
+        self.session = session
+        self.batched: list[np.ndarray] = []
+        self.alone: list[np.ndarray] = []
+
+    def add(self, feeds: dict, batched: np.ndarray) -> None:
+        for row in range(len(batched)):
+            if len(self.alone) >= ALONE_ROWS:
+                return
+            length = int(feeds["attention_mask"][row].sum())
+            single = {k: v[row:row + 1, :length] for k, v in feeds.items()}
+            self.alone.append(_onnx_outputs(self.session, single)[0])
+            self.batched.append(batched[row])
+
+    @property
+    def max_abs_diff(self) -> float:
+        return float(np.max(np.abs(np.asarray(self.alone, np.float64) - np.asarray(self.batched, np.float64))))
+
+
 def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int) -> dict:
     """Run the PyTorch model and the ONNX graph on the same ids; return the agreement figures."""
     import torch
@@ -114,6 +138,7 @@ def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length
             model = AutoModelForSequenceClassification.from_pretrained(source.path).eval()
             pairs = sample.pairs
             ref, got = [], []
+            alone = _AloneCheck(session)
             for part in _batches(len(pairs)):
                 qs = [p[0] for p in pairs[part]]
                 ds = [p[1] for p in pairs[part]]
@@ -121,11 +146,14 @@ def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length
                 logits = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.double().numpy()
                 ref.append(logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0])
                 got.append(_onnx_outputs(session, feeds).astype(np.float64))
-            return cross_figures(np.concatenate(ref), np.concatenate(got), [len(d) for d in sample.documents],
-                                 sample.source)
+                alone.add(feeds, got[-1])
+            figures = cross_figures(np.concatenate(ref), np.concatenate(got), [len(d) for d in sample.documents],
+                                    sample.source)
+            return {**figures, "batch_invariance_max_abs_diff": alone.max_abs_diff}
         model = AutoModel.from_pretrained(source.path).eval()
         texts = sample.queries + sample.texts
         ref, got = [], []
+        alone = _AloneCheck(session)
         for part in _batches(len(texts)):
             feeds = _encode(tokenizer, texts[part], None, max_length)
             hidden = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.double()
@@ -138,7 +166,9 @@ def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             ref.append(pooled.numpy())
             got.append(_onnx_outputs(session, feeds).astype(np.float64))
-        return bi_figures(np.concatenate(ref), np.concatenate(got), len(sample.queries), sample.source)
+            alone.add(feeds, got[-1])
+        figures = bi_figures(np.concatenate(ref), np.concatenate(got), len(sample.queries), sample.source)
+        return {**figures, "batch_invariance_max_abs_diff": alone.max_abs_diff}
 
 
 def cross_figures(ref: np.ndarray, got: np.ndarray, group_sizes: list[int], source: str) -> dict:

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from crossrank.errors import InvalidArgumentError
 from crossrank.kernels.heads import (add_pooling_head, add_score_head, head_node_names, reference_pooling,
                                      reference_score)
 from crossrank.kernels.quantize import RECIPES, get_recipe, quantize_int8
@@ -110,17 +111,106 @@ def test_dynamic_int8_recipes_match_float_matmul(recipe_name, tmp_path):
     assert relative < (0.03 if get_recipe(recipe_name).reduce_range else 0.25), f"{recipe_name}: {relative:.4f}"
 
 
-def test_ffn_fp32_recipe_leaves_down_projection_float(tmp_path):
+@pytest.mark.parametrize("recipe_name", ["dynamic-pertensor-batchdependent-u8s8-perchannel-rr-ffn-fp32",
+                                         "dynamic-perrow-u8s8-perchannel-rr-ffn-fp32"])
+def test_ffn_fp32_recipe_leaves_down_projection_float(recipe_name, tmp_path):
     weights = RNG.normal(size=(16, 16)).astype(np.float32)
     src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
     onnx.save(_linear_model(weights, "/bert/encoder/layer.3/output/dense/MatMul"), src)
-    quantize_int8(src, dst, get_recipe("dynamic-u8s8-perchannel-rr-ffn-fp32"))
+    quantize_int8(src, dst, get_recipe(recipe_name))
     assert [n.op_type for n in onnx.load(dst).graph.node] == ["MatMul"]
 
 
 def test_unknown_recipe_names_choices():
-    with pytest.raises(ValueError, match="dynamic-u8s8"):
+    with pytest.raises(InvalidArgumentError, match="dynamic-perrow-u8s8-perchannel-rr"):
         get_recipe("int4")
+
+
+def test_old_batch_dependent_names_point_to_their_new_names():
+    with pytest.raises(InvalidArgumentError,
+                       match="'dynamic-pertensor-batchdependent-u8s8-perchannel-rr-ffn-fp32'.*batch"):
+        get_recipe("dynamic-u8s8-perchannel-rr-ffn-fp32")
+    assert all(r.batch_invariant == ("batchdependent" not in n) for n, r in RECIPES.items())
+
+
+def _rowwise(weights: np.ndarray, name: str, **options):
+    from crossrank.kernels.rowwise import quantize_rowwise
+
+    model = quantize_rowwise(_linear_model(weights, name), **options)
+    return build_session(model.SerializeToString())
+
+
+@pytest.mark.parametrize("weight_bits", [7, 8])
+def test_rowwise_matmul_matches_float_per_row(weight_bits):
+    """Each row's error is bounded by its own scale: a row of tiny values stays accurate even next
+    to a row a million times larger (one per-tensor scale would round it to zero)."""
+    rng = np.random.default_rng(2)
+    weights = rng.normal(size=(64, 32)).astype(np.float32)
+    x = rng.normal(size=(6, 64)).astype(np.float32)
+    x[1] *= 1e-6
+    x[4] *= 1e3
+    got = _rowwise(weights, "/encoder/layer.0/attention/output/dense/MatMul",
+                   weight_bits=weight_bits).run(None, {"x": x})[0]
+    want = x.astype(np.float64) @ weights
+    relative = np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
+    assert relative.max() < (0.03 if weight_bits == 7 else 0.015), relative
+
+
+def test_rowwise_rows_do_not_depend_on_their_batch_mates():
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(64, 48)).astype(np.float32)
+    session = _rowwise(weights, "/encoder/layer.1/intermediate/dense/MatMul")
+    rows = rng.normal(size=(5, 64)).astype(np.float32)
+    alone = np.concatenate([session.run(None, {"x": rows[i:i + 1]})[0] for i in range(5)])
+    mates = np.concatenate([rows, 1e4 * rng.normal(size=(7, 64)).astype(np.float32)])
+    together = session.run(None, {"x": mates[::-1].copy()})[0][::-1][:5]
+    np.testing.assert_array_equal(together, alone)
+
+
+def test_rowwise_static_scales_clip_at_the_calibrated_range(tmp_path):
+    from crossrank.kernels.rowwise import calibrate_amax, quantizable_inputs, quantize_rowwise
+
+    rng = np.random.default_rng(4)
+    weights = rng.normal(size=(16, 8)).astype(np.float32)
+    model = _linear_model(weights, "/encoder/layer.0/output/dense/MatMul")
+    names = quantizable_inputs(model)
+    assert names == ["x"]
+    calibration = [{"x": rng.uniform(-2, 2, size=(4, 16)).astype(np.float32)} for _ in range(3)]
+    amax = calibrate_amax(model, names, calibration)
+    assert amax["x"] == pytest.approx(max(np.abs(f["x"]).max() for f in calibration))
+    session = build_session(quantize_rowwise(model, static_amax=amax).SerializeToString())
+    inside = rng.uniform(-2, 2, size=(3, 16)).astype(np.float32)
+    got = session.run(None, {"x": inside})[0]
+    assert np.abs(got - inside @ weights).max() / np.abs(inside @ weights).max() < 0.03
+    outside = inside * 10  # beyond the calibrated range: clipped to +-amax
+    got = session.run(None, {"x": outside})[0]
+    clipped = np.clip(outside, -amax["x"], amax["x"]) @ weights
+    assert np.abs(got - clipped).max() / np.abs(clipped).max() < 0.03
+
+
+def test_rowwise_gelu_input_uses_its_lower_bound():
+    """After a GELU the largest magnitude is max(max x, 0.17): same scale as the Abs route."""
+    from crossrank.kernels.rowwise import GELU_MIN, quantize_rowwise
+
+    rng = np.random.default_rng(5)
+    weights = rng.normal(size=(32, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),
+         helper.make_node("MatMul", ["g", "w"], ["y"], name="/encoder/layer.0/output/dense/MatMul")], "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], [numpy_helper.from_array(weights, "w")])
+    model = quantize_rowwise(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                                     helper.make_opsetid("com.microsoft", 1)]))
+    assert "Abs" not in {n.op_type for n in model.graph.node}
+    x = rng.normal(size=(4, 32)).astype(np.float32)
+    x[2] = -0.75  # a row whose GELU is all negative: its scale comes from the 0.17 bound
+    got = build_session(model.SerializeToString()).run(None, {"x": x})[0]
+    from scipy.special import erf
+
+    gelu = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    assert -GELU_MIN < gelu.min()
+    want = gelu.astype(np.float64) @ weights
+    assert np.abs(got - want).max() / np.abs(want).max() < 0.03
 
 
 def test_fusion_matches_unfused_graph(minilm_path, tmp_path):

@@ -1,7 +1,8 @@
 """The shared batch scheduler (crossrank.scheduler) alone, in process.
 
 Exactness on the real trained starter reranker in fp32 (batch-invariant: a row's score does not
-depend on its batch mates); the real MiniLM embedder in fp32 up to float rounding. Fairness, deadlines, cancellation
+depend on its batch mates) and in int8 (the default recipe's per-row scales: batch-invariant too);
+the real MiniLM embedder in fp32 up to float rounding. Fairness, deadlines, cancellation
 and the bounded queue on the tiny generated cross-encoder, with the worker paused at a gate or
 time moved by a fake clock, so each ordering is forced rather than raced.
 """
@@ -110,6 +111,36 @@ def test_shared_embedder_matches_to_float_rounding(bi_fp32, trec_rag):
 
     for got, t in zip(asyncio.run(main()), texts):
         np.testing.assert_allclose(got, plain.embed(t), rtol=0, atol=1e-6)
+    shared.close()
+
+
+def test_shared_int8_reranker_scores_as_each_request_alone(starter_int8, trec_rag):
+    """The default int8 recipe is batch-invariant (per-row activation scales), so merging requests
+    into shared batches moves no score: each request's scores equal those of the request scored
+    alone, within the batch-invariance tolerance (1e-5 in logit; tests/test_batch_invariance.py),
+    even with a large budget that packs rows of many requests, and a 512-token mate, together."""
+    plain = crossrank.Reranker(starter_int8)
+    shared = crossrank.Reranker(starter_int8, shared=True, batch_tokens=1 << 14)
+    long_mate = " ".join(sorted({d for r in trec_rag for d in r["documents"]}, key=len)[-4:])
+    requests = mixed_requests(trec_rag, 8) + [(trec_rag[3]["query"], [long_mate] + trec_rag[3]["documents"][:2])]
+    want = [plain.rerank(q, docs, raw_scores=True) for q, docs in requests]
+    reports = []
+    shared.scheduler.add_listener(reports.append)
+    gate = Gate(shared)  # the worker waits in a first small call while every request queues
+    blocker, _ = in_thread(shared.rerank, "warm up", ["warm up"])
+    assert gate.entered.wait(60)
+    calls = [in_thread(shared.rerank, q, docs, raw_scores=True) for q, docs in requests]
+    wait_for(lambda: shared.scheduler.queued_requests == len(requests) + 1)
+    gate.release()
+    blocker.join()
+    worst = 0.0
+    for i, ((thread, out), w) in enumerate(zip(calls, want)):
+        thread.join()
+        got = {r.index: r.score for r in out["result"]}
+        assert sorted(got) == sorted(r.index for r in w), f"request {i}: documents lost or added"
+        worst = max(worst, max(abs(got[r.index] - r.score) for r in w))
+    assert max(r.requests for r in reports) >= 4, "no batch held rows of several requests"
+    assert worst <= 1e-5, f"a shared batch moved an int8 logit by {worst:.3g}"
     shared.close()
 
 

@@ -252,8 +252,10 @@ def test_openai_embeddings_base64_and_float(server, plain, corpus):
     assert by_default.usage.prompt_tokens == int(plain["embedder"].tokenizer.rows(texts).lengths.sum())
     assert [d.index for d in by_default.data] == list(range(len(texts))) and by_default.model == "minilm"
     root = openai.OpenAI(api_key="dummy", base_url=server.url, max_retries=0)  # /embeddings without /v1
-    np.testing.assert_array_equal(np.float32(root.embeddings.create(model="m", input=texts[:2]).data[1].embedding),
-                                  want[1])
+    # Other texts, other batches: the fp32 bi-encoder moves a vector by about one ulp with its batch's
+    # row count (README "Serving"; with the 512-token CPU budget, text 1 runs alone among the 9).
+    np.testing.assert_allclose(np.float32(root.embeddings.create(model="m", input=texts[:2]).data[1].embedding),
+                               want[1], rtol=0, atol=1e-6)
     assert {m.id for m in client.models.list().data} == {Path(p).name for p in (server_args(server, "--reranker"),
                                                                                 server_args(server, "--embedder"))}
 

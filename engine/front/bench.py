@@ -39,7 +39,7 @@ from crossrank.session import require_device
 VS_CHOICES = ("sentence-transformers",)
 DEFAULT_SIZES = {"cross": (20, 100), "bi": (1, 20)}
 REPORT_SIZES = {"cross": (1, 5, 10, 20, 50, 100), "bi": (1, 5, 20, 100)}
-REPORT_BUDGETS = (512, 1024, 2048, 4096, 8192)
+REPORT_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 BUDGET_ITEMS = 200      # items per point of the throughput-vs-budget curve
 CHUNK_ITEMS = 256       # items per scoring call in the throughput run (progress granularity)
 ST_BATCH = 32           # sentence-transformers' default batch size

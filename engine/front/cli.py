@@ -40,7 +40,8 @@ def _add_export(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
                    help="fp32 (reference), int8 (CPU), fp16 (CUDA). Default: fp32")
     p.add_argument("--int8-recipe", default=None,
-                   help="int8 quantization recipe (default: the measured best, see crossrank.kernels.quantize)")
+                   help="int8 quantization recipe (default: the batch-invariant per-row recipe; all: "
+                        "crossrank.kernels.quantize.RECIPES, compared by `make bench-int8`)")
     p.add_argument("--max-length", type=int, default=None,
                    help="token window (default: the model's own: 512 for BERT cross-encoders, "
                         "sentence-transformers' max_seq_length for bi-encoders)")

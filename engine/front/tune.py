@@ -29,7 +29,7 @@ from crossrank.session import require_device
 from crossrank.settings import (BATCH_TOKENS_RANGE, RUNTIME_FILE, default_settings, physical_cores, read_runtime,
                                 write_runtime)
 
-DEFAULT_SWEEP_BATCH_TOKENS = (1024, 2048, 4096, 8192)
+DEFAULT_SWEEP_BATCH_TOKENS = (256, 512, 1024, 2048, 4096)
 REFERENCE_DOCUMENTS = 20  # the reference request: one query with 20 candidates
 NOISE = 0.03              # throughputs within 3% of the best are treated as equal
 FINAL_CHUNK_PAIRS = 40    # final round: finalists take turns every 40 pairs (2 requests of 20)
@@ -235,7 +235,8 @@ def add_tune(sub) -> None:
     p.add_argument("--threads", type=int_list_arg, default=None, metavar="N,N,...",
                    help="thread counts to try (default 1..physical cores)")
     p.add_argument("--batch-tokens", type=int_list_arg, default=None, metavar="N,N,...",
-                   help="batch token budgets to try (default 1024,2048,4096,8192)")
+                   help="batch token budgets to try (default "
+                        f"{','.join(map(str, DEFAULT_SWEEP_BATCH_TOKENS))})")
     p.add_argument("--runs", type=positive_int_arg, default=7, metavar="N",
                    help="timed 1 x 20 requests per setting for the p95 (default 7)")
     p.add_argument("--rounds", type=count_arg, default=3, metavar="N",
