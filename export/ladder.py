@@ -235,6 +235,21 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
+NOT_RECIPE = ("layers", "keep", "teacher", "out", "artifacts", "cache", "force", "rewrite_card", "limit_dev")
+
+
+def recipe_command(settings: dict) -> str:
+    """The command that trained a student, from its logged settings: the options that differ from
+    their defaults (paths and switches that do not change the model left out)."""
+    defaults = vars(parse_args(["--layers", str(settings["layers"])]))
+    options = [f"--layers {settings['layers']}"] + [f"--keep {keep}" for keep in settings.get("keep") or []]
+    for name, value in settings.items():
+        if name not in NOT_RECIPE and name in defaults and value != defaults[name]:
+            options.append(f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float)
+                           else f"--{name.replace('_', '-')} {value}")
+    return "python -m crossrank.export.ladder " + " ".join(options)
+
+
 def write_card(out: Path, log: dict, keep_figures: bool = False) -> None:
     """The model card: recipe, split, teacher, layer choice, the dev training log and the size. The
     test figures block is filled by ``benchmarks/ladder_report.py --card``; after retraining it
@@ -299,7 +314,7 @@ the Semanlink bookmarks, a starting point and a test fixture, not a general web-
 
 ## Recipe
 
-`make ladder-models` (= `python -m crossrank.export.ladder --layers {layers} --force`, seed
+`make ladder-models` (= `{recipe_command(s)} --force`, seed
 {s['seed']}; {log['train_seconds'] / 60:.0f} minutes on this project's shared 2-core CPU, teacher
 scoring included):
 
