@@ -12,7 +12,7 @@ every system:
   of the starter folder under --artifacts): the peers to beat;
 - crossrank fp32; crossrank int8 with the previous defaults (per-tensor recipe, batch-dependent,
   2048-token batches, threads spinning always); crossrank int8 (the default recipe and runtime
-  defaults); and the same with thread spinning "never".
+  defaults, thread spinning "never"); and the same with spinning within calls.
 
 Speeds are ratios within this one run: the systems take turns (--rounds interleaved rounds for
 throughput, one 1 x 20 request each per latency round) and medians are kept, so a busy shared
@@ -126,7 +126,7 @@ def rerank_systems(paths, threads: int) -> dict[str, tuple]:
             ("crossrank fp32", "cross_fp32", None, None),
             (PREVIOUS_INT8, "cross_int8_previous", PREVIOUS_BATCH_TOKENS, "always"),
             (CROSSRANK_INT8, "cross_int8", None, None),
-            ("crossrank int8, spinning never", "cross_int8", None, "never")):
+            ("crossrank int8, spinning within calls", "cross_int8", None, "within-calls")):
         model = crossrank.Reranker(paths[key], threads=threads, batch_tokens=batch_tokens)
         if spinning is not None:
             model.runner = BatchRunner(model.artifact.model_path, model.runner.settings, spinning=spinning)

@@ -48,9 +48,12 @@ GRAPH_OPTIMIZATION = "all"
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 # Intra-op thread spinning: "always" (ONNX Runtime's own default: idle workers busy-wait, also
 # between calls), "within-calls" (busy-wait while a call runs, stop as soon as it returns:
-# session.force_spinning_stop) or "never" (workers sleep whenever idle). "within-calls" keeps the
-# cores free between calls without slowing a call down (benchmarks/rerank_bench.py compares them).
-SPINNING = "within-calls"
+# session.force_spinning_stop) or "never" (workers sleep whenever idle). On a machine shared with
+# other work (other callers, other processes: the normal case for a service) busy-waiting workers
+# steal the cores the slowest worker needs: "never" scored 1.45-1.7x the pairs/s of "within-calls"
+# and "always" on 2 loaded cores (benchmarks/rerank_bench.py compares them in one run).
+# "within-calls" may win a few percent on a dedicated, otherwise idle machine.
+SPINNING = "never"
 SPINNING_MODES = ("within-calls", "always", "never")
 # ONNX Runtime's CPU arena keeps the largest buffers it ever served, so with requests of varying
 # shapes RSS only grows: off by default (see the memory soak in benchmarks/rerank_bench.py).
