@@ -50,8 +50,8 @@ GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 # between calls), "within-calls" (busy-wait while a call runs, stop as soon as it returns:
 # session.force_spinning_stop) or "never" (workers sleep whenever idle). On a machine shared with
 # other work (other callers, other processes: the normal case for a service) busy-waiting workers
-# steal the cores the slowest worker needs: "never" scored 1.45-1.7x the pairs/s of "within-calls"
-# and "always" on 2 loaded cores (benchmarks/rerank_bench.py compares them in one run).
+# steal the cores the slowest worker needs: "never" scored 1.7x the pairs/s of "within-calls" on
+# 2 loaded cores (benchmarks/rerank_bench.py compares the two in one run).
 # "within-calls" may win a few percent on a dedicated, otherwise idle machine.
 SPINNING = "never"
 SPINNING_MODES = ("within-calls", "always", "never")
