@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import math
-import random
 import re
 import sys
 import time
@@ -41,7 +40,14 @@ from pathlib import Path
 import numpy as np
 
 from crossrank.export.starter import (
-    SEED, candidates, dev_figures, first_stage, group_logits, save_model, training_groups,
+    SEED,
+    candidates,
+    dev_figures,
+    first_stage,
+    group_logits,
+    save_model,
+    seed_everything,
+    training_groups,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +179,7 @@ def distillation_loss(student, teacher, temperature: float, ce_weight: float, kd
 
 
 def pair_key(query: str, document: str) -> str:
-    return hashlib.sha256(f"{query}\x00{document}".encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{query}\x00{document}".encode()).hexdigest()[:32]
 
 
 class TeacherScores:
@@ -428,12 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossrank.export import source_files
 
     started = time.perf_counter()
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rng = random.Random(args.seed)
+    rng = seed_everything(args.seed, args.threads, torch)
 
     teacher = BertForSequenceClassification.from_pretrained(teacher_folder, dtype=torch.float32)
     teacher_layers = teacher.config.num_hidden_layers

@@ -173,6 +173,16 @@ def save_model(model, tokenizer_folder: Path, out: Path, log: dict) -> None:
     partial.rename(out)
 
 
+def seed_everything(seed: int, threads: int | None, torch) -> random.Random:
+    """Seed Python's, numpy's and torch's generators (and set torch's threads); a Random for sampling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    return random.Random(seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -187,12 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossrank.export import bundled_bi_encoder
 
     started = time.perf_counter()
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rng = random.Random(args.seed)
+    rng = seed_everything(args.seed, args.threads, torch)
 
     documents, _ = load_semanlink()
     text_of = {d.id: d.text for d in documents}
