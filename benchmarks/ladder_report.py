@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from starter_report import CARD_END, CARD_START, DEPTHS, RESULTS, ROOT, figures, reorder  # noqa: E402
+from starter_report import DEPTHS, RESULTS, ROOT, figures, reorder, write_card  # noqa: E402
 
 from crossrank.evaluation.datasets import semanlink_queries  # noqa: E402
 from crossrank.evaluation.metrics import spearman  # noqa: E402
@@ -159,16 +159,6 @@ def markdown(report: dict) -> str:
               "", "Reproduce: `make ladder-report` (or `python benchmarks/ladder_report.py`). Timings are ratios "
               "within one run; absolute ms depend on the machine and its load."]
     return "\n".join(lines) + "\n"
-
-
-def write_card(model: Path, text: str) -> None:
-    card = model / "README.md"
-    old = card.read_text()
-    if CARD_START not in old or CARD_END not in old:
-        sys.exit(f"{card} has no {CARD_START} ... {CARD_END} block to fill")
-    head, rest = old.split(CARD_START, 1)
-    card.write_text(head + CARD_START + "\n" + text + rest[rest.index(CARD_END):])
-    print(f"updated {card}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_card(model: Path, text: str) -> None:
+    """Replace the figures block between the markers in ``model``'s card."""
+    card = model / "README.md"
+    old = card.read_text()
+    if CARD_START not in old or CARD_END not in old:
+        sys.exit(f"{card} has no {CARD_START} ... {CARD_END} block to fill")
+    head, rest = old.split(CARD_START, 1)
+    card.write_text(head + CARD_START + "\n" + text + rest[rest.index(CARD_END):])
+    print(f"updated {card}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(ROOT / "models" / "starter-reranker"), help="reranker source folder")
@@ -126,13 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "starter.md").write_text("# Starter reranker quality\n\n" + text)
     print(text)
     if args.card:
-        card = model / "README.md"
-        old = card.read_text()
-        if CARD_START not in old or CARD_END not in old:
-            sys.exit(f"{card} has no {CARD_START} ... {CARD_END} block to fill")
-        head, rest = old.split(CARD_START, 1)
-        card.write_text(head + CARD_START + "\n" + text + rest[rest.index(CARD_END):])
-        print(f"updated {card}")
+        write_card(model, text)
     return 0
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crossrank.evaluation.datasets import semanlink_queries
-from test_starter import KNOWN_DOCUMENT, KNOWN_QUERY, STARTER, _relevant_and_others
+from test_starter import KNOWN_DOCUMENT, KNOWN_QUERY, STARTER, _relevant_and_others, relevant_vs_random_auc
 
 MODELS = STARTER.parent
 STUDENTS = {2: MODELS / "starter-reranker-L2", 4: MODELS / "starter-reranker-L4"}
@@ -128,15 +127,8 @@ def test_student_int8_scores_relevant_above_random_on_test_tags(student_int8):
     teacher scores 0.86 on these pairs (its own bar is 0.85); a student may lose a little of it, and
     it is judged on ranking quality by `make ladder-report`."""
     layers, reranker = student_int8
-    queries = [q for q in semanlink_queries("test") if len(q.relevant) >= 2][:40]
-    wins = total = 0
-    for seed, query in enumerate(queries):
-        relevant, others = _relevant_and_others(query, 5, seed)
-        scores = reranker.score([(query.text, d.text) for d in relevant[:3] + others])
-        positive, negative = np.array(scores[: len(relevant[:3])]), np.array(scores[len(relevant[:3]):])
-        wins += (positive[:, None] > negative[None, :]).sum()
-        total += positive.size * negative.size
-    assert wins / total >= 0.80, f"L{layers}: relevant-vs-random AUC {wins / total:.3f}"
+    auc = relevant_vs_random_auc(reranker)
+    assert auc >= 0.80, f"L{layers}: relevant-vs-random AUC {auc:.3f}"
 
 
 # -- the distillation pieces (no training) -----------------------------------------------------
