@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from crossrank.export.starter import (
-    SEED,
+    add_training_arguments,
     candidates,
+    check_training_arguments,
     dev_figures,
     first_stage,
     group_logits,
@@ -103,33 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the contrastive cross-entropy (default 1)")
     p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the T^2-scaled KL to the teacher (default 1)")
     p.add_argument("--mse-weight", type=float, default=0.0, help="weight of the logit MSE to the teacher (default 0)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
-    p.add_argument("--hard", type=int, default=6, help="hard negatives per group (default 6, as the teacher)")
-    p.add_argument("--random", type=int, default=2, help="random negatives per group (default 2, as the teacher)")
-    p.add_argument("--groups-per-step", type=int, default=8, help="groups per optimiser step (default 8)")
-    p.add_argument("--max-positives-per-tag", type=int, default=1,
-                   help="groups one tag contributes per epoch (default 1, as the teacher)")
-    p.add_argument("--max-length", type=int, default=128, help="training window in tokens (default 128)")
-    p.add_argument("--k", type=int, default=100, help="first-stage depth for mining hard negatives (default 100)")
-    p.add_argument("--dev-k", type=int, default=30, help="first-stage candidates reranked for dev nDCG (default 30)")
-    p.add_argument("--limit-groups", type=int, default=None, help="train on only N groups per epoch (smoke runs)")
-    p.add_argument("--limit-dev", type=int, default=None, help="evaluate only N dev queries (smoke runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    add_training_arguments(p, lr=1e-4)
     p.add_argument("--rewrite-card", action="store_true",
                    help="only rewrite --out's README.md from its training_log.json (test figures kept); no training")
     args = p.parse_args(argv)
     if not 1 <= args.layers <= 5:
         p.error(f"--layers must be 1..5 (fewer than the teacher's 6), got {args.layers}")
-    for name in ("epochs", "trial_groups", "groups_per_step", "max_positives_per_tag", "max_length", "k", "dev_k"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.hard < 0 or args.random < 0 or args.hard + args.random < 1:
-        p.error(f"--hard and --random must be >= 0 with at least one negative, got {args.hard} and {args.random}")
-    if not 0 < args.lr < 1:
-        p.error(f"--lr must be in (0, 1), got {args.lr}")
+    check_training_arguments(p, args, counts=("trial_groups",))
     if not args.temperature > 0:
         p.error(f"--temperature must be > 0, got {args.temperature}")
     weights = (args.ce_weight, args.kd_weight, args.mse_weight)

@@ -41,12 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="models/starter-reranker", help="Hugging Face folder to write")
     p.add_argument("--artifacts", default="artifacts", help="cache of exported models and the index")
     p.add_argument("--epochs", type=int, default=3, help="passes over the train tags (default 3)")
+    add_training_arguments(p, lr=7e-5)
+    args = p.parse_args(argv)
+    check_training_arguments(p, args)
+    return args
+
+
+def add_training_arguments(p: argparse.ArgumentParser, lr: float) -> None:
+    """The options the starter recipe and the ladder's students share (groups, schedule, window, runs)."""
     p.add_argument("--hard", type=int, default=6, help="hard negatives per group (default 6)")
     p.add_argument("--random", type=int, default=2, help="random negatives per group (default 2)")
     p.add_argument("--groups-per-step", type=int, default=8, help="groups per optimiser step (default 8)")
     p.add_argument("--max-positives-per-tag", type=int, default=1,
                    help="groups one tag contributes per epoch, each with another of its documents (default 1)")
-    p.add_argument("--lr", type=float, default=7e-5, help="peak learning rate (default 7e-5)")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
     p.add_argument("--max-length", type=int, default=128,
                    help="training window in tokens (default 128: 90%% of Semanlink documents fit)")
@@ -57,15 +65,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
-    args = p.parse_args(argv)
-    for name in ("epochs", "groups_per_step", "max_positives_per_tag", "max_length", "k", "dev_k"):
+
+
+def check_training_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, counts: tuple = ()) -> None:
+    """``p.error`` on a shared option out of range; ``counts``: more options that must be >= 1."""
+    for name in ("epochs", *counts, "groups_per_step", "max_positives_per_tag", "max_length", "k", "dev_k"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.hard < 0 or args.random < 0 or args.hard + args.random < 1:
         p.error(f"--hard and --random must be >= 0 with at least one negative, got {args.hard} and {args.random}")
     if not 0 < args.lr < 1:
         p.error(f"--lr must be in (0, 1), got {args.lr}")
-    return args
 
 
 def first_stage(artifacts: Path):
