@@ -17,7 +17,7 @@ python3 - "$ART" "$SRC" <<'PY'
 import sys, time, numpy as np, onnxruntime as ort
 print("providers:", ort.get_available_providers())
 import crossrank
-from crossrank.datasets import load_trec_rag
+from crossrank.evaluation.datasets import load_trec_rag
 art, src = sys.argv[1], sys.argv[2]
 rows = load_trec_rag()[::5]
 pairs = [(r["query"], d) for r in rows for d in r["documents"]]
