@@ -33,7 +33,6 @@ from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gfl
                                      measure_throughput, peak_rss_mb)
 from crossrank.front.workload import load_workload, request_of_size, spread
 from crossrank.reranker import Reranker
-from crossrank.runner import RunStats
 from crossrank.session import require_device
 
 VS_CHOICES = ("sentence-transformers",)
@@ -194,24 +193,8 @@ class _Model:
     def lengths(self, requests: list[dict]) -> np.ndarray:
         """Real token lengths of every item (pair rows / text rows)."""
         if self.kind == "bi":
-            return self.model.tokenizer.rows([d for r in requests for d in r["documents"]]).lengths
-        tokenizer = self.model.tokenizer
-        queries = [r["query"] for r in requests]
-        owner = np.repeat(np.arange(len(requests)), [len(r["documents"]) for r in requests])
-        rows = tokenizer.pair_rows(tokenizer.encode_texts(queries), owner,
-                                   tokenizer.encode_texts([d for r in requests for d in r["documents"]]))
-        return rows.lengths
-
-    def reset_stats(self) -> None:
-        self.model.runner.stats = RunStats()
-
-    @property
-    def settings(self) -> dict:
-        return self.model.runner.settings.as_dict()
-
-    @property
-    def settings_origin(self) -> dict:
-        return dict(self.model.settings_origin)
+            return self.model.token_lengths([d for r in requests for d in r["documents"]])
+        return self.model.token_lengths([(r["query"], d) for r in requests for d in r["documents"]])
 
 
 def _runs_for(size: int, runs: int | None) -> int:
@@ -263,7 +246,7 @@ def _budget_curve(artifact, args, requests: list[dict], budgets, progress: _Prog
         progress.phase(f"budget {budget}")
         model = _Model(artifact, args.device, args.threads, budget)
         model.run(subset[:1])
-        model.reset_stats()
+        model.model.reset_stats()
         rate, seconds = measure_throughput(lambda: model.run(subset), count)
         progress.add(count)
         points.append({"batch_tokens": budget, "items_per_s": rate, "seconds": seconds,
@@ -348,7 +331,7 @@ def run_bench(args) -> int:
     budgets = args.budgets if args.budgets is not None else (list(REPORT_BUDGETS) if args.report else [])
 
     model = _Model(artifact, args.device, args.threads, args.batch_tokens)
-    origin = model.settings_origin
+    options = model.model.options
     unit = model.unit
     chunks = _chunks(measured, CHUNK_ITEMS)
     n_items = sum(len(r["documents"]) for r in measured)
@@ -361,7 +344,7 @@ def run_bench(args) -> int:
     try:
         lengths = model.lengths(measured)
         model.run(measured[:1])  # warm-up
-        model.reset_stats()
+        model.model.reset_stats()
         progress.phase("throughput")
 
         def run_all():
@@ -374,9 +357,8 @@ def run_bench(args) -> int:
         latency = _latency(model, measured if sizes == "own" else requests, sizes, args.runs, progress)
         curve = _budget_curve(artifact, args, measured, budgets, progress) if budgets else []
         peak = peak_rss_mb()
-        settings = model.settings
         model = None  # free the session (and its memory) before sentence-transformers loads
-        vs = (_vs_sentence_transformers(artifact, source, args, chunks, requests, sizes, settings["threads"], progress)
+        vs = (_vs_sentence_transformers(artifact, source, args, chunks, requests, sizes, options.threads, progress)
               if args.vs else None)
     finally:
         progress.close()
@@ -390,7 +372,7 @@ def run_bench(args) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_name(),
         "artifact": str(artifact.path), "kind": artifact.kind, "precision": artifact.precision,
-        "device": args.device, "settings": settings, "settings_from": origin,
+        "device": args.device, "settings": options.values(), "settings_from": dict(options.origin),
         "workload": workload_name, "requests": len(measured), "unit": unit, "items": n_items,
         "mean_tokens": float(lengths.mean()) if len(lengths) else 0.0,
         "throughput": {"items_per_s": rate, "seconds": seconds, "padding_fraction": padding},

@@ -24,7 +24,6 @@ from crossrank.front.args import add_workload_arguments, count_arg, int_list_arg
 from crossrank.front.measure import machine_name, measure_latency, measure_throughput
 from crossrank.front.workload import load_workload, request_of_size, spread
 from crossrank.reranker import Reranker
-from crossrank.runner import RunStats
 from crossrank.session import require_device
 from crossrank.settings import (BATCH_TOKENS_RANGE, RUNTIME_FILE, default_settings, physical_cores, read_runtime,
                                 write_runtime)
@@ -77,7 +76,7 @@ def _fresh_throughput(path: str | Path, device: str, settings: dict, pairs: list
     """(Reranker, pairs/s of one bulk ``score(pairs)``) on a new Reranker after a warm-up call."""
     reranker = Reranker(path, device=device, **settings)
     reranker.score(pairs[:8])  # warm-up: first-call allocations, thread pool start
-    reranker.runner.stats = RunStats()
+    reranker.reset_stats()
     return reranker, measure_throughput(lambda: reranker.score(pairs), len(pairs))[0]
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -114,39 +113,17 @@ class Models:
             return None
         info: dict[str, Any] = {"id": Path(path).name, "path": str(path), "loaded": model is not None}
         if model is not None:
-            m = model.artifact.manifest
-            info.update(kind=m["kind"], precision=m["precision"], max_length=model.max_length,
-                        source=m.get("source", {}).get("name"),
-                        int8_recipe=(m.get("quantization") or {}).get("name"),
-                        settings={**model.runner.settings.as_dict(), "origin": model.settings_origin},
-                        shared=model.scheduler is not None,
-                        max_queue_tokens=model.scheduler.max_queue_tokens if model.scheduler else None,
-                        workers=model.scheduler.workers if model.scheduler else None)
+            described = model.describe()
+            m = described["manifest"]
+            info.update(kind=m["kind"], precision=m["precision"], max_length=described["max_length"],
+                        source=m["source"], int8_recipe=m["int8_recipe"],
+                        settings={**described["options"], "origin": described["origin"]}, **described["sharing"])
             if what == "embedder":
-                info["dim"] = model.dim
+                info["dim"] = m["dim"]
         return info
 
 
 # -- model work (on a thread of its own, never on the event loop) ----------------------------------
-
-def count_and_cut_pairs(reranker: Reranker, query: str, texts: list[str],
-                        max_tokens_per_doc: int | None) -> tuple[list[str], int]:
-    """The documents cut at their ``max_tokens_per_doc``-th token (when given and shorter than the
-    window allows), and the real tokens of the pairs the reranker will run."""
-    tok = reranker.tokenizer
-    query_ids = tok.encode_texts([query])
-    encodings = tok.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
-    doc_ids = []
-    for i, encoding in enumerate(encodings):
-        ids = encoding.ids
-        if max_tokens_per_doc is not None and len(ids) > max_tokens_per_doc:
-            texts[i] = texts[i][: encoding.offsets[max_tokens_per_doc - 1][1]]
-            ids = ids[:max_tokens_per_doc]
-        doc_ids.append(np.asarray(ids, dtype=np.int64))
-    overlap = reranker.chunk_overlap if reranker.long_documents == "chunk" else None
-    rows = tok.pair_rows(query_ids, np.zeros(len(texts), dtype=np.int64), doc_ids, chunk_overlap=overlap)
-    return texts, int(rows.lengths.sum())
-
 
 def _json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -256,12 +233,11 @@ def build_app(config: ServeConfig, health_details: Callable[[], Awaitable[dict]]
         def job(raw: bytes) -> Outcome:
             request = parse(p.parse_body(raw))
             reranker = models.need("reranker")
-            texts, tokens = count_and_cut_pairs(reranker, request.query, list(request.texts),
-                                                request.max_tokens_per_doc)
-            metrics.tokens.labels("reranker").inc(tokens)
-            ranked = reranker.rerank(request.query, texts, top_n=request.top_n, return_documents=False,
-                                     raw_scores=request.raw_scores)
-            return Outcome(_json(p.rerank_response(request, ranked, tokens)), len(texts), tokens)
+            ranked = reranker.rerank(request.query, request.texts, top_n=request.top_n, return_documents=False,
+                                     raw_scores=request.raw_scores, max_tokens_per_doc=request.max_tokens_per_doc,
+                                     max_chunks_per_doc=request.max_chunks_per_doc)
+            metrics.tokens.labels("reranker").inc(ranked.tokens)
+            return Outcome(_json(p.rerank_response(request, ranked, ranked.tokens)), len(request.texts), ranked.tokens)
 
         return job
 
@@ -270,9 +246,8 @@ def build_app(config: ServeConfig, health_details: Callable[[], Awaitable[dict]]
             body = p.parse_body(raw)
             embedder = models.need("embedder")
             request = parse(body, embedder.dim)
-            tokens = int(embedder.tokenizer.rows(request.texts).lengths.sum())
+            vectors, tokens = embedder.embed_with_usage(request.texts)
             metrics.tokens.labels("embedder").inc(tokens)
-            vectors = embedder.embed(request.texts)
             name = Path(config.embedder).name
             return Outcome(_json(p.embed_response(request, vectors, tokens, name)), len(request.texts), tokens)
 

@@ -16,7 +16,7 @@ import base64
 import json
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -97,7 +97,7 @@ class RerankRequest:
     max_tokens_per_doc: int | None = None
     model: str | None = None
     version: int = 1                     # Cohere API version (1 or 2)
-    extra: dict = field(default_factory=dict)
+    max_chunks_per_doc: int | None = None  # Cohere v1: best of the first N windows of each document
 
 
 def _document_text(document, i: int, rank_fields: list[str] | None) -> str:
@@ -145,9 +145,10 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
         _checked(check_texts, rank_fields, "rank_fields", name="rank_fields")
     return_documents = body.get("return_documents", True)
     _checked(check_bool, return_documents, "return_documents", name="return_documents")
-    _positive_or_none(body, "max_chunks_per_doc")
+    max_chunks = _positive_or_none(body, "max_chunks_per_doc")
     texts = [_document_text(d, i, rank_fields) for i, d in enumerate(documents)]
-    return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1)
+    return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1,
+                         max_chunks_per_doc=max_chunks)
 
 
 def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:
