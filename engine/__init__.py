@@ -13,7 +13,7 @@ from crossrank.artifact import Artifact, load_artifact
 from crossrank.embedder import Embedder, Embeddings
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
-                              MissingFileError, OutputExistsError, OverloadedError, RuntimeConfigError, UnknownIdError,
+                              MissingExtraError, MissingFileError, OutputExistsError, OverloadedError, RuntimeConfigError, UnknownIdError,
                               UsageError)
 from crossrank.index import Candidates, Hits, Index
 from crossrank.model import Model
@@ -26,7 +26,7 @@ from crossrank.version import __version__
 __all__ = [
     "ArgumentTypeError", "Artifact", "ArtifactError", "Candidates", "CrossrankError", "DatasetNotFound",
     "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "Index", "IndexFormatError",
-    "InvalidArgumentError", "MissingFileError", "Model", "OutputExistsError", "OverloadedError", "Pipeline",
+    "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "OutputExistsError", "OverloadedError", "Pipeline",
     "RankedDocument", "Ranking", "Reranker", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult",
     "SessionOptions", "UnknownIdError", "UsageError", "load_artifact", "__version__",
     # the result types' earlier names, kept as aliases: Ranked = RankedDocument, RankedList = Ranking,
