@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from crossrank.artifact import load_artifact, sha256_file
 from crossrank.errors import (InvalidArgumentError, MissingFileError, OutputExistsError, check_bool, check_choice,
                               check_int)
+from crossrank.evaluation.datasets import json_line
 from crossrank.reranker import Reranker
 from crossrank.settings import DEVICES, check_threads
 
@@ -105,11 +106,7 @@ def scan_jsonl(path: Path, block_rows: int, fields: dict) -> tuple[list[Block], 
             if not line.strip():
                 continue
             where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InvalidArgumentError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line must "
-                                           f"be an object with \"{fields['query']}\" and \"{fields['document']}\"") from err
+            row = json_line(line, where, f"\"{fields['query']}\" and \"{fields['document']}\"")
             if id_required is None:
                 id_required = isinstance(row, dict) and fields["id"] in row
             _check_pair(row, where, fields, id_required)
