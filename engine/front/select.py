@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.embedder import Embedder
 from crossrank.errors import InvalidArgumentError
 from crossrank.evaluation.datasets import read_jsonl, semanlink_queries
 from crossrank.evaluation.selection import Config, Point, best_within, config_metrics, mark_pareto, ranked_ids
 from crossrank.front.args import add_device_argument, int_list_arg, positive_float_arg, positive_int_arg
 from crossrank.front.measure import machine_name
-from crossrank.index import Index, recorded_embedder_path
-from crossrank.index_files import index_info
+from crossrank.front.search import add_store_arguments, open_first_stage, store_of
 from crossrank.pipeline import Pipeline
 from crossrank.reranker import Reranker
 
@@ -138,7 +136,7 @@ def add_select(sub) -> None:
         epilog="example: crossrank select --index artifacts/semanlink-index --rerankers "
                "artifacts/L2-int8,artifacts/L6-int8 --cascades L2-int8>L6-int8 --dataset semanlink --split dev "
                "--latency-budget-ms 500 --out select-report")
-    p.add_argument("--index", required=True, metavar="DIR", help="index folder holding the documents")
+    add_store_arguments(p, "the first stage (holding the labelled documents)")
     p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")
     p.add_argument("--rerankers", required=True, metavar="ART,ART,...",
                    help="cross-encoder artifacts to compare; each is named by its folder's name")
@@ -183,7 +181,7 @@ def run_select(args) -> int:
     cascades = [] if args.no_cascades else parse_cascades(args.cascades, names) if args.cascades else None
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InvalidArgumentError(f"--out {args.out!r} exists and is not a folder")
-    index_info(args.index)
+    store_of(args)
     if args.queries:
         labelled = read_labelled_queries(args.queries)
         source = str(args.queries)
@@ -191,8 +189,7 @@ def run_select(args) -> int:
         labelled = [LabelledQuery(q.text, q.relevant) for q in semanlink_queries(args.split)]
         source = f"semanlink {args.split} tags"
     labelled = labelled[: args.limit]
-    embedder = Embedder(args.embedder or recorded_embedder_path(args.index), device=args.device)
-    index = Index.load(args.index, view=True, embedder=embedder)
+    embedder, index = open_first_stage(args, args.device)
     rerankers = {name: Reranker(path, device=args.device) for name, path in zip(names, paths)}
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     started = time.perf_counter()
