@@ -109,7 +109,7 @@ class Pipeline:
     def __init__(self, embedder, retriever: Retriever, reranker=None, *, rerankers=None, depths=None):
         check_retriever(retriever)
         if retriever.embedder_info and embedder is not None:
-            where = getattr(retriever, "path", None) or retriever.describe().get("where") or "(in memory)"
+            where = getattr(retriever, "where", None) or getattr(retriever, "path", None) or "(in memory)"
             check_embedder({"dim": int(retriever.embedder_info["dim"]), "embedder": retriever.embedder_info},
                            embedder, where)
         if embedder is None and retriever.needs_vectors:

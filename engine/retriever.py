@@ -142,6 +142,7 @@ class Hybrid(RetrieverBase):
         self.embedder_info = dict(getattr(dense, "embedder_info", {}) or {})
         self.embedder = getattr(dense, "embedder", None)
         self.dim = getattr(dense, "dim", 0)
+        self.where = getattr(dense, "where", None) or getattr(dense, "path", None)  # named in errors
 
     def retrieve_many(self, queries: Sequence[str], vectors: np.ndarray | None, k: int,
                       timings: dict | None = None) -> list[Candidates]:

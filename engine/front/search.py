@@ -97,23 +97,26 @@ def open_first_stage(args, device: str):
     kind = store_kind(where)
     table = args.table or DEFAULT_TABLE
     columns = _read_only_columns(args)
+    path = args.embedder
     if kind == "index":
         index_info(where)
-    path = args.embedder
-    if path is None and kind == "index":
-        path = recorded_embedder_path(where)
-    elif path is None:
-        if columns:
-            raise UsageError("a table of your own records no embedder: pass --embedder ART (the one that made its vectors)")
-        recorded = open_retriever(where, table=table).embedder_info
-        path = recorded.get("path")
-        if not path or not Path(path).is_dir():
-            raise MissingFileError(f"the store was built by the embedder at {path!r} (model.onnx sha256 "
-                                   f"{str(recorded.get('sha256'))[:16]}...), which is not here: pass it with --embedder ART")
+        path = path or recorded_embedder_path(where)
+    else:  # reach the store first: an unreachable one fails before any model loads
+        probe = open_retriever(where, table=table, read_only_columns=columns)
+        recorded = probe.embedder_info
+        probe.close()
+        if path is None and columns:
+            raise UsageError("a table of your own records no embedder: pass --embedder ART (the one that made its "
+                             "vectors)")
+        if path is None:
+            path = recorded.get("path")
+            if not path or not Path(path).is_dir():
+                raise MissingFileError(f"the store was built by the embedder at {path!r} (model.onnx sha256 "
+                                       f"{str(recorded.get('sha256'))[:16]}...), which is not here: pass it with "
+                                       f"--embedder ART")
     embedder = Embedder(path, device=device)
-    retriever = open_retriever(where, table=table, embedder=embedder, hybrid=args.hybrid, read_only_columns=columns,
-                               ef_search=args.ef_search)
-    return embedder, retriever
+    return embedder, open_retriever(where, table=table, embedder=embedder, hybrid=args.hybrid,
+                                    read_only_columns=columns, ef_search=args.ef_search)
 
 
 def add_reranking_arguments(p) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 
 from crossrank.errors import (InvalidArgumentError, NotOwnedError, OutputExistsError, StoreError, UsageError,
                               check_ids, check_int)
+from crossrank.index import DEFAULT_EXPANSION_SEARCH as DEFAULT_EF_SEARCH  # one default: the Index's (256)
 from crossrank.retriever import Candidates, RetrieverBase
 from crossrank.stores.common import (RECORD_KIND, check_documents, check_name, check_store_embedder, embedded_batches,
                               mask_credentials, mask_url, store_record)
@@ -45,7 +46,6 @@ except ImportError as err:  # pragma: no cover - depends on the extra
 
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 128
-DEFAULT_EF_SEARCH = 100
 MAX_DOCUMENT_BYTES = 65535
 MAX_ID_BYTES = 512
 RECORD_PROPERTY = "crossrank.record"
@@ -91,7 +91,7 @@ class MilvusStore(RetrieverBase):
     def connect(url: str):
         uri, token = client_uri(url)
         try:
-            return MilvusClient(uri=uri, token=token or "", timeout=10)
+            return MilvusClient(uri=uri, token=token or "", timeout=10, dedicated=True)  # its own channel
         except Exception as err:  # pymilvus raises MilvusException or grpc errors for an unreachable server
             raise StoreError(f"cannot connect to Milvus at {mask_url(url)}: {_message(err)}") from None
 

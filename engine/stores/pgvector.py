@@ -41,6 +41,7 @@ import numpy as np
 
 from crossrank.errors import (InvalidArgumentError, NotOwnedError, OutputExistsError, StoreError, UnknownIdError,
                               UsageError, check_ids, check_int)
+from crossrank.index import DEFAULT_EXPANSION_SEARCH as DEFAULT_EF_SEARCH  # one default: the Index's (256)
 from crossrank.retriever import Candidates, RetrieverBase
 from crossrank.stores.common import (RECORD_KIND, check_documents, check_name, check_store_embedder, embedded_batches,
                               mask_credentials, mask_url, store_record)
@@ -55,7 +56,6 @@ except ImportError as err:  # pragma: no cover - depends on the extra
 
 DEFAULT_M = 16                 # pgvector's default HNSW connectivity
 DEFAULT_EF_CONSTRUCTION = 128  # pgvector's default is 64; 128 builds a better graph for 2x the build time
-DEFAULT_EF_SEARCH = 100        # at least k per query (see retrieve_many); pgvector's default 40
 TEXT_SEARCH_CONFIG = "english"
 POOL_SIZE = 8
 
