@@ -68,13 +68,14 @@ def add_store_arguments(p, what: str = "the first stage") -> None:
     own.add_argument("--metadata-columns", metavar="COL,COL", help="columns returned as each hit's metadata")
 
 
-def store_of(args) -> str:
-    """The first stage's location from --store / --index / $CROSSRANK_STORE."""
-    if args.store and args.index:
-        raise UsageError("give --store or --index, not both")
-    where = args.store or args.index or os.environ.get(STORE_ENV)
+def store_of(args, folder_flag: str = "index") -> str:
+    """The first stage's location from --store, --index (index build: --out) or $CROSSRANK_STORE."""
+    folder = getattr(args, folder_flag)
+    if args.store and folder:
+        raise UsageError(f"give --store or --{folder_flag}, not both")
+    where = args.store or folder or os.environ.get(STORE_ENV)
     if not where:
-        raise UsageError(f"name the first stage: --index DIR or --store URL|DIR (or ${STORE_ENV})")
+        raise UsageError(f"name the first stage: --{folder_flag} DIR or --store URL|DIR (or ${STORE_ENV})")
     return where
 
 
@@ -206,11 +207,7 @@ def _run_index_build(args) -> int:
     from crossrank.embedder import Embedder
     from crossrank.stores import store_kind
 
-    if args.out and args.store:
-        raise UsageError("give --out DIR or --store URL|DIR, not both")
-    where = args.out or args.store or os.environ.get(STORE_ENV)
-    if not where:
-        raise UsageError(f"name where to build: --out DIR or --store URL|DIR (or ${STORE_ENV})")
+    where = store_of(args, "out")
     if store_kind(where) != "index":
         return _build_store(args, where)
     if args.table:
