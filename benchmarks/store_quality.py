@@ -179,7 +179,8 @@ def main() -> int:
         "# First stage in each store (Semanlink test tags)", "",
         f"`{' '.join(['python', *sys.argv])}` on {report['machine']}, load average "
         f"{', '.join(f'{x:.1f}' for x in report['load_average'])} (shared cores), {report['when']}.", "",
-        f"{len(ids)} documents, the same {args.embedder} vectors in every store; {len(queries)} test tags; the "
+        f"{len(ids)} documents, the same {args.embedder} vectors in every store (stored as f16 in the Index, its "
+        f"default; float32 in pgvector and Milvus); {len(queries)} test tags; the "
         f"reranker ({args.reranker}) reranks the top {args.depth} candidates of each list. Hybrid = reciprocal rank "
         "fusion (k=60) of dense and lexical. Lexical: BM25 (bm25s) beside the Index, Postgres full-text search "
         "(ts_rank, words OR-ed) in pgvector; none for Milvus here.", "",
@@ -192,7 +193,8 @@ def main() -> int:
               "| store / candidates | embed | search | fetch | rerank | total |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {name} | " + " | ".join(f"{v[0]:.1f} / {v[1]:.1f}" for v in stages.values()) + " |"
               for name, stages in latency.items()]
-    lines += ["", "Build (same vectors; no embedding): " + ", ".join(f"{k} {v:.1f} s" for k, v in build_s.items()) + ".",
+    lines += ["", "Build from the same vectors (no embedding; the Index's time includes building and saving BM25 "
+              "beside it): " + ", ".join(f"{k} {v:.1f} s" for k, v in build_s.items()) + ".",
               "", "Milvus Lite is a lighter pure-Python re-implementation of the Milvus server: its latency is not "
               "distributed Milvus's. pgvector and Milvus return documents with the search (fetch 0).", ""]
     out.write_text("\n".join(lines))

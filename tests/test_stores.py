@@ -32,7 +32,7 @@ from crossrank.retriever import fuse
 pytest.importorskip("psycopg")
 pytest.importorskip("pymilvus")
 
-N_DOCS = 1500
+N_DOCS = 1000
 K = 10
 
 

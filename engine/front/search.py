@@ -250,9 +250,9 @@ def _build_store(args, where: str) -> int:
     kind = store_kind(where)
     if args.hybrid and kind == "milvus":
         raise UsageError("--hybrid is not supported on Milvus stores here (PostgreSQL tables carry full-text search)")
-    if args.dtype != "f16" or args.connectivity or args.expansion_add:
-        raise UsageError("--dtype, --connectivity and --expansion-add are usearch settings; a store keeps float32 "
-                         "vectors in an HNSW index with its own settings")
+    if args.dtype != "f16" or args.connectivity or args.expansion_add or args.expansion_search:
+        raise UsageError("--dtype, --connectivity and --expansion-add/--expansion-search are usearch settings; a store "
+                         "keeps float32 vectors in an HNSW index of its own (search breadth: `search --ef-search`)")
     if args.semanlink:
         documents, _ = load_semanlink()
         ids, texts = [d.id for d in documents], [d.text for d in documents]
@@ -265,8 +265,8 @@ def _build_store(args, where: str) -> int:
     table = args.table or DEFAULT_TABLE
     embedder = Embedder(args.embedder, device=args.device)
     start = time.perf_counter()
-    store = Store.build(where, table, embedder, texts, ids, force=args.force, ef_search=args.expansion_search,
-                        batch_size=args.batch_size, progress=not args.no_progress)
+    store = Store.build(where, table, embedder, texts, ids, force=args.force, batch_size=args.batch_size,
+                        progress=not args.no_progress)
     seconds = time.perf_counter() - start
     print(f"indexed {len(texts)} documents in {seconds:.1f} s ({len(texts) / seconds:.1f} docs/s) -> "
           f"{mask_url(where)} {'table' if kind == 'pgvector' else 'collection'} {table!r} ({len(store)} rows)")
@@ -387,7 +387,7 @@ def _run_eval(args) -> int:
     figures = evaluate(pipeline, queries, k=args.k, batch=args.batch, progress=not args.json)
     seconds = time.perf_counter() - start
     report = {"dataset": args.dataset, "split": args.split, "queries": len(queries), "k": args.k,
-              "first_stage": retriever.describe(), "rerankers": args.reranker or [], "depths": pipeline.depths,
+              "index": args.index, "retriever": retriever.describe(), "rerankers": args.reranker or [], "depths": pipeline.depths,
               "seconds": round(seconds, 1), **figures}
     if args.json:
         print(json.dumps(report, indent=2))

@@ -47,7 +47,7 @@ except ImportError as err:  # pragma: no cover - depends on the extra
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 128
 MAX_DOCUMENT_BYTES = 65535
-MAX_ID_BYTES = 512
+MAX_ID_BYTES = 4096  # ids are often URLs: Semanlink has one of 1,253 bytes
 RECORD_PROPERTY = "crossrank.record"
 INDEX_TYPES = ("HNSW", "AUTOINDEX")
 
@@ -269,8 +269,9 @@ def _check_sizes(texts: list[str], ids: list[str]) -> None:
     for what, values, limit in (("document", texts, MAX_DOCUMENT_BYTES), ("id", ids, MAX_ID_BYTES)):
         for i, value in enumerate(values):
             if len(value) * 4 > limit and len(value.encode("utf-8")) > limit:
-                raise InvalidArgumentError(f"{what} {i} is {len(value.encode('utf-8'))} bytes of UTF-8; a Milvus "
-                                           f"VARCHAR field holds at most {limit} (split long documents into passages)")
+                advice = "split long documents into passages" if what == "document" else "use shorter ids"
+                raise InvalidArgumentError(f"{what} {i} is {len(value.encode('utf-8'))} bytes of UTF-8; crossrank's "
+                                           f"Milvus {what} field holds at most {limit} ({advice})")
 
 
 def _message(err: Exception) -> str:

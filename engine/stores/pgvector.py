@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -120,7 +121,7 @@ class PgvectorStore(RetrieverBase):
         self.columns = columns or {"id": "id", "document": "document", "vector": "embedding",
                                    "metadata": "metadata", "fts": "fts"}
         self._pool = _Pool(self._connect)
-        self._ef = {}  # id(connection) -> the hnsw.ef_search it has
+        self._ef = weakref.WeakKeyDictionary()  # connection -> the hnsw.ef_search it has
 
     # -- connections ------------------------------------------------------------------------
     @property
@@ -333,9 +334,9 @@ class PgvectorStore(RetrieverBase):
 
     def _set_ef_search(self, conn, k: int) -> None:
         wanted = max(self.ef_search, k)
-        if self._ef.get(id(conn)) != wanted:
+        if self._ef.get(conn) != wanted:
             conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(wanted),))
-            self._ef[id(conn)] = wanted
+            self._ef[conn] = wanted
 
     def retrieve_many(self, queries: Sequence[str], vectors: np.ndarray | None, k: int,
                       timings: dict | None = None) -> list[Candidates]:
