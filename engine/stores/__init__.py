@@ -49,7 +49,7 @@ def open_retriever(where: str, *, table: str = DEFAULT_TABLE, embedder=None, hyb
             store = PgvectorStore.attach(where, table, embedder=embedder, ef_search=ef_search, **read_only_columns)
         else:
             store = PgvectorStore.open(where, table, embedder=embedder, ef_search=ef_search)
-        return Hybrid(store, store.lexical()) if hybrid else store
+        return store.hybrid() if hybrid else store
     if read_only_columns:
         raise UsageError("--id-column/--text-column/--vector-column (a table of your own, read-only) are for "
                          "PostgreSQL stores")

@@ -61,9 +61,15 @@ TEXT_SEARCH_CONFIG = "english"
 POOL_SIZE = 8
 
 
-def _connection_error(url: str, err: Exception) -> StoreError:
-    detail = " ".join(mask_credentials(str(err)).split())
-    return StoreError(f"cannot connect to PostgreSQL at {mask_url(url)}: {detail}")
+def connect(url: str, read_only: bool = False):
+    """An autocommit psycopg connection; StoreError naming the URL (password masked) if it fails.
+    read_only: every transaction of the session is read-only (the server refuses writes)."""
+    options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+    try:
+        return psycopg.connect(url, autocommit=True, application_name="crossrank", connect_timeout=10, **options)
+    except psycopg.Error as err:
+        detail = " ".join(mask_credentials(str(err)).split())
+        raise StoreError(f"cannot connect to PostgreSQL at {mask_url(url)}: {detail}") from None
 
 
 class _Pool:
@@ -129,25 +135,12 @@ class PgvectorStore(RetrieverBase):
         return f"{mask_url(self.url)} table {self.table!r}"
 
     def _connect(self):
-        options = "-c default_transaction_read_only=on" if self.read_only else None
-        try:
-            conn = psycopg.connect(self.url, autocommit=True, application_name="crossrank", connect_timeout=10,
-                                   **({"options": options} if options else {}))
-        except psycopg.Error as err:
-            raise _connection_error(self.url, err) from None
+        conn = connect(self.url, read_only=self.read_only)
         try:
             register_vector(conn)
         except psycopg.ProgrammingError as err:
             conn.close()
             raise StoreError(f"{mask_url(self.url)} has no pgvector extension ('vector' type): {err}") from None
-        return conn
-
-    @staticmethod
-    def _admin_connect(url: str):
-        try:
-            conn = psycopg.connect(url, autocommit=True, application_name="crossrank", connect_timeout=10)
-        except psycopg.Error as err:
-            raise _connection_error(url, err) from None
         return conn
 
     def close(self) -> None:
@@ -183,7 +176,7 @@ class PgvectorStore(RetrieverBase):
     @classmethod
     def open(cls, url: str, table: str, embedder=None, ef_search: int | None = None) -> "PgvectorStore":
         """crossrank's table ``table``; the embedder, when given, must be the one that built it."""
-        with cls._admin_connect(url) as conn:
+        with connect(url) as conn:
             record = cls._record_of(conn, table, url)
         if record is None:
             raise StoreError(f"{mask_url(url)} has no table {table!r}: build one with `crossrank index build --store "
@@ -215,7 +208,7 @@ class PgvectorStore(RetrieverBase):
                               text_search_config=TEXT_SEARCH_CONFIG)
         staging = f"{table}__crossrank_load"
         name, new = _identifier(table), _identifier(staging)
-        with cls._admin_connect(url) as conn:
+        with connect(url) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             register_vector(conn)
             with conn.transaction():
@@ -255,7 +248,7 @@ class PgvectorStore(RetrieverBase):
         columns = {"id": id_column, "document": text_column, "vector": vector_column,
                    "metadata": list(metadata_columns) or None, "fts": None}
         wanted = [id_column, text_column, vector_column, *metadata_columns]
-        with cls._admin_connect(url) as conn:
+        with connect(url) as conn:
             rows = conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                                 "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
                                 (table,)).fetchall()
