@@ -15,6 +15,7 @@ from crossrank.errors import InvalidArgumentError, OutputExistsError
 from crossrank.evaluation.datasets import read_jsonl
 from crossrank.evaluation.retrieval import build_semanlink_index, evaluate
 from crossrank.front.args import add_device_argument, int_list_arg_in_order, milliseconds_arg, positive_int_arg
+from crossrank.front.model_folders import add_model_folder_arguments, reranker_artifacts
 from crossrank.index import DTYPES, Index, recorded_embedder_path
 from crossrank.index_files import index_info
 
@@ -51,21 +52,25 @@ def _load_embedder(path: str | None, index_dir: str, device: str):
 
 
 def add_reranking_arguments(p) -> None:
-    """--reranker (repeatable: a cascade) and --depths."""
-    p.add_argument("--reranker", metavar="ART", action="append", default=None,
-                   help="cross-encoder artifact (default: first stage only); repeat it for a cascade, "
-                        "each reranking the previous one's top candidates (then give --depths)")
+    """--reranker (repeatable: a cascade), --depths, and how a model folder given as one is exported."""
+    p.add_argument("--reranker", metavar="DIR", action="append", default=None,
+                   help="cross-encoder: an artifact folder, or a Hugging Face model folder (exported once into "
+                        "--artifacts) (default: first stage only); repeat it for a cascade, each reranking the "
+                        "previous one's top candidates (then give --depths)")
     p.add_argument("--depths", type=int_list_arg_in_order, default=None, metavar="N,N,...",
                    help="candidates each --reranker reranks, in order, e.g. 100,20 (default: all k for one "
                         "reranker; required for a cascade)")
+    add_model_folder_arguments(p)
 
 
 def check_reranking_args(args) -> None:
-    """--reranker/--depths agree (checked before any model loads)."""
+    """--reranker/--depths agree (checked before any model loads); then model folders among the
+    --reranker values are replaced by their (cached) exports."""
     from crossrank.pipeline import check_cascade
 
     if args.reranker:
         check_cascade(args.reranker, args.depths)
+        args.reranker = reranker_artifacts(args.reranker, args)
     elif args.depths is not None:
         raise InvalidArgumentError("--depths needs --reranker: nothing would rerank the candidates")
 
