@@ -177,8 +177,8 @@ def _add_search(sub) -> None:
         description="Embed the query, take --k candidates from the index, rerank them with the "
                     "cross-encoder (when --reranker is given) and print the best --top-n with both "
                     "stage scores and per-stage timings (ms).",
-        epilog='example: crossrank search --index indexes/semanlink --reranker artifacts/reranker-int8 '
-               '"knowledge graph embeddings"')
+        epilog='example: crossrank search --index artifacts/semanlink-index '
+               '--reranker artifacts/starter-reranker-int8 "knowledge graph embeddings"')
     p.add_argument("query", help="the query text")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (crossrank index build)")
     p.add_argument("--embedder", metavar="ART",
@@ -239,7 +239,7 @@ def _add_eval(sub) -> None:
         description="Run the data set's queries through the index (and the reranker, when given) "
                     "and report nDCG@10, MRR@10, recall@10 and recall@100 for the first stage alone "
                     "and after reranking its --k candidates.",
-        epilog="example: crossrank eval --index indexes/semanlink --reranker artifacts/reranker-int8 "
+        epilog="example: crossrank eval --index artifacts/semanlink-index --reranker models/starter-reranker-L4 "
                "--dataset semanlink --split test --limit 100")
     p.add_argument("--index", required=True, metavar="DIR",
                    help="index folder holding the data set's documents (crossrank index build --semanlink)")

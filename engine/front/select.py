@@ -137,8 +137,9 @@ def add_select(sub) -> None:
                     "request) of the first stage alone, every reranker at every depth, and every cascade at "
                     "every chain of depths; print the table with the Pareto front marked, the best "
                     "configuration within --latency-budget-ms, and (--out) a plot of quality vs latency.",
-        epilog="example: crossrank select --index artifacts/semanlink-index --rerankers "
-               "artifacts/L2-int8,artifacts/L6-int8 --cascades L2-int8>L6-int8 --dataset semanlink --split dev "
+        epilog="example (after make demo): crossrank select --index artifacts/semanlink-index --rerankers "
+               "models/starter-reranker-L2,models/starter-reranker-L4,models/starter-reranker "
+               "--cascades 'starter-reranker-L2>starter-reranker' --dataset semanlink --split dev "
                "--latency-budget-ms 500 --out select-report")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder holding the documents")
     p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")
