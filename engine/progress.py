@@ -69,7 +69,7 @@ class LineProgress:
             now = time.perf_counter()
             if self.total and step > self._step and self.n < self.total:
                 self._step = step
-                self._print(f"{step * STEP_PERCENT}% ({self._count()}, {self._rate(now)})")
+                self._print(f"{int(self.n * 100 // self.total)}% ({self._count()}, {self._rate(now)})")
             elif not self.total and now - self._last_line >= UNKNOWN_TOTAL_EVERY_S:
                 self._print(f"{self._count()}, {self._rate(now)}")
 

@@ -53,6 +53,17 @@ def test_large_uneven_steps_and_stages_stay_bounded():
         "bench: started (0/1000 pair)", "throughput: started (at 0/1000 pair)",
         "latency: started (at 250/1000 pair)", "budget: started (at 750/1000 pair)"]
     assert len(lines) <= MOST_LINES + 3
+    assert lines[2].startswith("throughput: 10% (100/1000 pair, ")
+
+
+def test_a_line_says_the_true_percentage_when_updates_jump():
+    log = io.StringIO()
+    with progress_bar(total=7245, desc="indexing", unit="doc", file=log) as bar:
+        for _ in range(14):
+            bar.update(512)
+        bar.update(7245 - 14 * 512)
+    percents = [line.split()[1] for line in lines_of(log)[1:-1]]
+    assert percents == ["14%", "21%", "35%", "42%", "56%", "63%", "70%", "84%", "91%"], percents
 
 
 def test_iteration_closes_and_postfix_rides_on_the_next_line():
