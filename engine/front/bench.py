@@ -137,21 +137,16 @@ class _Progress:
     """One progress bar over all the work (items), its description naming the phase."""
 
     def __init__(self, total: int, unit: str, quiet: bool):
-        self.bar = None
-        if not quiet:
-            self.bar = progress_bar(total=total, unit=unit, desc="bench", file=sys.stderr, leave=False)
+        self.bar = progress_bar(total=total, unit=unit, desc="bench", file=sys.stderr, leave=False, disable=quiet)
 
     def phase(self, name: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(name)
+        self.bar.set_description(name)
 
     def add(self, items: int) -> None:
-        if self.bar is not None:
-            self.bar.update(items)
+        self.bar.update(items)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def _chunks(requests: list[dict], items: int) -> list[list[dict]]:
