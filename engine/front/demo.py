@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -119,7 +120,6 @@ def _inputs_key(made: DemoArtifacts, argv: list[str]) -> str:
 
 def run_select(made: DemoArtifacts, out: Path, fresh: bool = False) -> None:
     """The short ``crossrank select``: measured, or its cached table when its inputs are unchanged."""
-    from crossrank.front.cli import main as crossrank_main
     from crossrank.front.select import format_select
 
     argv = select_argv(made, out)
@@ -137,7 +137,7 @@ def run_select(made: DemoArtifacts, out: Path, fresh: bool = False) -> None:
               f"`make demo DEMO_ARGS=--fresh-select` measures again")
     else:
         key_file.unlink(missing_ok=True)
-        status = crossrank_main(argv)
+        status = subprocess.run([sys.executable, "-m", "crossrank", *argv]).returncode
         if status != 0:
             raise CrossrankError(f"`{command}` failed (exit status {status})")
         report = json.loads((out / "select.json").read_text())
