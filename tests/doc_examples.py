@@ -22,7 +22,7 @@ rendered page:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -105,7 +105,7 @@ def examples_of(text: str, page: str) -> list[Example]:
             last = examples[-1]
             if last.not_run:
                 raise DocsError(f"{page}:{block.line}: an output block after an example marked not run")
-            examples[-1] = _replace(last, expected=block.code)
+            examples[-1] = replace(last, expected=block.code)
             if last is last_python:
                 last_python = examples[-1]
             previous_block_runs = False
@@ -135,12 +135,6 @@ def examples_of(text: str, page: str) -> list[Example]:
         if language == "python":
             last_python = example
     return examples
-
-
-def _replace(example: Example, **changes) -> Example:
-    from dataclasses import replace
-
-    return replace(example, **changes)
 
 
 def _joined_lines(code: str) -> list[str]:
