@@ -26,7 +26,7 @@ $(CACHE)/study1_retrieval.jsonl.gz: | $(STAMP)
 data: $(CACHE)/study1_retrieval.jsonl.gz
 
 demo: $(STAMP)
-	$(PY) -m crossrank.front.demo
+	$(PY) -m crossrank.front.demo $(DEMO_ARGS)
 
 test: $(STAMP) data
 	$(PY) -m pytest

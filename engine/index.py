@@ -240,9 +240,9 @@ class Index(RetrieverBase):
         order = np.argsort([len(t) for t in texts], kind="stable")
         bar = None
         if progress:
-            from tqdm import tqdm
+            from crossrank.progress import progress_bar
 
-            bar = tqdm(total=len(texts), unit="doc", desc="indexing", smoothing=0.1)
+            bar = progress_bar(total=len(texts), unit="doc", desc="indexing", smoothing=0.1)
         try:
             for part in chunks(order, batch_size):
                 embedded = self._check_vectors(self.embedder.embed([texts[i] for i in part]), len(part))

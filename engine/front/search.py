@@ -16,6 +16,7 @@ from crossrank.errors import InvalidArgumentError, MissingFileError, OutputExist
 from crossrank.evaluation.datasets import read_jsonl
 from crossrank.evaluation.retrieval import build_semanlink_index, evaluate
 from crossrank.front.args import add_device_argument, int_list_arg_in_order, milliseconds_arg, positive_int_arg
+from crossrank.front.model_folders import add_model_folder_arguments, reranker_artifacts
 from crossrank.index import DTYPES, Index, recorded_embedder_path
 from crossrank.index_files import index_info
 
@@ -121,21 +122,25 @@ def open_first_stage(args, device: str):
 
 
 def add_reranking_arguments(p) -> None:
-    """--reranker (repeatable: a cascade) and --depths."""
-    p.add_argument("--reranker", metavar="ART", action="append", default=None,
-                   help="cross-encoder artifact (default: first stage only); repeat it for a cascade, "
-                        "each reranking the previous one's top candidates (then give --depths)")
+    """--reranker (repeatable: a cascade), --depths, and how a model folder given as one is exported."""
+    p.add_argument("--reranker", metavar="DIR", action="append", default=None,
+                   help="cross-encoder: an artifact folder, or a Hugging Face model folder (exported once into "
+                        "--artifacts) (default: first stage only); repeat it for a cascade, each reranking the "
+                        "previous one's top candidates (then give --depths)")
     p.add_argument("--depths", type=int_list_arg_in_order, default=None, metavar="N,N,...",
                    help="candidates each --reranker reranks, in order, e.g. 100,20 (default: all k for one "
                         "reranker; required for a cascade)")
+    add_model_folder_arguments(p)
 
 
 def check_reranking_args(args) -> None:
-    """--reranker/--depths agree (checked before any model loads)."""
+    """--reranker/--depths agree (checked before any model loads); then model folders among the
+    --reranker values are replaced by their (cached) exports."""
     from crossrank.pipeline import check_cascade
 
     if args.reranker:
         check_cascade(args.reranker, args.depths)
+        args.reranker = reranker_artifacts(args.reranker, args)
     elif args.depths is not None:
         raise InvalidArgumentError("--depths needs --reranker: nothing would rerank the candidates")
 
@@ -231,7 +236,7 @@ def _run_index_build(args) -> int:
     if args.hybrid:
         from crossrank.stores.bm25 import BM25Retriever
 
-        BM25Retriever.build(index, progress=not args.no_progress).save(out)
+        BM25Retriever.build(index).save(out)
     seconds = time.perf_counter() - start
     info = index_info(out)
     print(f"indexed {len(index)} documents in {seconds:.1f} s ({len(index) / seconds:.1f} docs/s): "
@@ -296,8 +301,8 @@ def _add_search(sub) -> None:
         description="Embed the query, take --k candidates from the index, rerank them with the "
                     "cross-encoder (when --reranker is given) and print the best --top-n with both "
                     "stage scores and per-stage timings (ms).",
-        epilog='example: crossrank search --index indexes/semanlink --reranker artifacts/reranker-int8 '
-               '"knowledge graph embeddings"')
+        epilog='example: crossrank search --index artifacts/semanlink-index '
+               '--reranker artifacts/starter-reranker-int8 "knowledge graph embeddings"')
     p.add_argument("query", help="the query text")
     add_store_arguments(p)
     p.add_argument("--embedder", metavar="ART",
@@ -356,7 +361,7 @@ def _add_eval(sub) -> None:
         description="Run the data set's queries through the index (and the reranker, when given) "
                     "and report nDCG@10, MRR@10, recall@10 and recall@100 for the first stage alone "
                     "and after reranking its --k candidates.",
-        epilog="example: crossrank eval --index indexes/semanlink --reranker artifacts/reranker-int8 "
+        epilog="example: crossrank eval --index artifacts/semanlink-index --reranker models/starter-reranker-L4 "
                "--dataset semanlink --split test --limit 100")
     add_store_arguments(p, "the first stage (holding the data set's documents: index build --semanlink)")
     p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")

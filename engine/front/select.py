@@ -25,8 +25,10 @@ from crossrank.evaluation.datasets import read_jsonl, semanlink_queries
 from crossrank.evaluation.selection import Config, Point, best_within, config_metrics, mark_pareto, ranked_ids
 from crossrank.front.args import add_device_argument, int_list_arg, positive_float_arg, positive_int_arg
 from crossrank.front.measure import machine_name
+from crossrank.front.model_folders import add_model_folder_arguments, reranker_artifacts
 from crossrank.front.search import add_store_arguments, open_first_stage, store_of
 from crossrank.pipeline import Pipeline
+from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
 
 DEFAULT_DEPTHS = (10, 20, 50, 100)
@@ -133,13 +135,15 @@ def add_select(sub) -> None:
                     "request) of the first stage alone, every reranker at every depth, and every cascade at "
                     "every chain of depths; print the table with the Pareto front marked, the best "
                     "configuration within --latency-budget-ms, and (--out) a plot of quality vs latency.",
-        epilog="example: crossrank select --index artifacts/semanlink-index --rerankers "
-               "artifacts/L2-int8,artifacts/L6-int8 --cascades L2-int8>L6-int8 --dataset semanlink --split dev "
+        epilog="example (after make demo): crossrank select --index artifacts/semanlink-index --rerankers "
+               "models/starter-reranker-L2,models/starter-reranker-L4,models/starter-reranker "
+               "--cascades 'starter-reranker-L2>starter-reranker' --dataset semanlink --split dev "
                "--latency-budget-ms 500 --out select-report")
     add_store_arguments(p, "the first stage (holding the labelled documents)")
     p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")
-    p.add_argument("--rerankers", required=True, metavar="ART,ART,...",
-                   help="cross-encoder artifacts to compare; each is named by its folder's name")
+    p.add_argument("--rerankers", required=True, metavar="DIR,DIR,...",
+                   help="cross-encoders to compare: artifact folders, or Hugging Face model folders (exported "
+                        "once into --artifacts); each is named by its folder's name")
     p.add_argument("--cascades", metavar="A>B,...",
                    help="cascades to compare, by reranker names (default: each reranker into every slower one)")
     p.add_argument("--no-cascades", action="store_true", help="compare single rerankers only")
@@ -158,6 +162,7 @@ def add_select(sub) -> None:
     p.add_argument("--latency-budget-ms", type=positive_float_arg, default=None, metavar="MS",
                    help="p95 budget: name the best configuration within it")
     add_device_argument(p, "where models run")
+    add_model_folder_arguments(p)
     p.add_argument("--out", metavar="DIR", help="write select.md, select.json and select.png here")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -189,6 +194,7 @@ def run_select(args) -> int:
         labelled = [LabelledQuery(q.text, q.relevant) for q in semanlink_queries(args.split)]
         source = f"semanlink {args.split} tags"
     labelled = labelled[: args.limit]
+    paths = reranker_artifacts(paths, args)
     embedder, index = open_first_stage(args, args.device)
     rerankers = {name: Reranker(path, device=args.device) for name, path in zip(names, paths)}
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
@@ -202,21 +208,14 @@ def run_select(args) -> int:
     documents = [[h.document for h in r.hits] for r in results]
     deepest = max(args.depths)
     total_pairs = sum(min(len(d), deepest) for d in documents) * len(rerankers)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_pairs, unit="pair", desc="scoring candidates", file=sys.stderr)
-    tick = (lambda n: bar.update(n)) if bar is not None else (lambda n: None)
+    bar = progress_bar(total=total_pairs, unit="pair", desc="scoring candidates", disable=args.quiet)
     scores_by_model, seconds_by_model = {}, {}
     for name, reranker in rerankers.items():
-        if bar is not None:
-            bar.set_description(f"scoring with {name}")
+        bar.set_description(f"scoring with {name}")
         start = time.perf_counter()
-        scores_by_model[name] = score_candidates(reranker, texts, documents, deepest, tick)
+        scores_by_model[name] = score_candidates(reranker, texts, documents, deepest, bar.update)
         seconds_by_model[name] = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    bar.close()
     if cascades is None:
         order = sorted(names, key=lambda n: seconds_by_model[n])
         cascades = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
@@ -229,15 +228,10 @@ def run_select(args) -> int:
     expected = {c: [ranked_ids(c, candidate_ids[q], per_query[q]) for q in sample] for c in configs}
     pipelines = {c: Pipeline(embedder, index, rerankers=[rerankers[n] for n in c.rerankers], depths=list(c.depths))
                  if c.rerankers else first for c in configs}
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(configs) * len(sample), unit="request", desc="timing configurations", file=sys.stderr)
-    latency = measure_latency(configs, pipelines, [texts[q] for q in sample], args.k, expected,
-                              (lambda n: bar.update(n)) if bar is not None else (lambda n: None))
-    if bar is not None:
-        bar.close()
+    bar = progress_bar(total=len(configs) * len(sample), unit="request", desc="timing configurations",
+                       disable=args.quiet)
+    latency = measure_latency(configs, pipelines, [texts[q] for q in sample], args.k, expected, bar.update)
+    bar.close()
     points = [Point(c, quality[c]["ndcg@10"], latency[c]["p50_ms"], {**quality[c], **latency[c]}) for c in configs]
     front = mark_pareto(points)
     best = best_within(points, args.latency_budget_ms)

@@ -37,8 +37,8 @@ KIND = "crossrank-bm25"
 STOPWORDS = "en"
 
 
-def _tokenize(texts: Sequence[str], progress: bool = False):
-    return bm25s.tokenize(list(texts), stopwords=STOPWORDS, show_progress=progress, return_ids=False)
+def _tokenize(texts: Sequence[str]):
+    return bm25s.tokenize(list(texts), stopwords=STOPWORDS, show_progress=False, return_ids=False)
 
 
 class BM25Retriever(RetrieverBase):
@@ -53,11 +53,12 @@ class BM25Retriever(RetrieverBase):
         self.record = record
 
     @classmethod
-    def build(cls, index, progress: bool = False) -> "BM25Retriever":
+    def build(cls, index) -> "BM25Retriever":
+        """BM25 over every document of ``index`` (about a second per 10,000 short documents)."""
         ids = index.ids()
         texts = index.get_documents(ids)
         model = bm25s.BM25()
-        model.index(_tokenize(texts, progress), show_progress=progress)
+        model.index(_tokenize(texts), show_progress=False)
         return cls(model, ids, index, {"kind": KIND, "count": len(ids), "stopwords": STOPWORDS,
                                        "k1": model.k1, "b": model.b, "method": model.method})
 

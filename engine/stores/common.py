@@ -12,6 +12,7 @@ import numpy as np
 
 from crossrank.errors import EmbedderMismatchError, InvalidArgumentError, UsageError, check_ids, check_int, check_texts
 from crossrank.index import embedder_identity
+from crossrank.progress import progress_bar
 from crossrank.version import __version__
 
 RECORD_KIND = "crossrank-store"
@@ -105,17 +106,12 @@ def check_documents(documents, ids, metadata=None, vectors=None, dim: int | None
 def embedded_batches(embedder, texts: Sequence[str], vectors: np.ndarray | None, batch_size: int,
                      progress: bool, desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions, float32 vectors) batch by batch, shortest texts first (little padding); the given
-    ``vectors`` instead of embedding when there are any. A tqdm bar counts documents."""
+    ``vectors`` instead of embedding when there are any. A progress bar counts documents."""
     check_int(batch_size, "batch_size")
     if vectors is None and embedder is None:
         raise UsageError("no embedder to embed the documents: pass embedder= (or vectors=)")
     order = np.argsort([len(t) for t in texts], kind="stable")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(texts), unit="doc", desc=desc, smoothing=0.1)
-    try:
+    with progress_bar(total=len(texts), unit="doc", desc=desc, disable=not progress, smoothing=0.1) as bar:
         for start in range(0, len(order), batch_size):
             part = order[start: start + batch_size]
             if vectors is not None:
@@ -123,11 +119,7 @@ def embedded_batches(embedder, texts: Sequence[str], vectors: np.ndarray | None,
             else:
                 batch = np.asarray(embedder.embed([texts[i] for i in part]), dtype=np.float32)
             yield part, batch
-            if bar is not None:
-                bar.update(len(part))
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(len(part))
 
 
 __all__ = ["DEFAULT_TABLE", "RECORD_KIND", "check_documents", "check_name", "check_store_embedder",
