@@ -89,33 +89,38 @@ def _read_only_columns(args) -> dict | None:
     return {**names, "metadata_columns": [c for c in (args.metadata_columns or "").split(",") if c]}
 
 
-def open_first_stage(args, device: str):
-    """(embedder, retriever) of --store/--index: the embedder given, or the one the store recorded.
-    A missing index or an unreachable store is reported before any model loads."""
-    from crossrank.embedder import Embedder
+def locate_first_stage(args) -> str:
+    """The embedder artifact for --store/--index (--embedder, else the one the index or store
+    recorded), after checking the index or reaching the store: before any model loads or exports."""
     from crossrank.stores import DEFAULT_TABLE, open_retriever, store_kind
 
     where = store_of(args)
-    kind = store_kind(where)
-    table = args.table or DEFAULT_TABLE
-    columns = _read_only_columns(args)
     path = args.embedder
-    if kind == "index":
+    if store_kind(where) == "index":
         index_info(where)
-        path = path or recorded_embedder_path(where)
-    else:  # reach the store first: an unreachable one fails before any model loads
-        probe = open_retriever(where, table=table, read_only_columns=columns)
-        recorded = probe.embedder_info
-        probe.close()
-        if path is None and columns:
-            raise UsageError("a table of your own records no embedder: pass --embedder ART (the one that made its "
-                             "vectors)")
-        if path is None:
-            path = recorded.get("path")
-            if not path or not Path(path).is_dir():
-                raise MissingFileError(f"the store was built by the embedder at {path!r} (model.onnx sha256 "
-                                       f"{str(recorded.get('sha256'))[:16]}...), which is not here: pass it with "
-                                       f"--embedder ART")
+        return path or str(recorded_embedder_path(where))
+    columns = _read_only_columns(args)
+    probe = open_retriever(where, table=args.table or DEFAULT_TABLE, read_only_columns=columns)
+    recorded = probe.embedder_info
+    probe.close()
+    if path is None and columns:
+        raise UsageError("a table of your own records no embedder: pass --embedder ART (the one that made its vectors)")
+    if path is None:
+        path = recorded.get("path")
+        if not path or not Path(path).is_dir():
+            raise MissingFileError(f"the store was built by the embedder at {path!r} (model.onnx sha256 "
+                                   f"{str(recorded.get('sha256'))[:16]}...), which is not here: pass it with "
+                                   f"--embedder ART")
+    return path
+
+
+def open_first_stage(args, device: str, embedder_path: str | None = None):
+    """(embedder, retriever) of --store/--index (``embedder_path``: locate_first_stage's answer)."""
+    from crossrank.embedder import Embedder
+    from crossrank.stores import DEFAULT_TABLE, open_retriever
+
+    path = embedder_path or locate_first_stage(args)
+    where, table, columns = store_of(args), args.table or DEFAULT_TABLE, _read_only_columns(args)
     embedder = Embedder(path, device=device)
     return embedder, open_retriever(where, table=table, embedder=embedder, hybrid=args.hybrid,
                                     read_only_columns=columns, ef_search=args.ef_search)
@@ -321,8 +326,9 @@ def _add_search(sub) -> None:
 def _run_search(args) -> int:
     if not args.query.strip():
         raise InvalidArgumentError("the query is empty")
+    embedder_path = locate_first_stage(args)  # a missing index or an unreachable store: before any model loads
     check_reranking_args(args)
-    embedder, retriever = open_first_stage(args, args.device)
+    embedder, retriever = open_first_stage(args, args.device, embedder_path)
     pipeline = build_pipeline(embedder, retriever, args)
     result = pipeline.search(args.query, k=args.k, top_n=args.top_n, deadline_ms=args.deadline_ms)
     if args.json:
@@ -379,8 +385,9 @@ def _add_eval(sub) -> None:
 def _run_eval(args) -> int:
     from crossrank.evaluation.datasets import semanlink_queries
 
+    embedder_path = locate_first_stage(args)
     check_reranking_args(args)
-    embedder, retriever = open_first_stage(args, args.device)
+    embedder, retriever = open_first_stage(args, args.device, embedder_path)
     queries = semanlink_queries(args.split)[: args.limit]
     wanted = sorted({doc for q in queries for doc in q.relevant})
     present = sum(doc in retriever for doc in wanted[:20])

@@ -26,7 +26,7 @@ from crossrank.evaluation.selection import Config, Point, best_within, config_me
 from crossrank.front.args import add_device_argument, int_list_arg, positive_float_arg, positive_int_arg
 from crossrank.front.measure import machine_name
 from crossrank.front.model_folders import add_model_folder_arguments, reranker_artifacts
-from crossrank.front.search import add_store_arguments, open_first_stage, store_of
+from crossrank.front.search import add_store_arguments, locate_first_stage, open_first_stage
 from crossrank.pipeline import Pipeline
 from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
@@ -186,7 +186,7 @@ def run_select(args) -> int:
     cascades = [] if args.no_cascades else parse_cascades(args.cascades, names) if args.cascades else None
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InvalidArgumentError(f"--out {args.out!r} exists and is not a folder")
-    store_of(args)
+    embedder_path = locate_first_stage(args)  # before any model loads or exports
     if args.queries:
         labelled = read_labelled_queries(args.queries)
         source = str(args.queries)
@@ -195,7 +195,7 @@ def run_select(args) -> int:
         source = f"semanlink {args.split} tags"
     labelled = labelled[: args.limit]
     paths = reranker_artifacts(paths, args)
-    embedder, index = open_first_stage(args, args.device)
+    embedder, index = open_first_stage(args, args.device, embedder_path)
     rerankers = {name: Reranker(path, device=args.device) for name, path in zip(names, paths)}
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     started = time.perf_counter()
