@@ -64,26 +64,28 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def milvus(tmp_path_factory):
-    """A Milvus Lite server process on 127.0.0.1."""
+def milvus():
+    """A Milvus Lite server process on 127.0.0.1, its data in a folder of its own (not pytest's,
+    which a concurrent pytest session may clean up)."""
     port = _free_port()
-    log = open(tmp_path_factory.mktemp("milvus-log") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir",
-                             str(tmp_path_factory.mktemp("milvus") / "data"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    folder = Path(tempfile.mkdtemp(prefix="crossrank-milvus-"))
+    log = open(folder / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(folder / "data"),
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(300):
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 break
             except OSError:
-                assert proc.poll() is None, "milvus_lite server exited"
+                assert proc.poll() is None, f"milvus_lite server exited: {(folder / 'server.log').read_text()[-500:]}"
                 time.sleep(0.1)
         yield f"milvus://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)
         log.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- data -----------------------------------------------------------------------------------

@@ -91,7 +91,10 @@ class MilvusStore(RetrieverBase):
     def connect(url: str):
         uri, token = client_uri(url)
         try:
-            return MilvusClient(uri=uri, token=token or "", timeout=10, dedicated=True)  # its own channel
+            # A channel and gRPC subchannel of its own (one another client's server-closed connection cannot
+            # fail it); 30 s: a pure-Python server (Milvus Lite) on busy cores can take over 10 s to answer.
+            return MilvusClient(uri=uri, token=token or "", timeout=30, dedicated=True,
+                                grpc_options={"grpc.use_local_subchannel_pool": 1})
         except Exception as err:  # pymilvus raises MilvusException or grpc errors for an unreachable server
             raise StoreError(f"cannot connect to Milvus at {mask_url(url)}: {_message(err)}") from None
 
