@@ -13,16 +13,17 @@ from crossrank.artifact import Artifact, load_artifact
 from crossrank.embedder import Embedder
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
-                              MissingFileError, OutputExistsError, OverloadedError, RuntimeConfigError, UnknownIdError,
-                              UsageError)
+                              MissingFileError, NotOwnedError, OutputExistsError, OverloadedError, RuntimeConfigError,
+                              StoreError, UnknownIdError, UsageError)
 from crossrank.index import Hits, Index
 from crossrank.pipeline import Hit, Pipeline, SearchResult
 from crossrank.reranker import Ranked, RankedList, Reranker
+from crossrank.retriever import Candidates, Hybrid, Retriever
 from crossrank.version import __version__
 
 __all__ = [
-    "ArgumentTypeError", "Artifact", "ArtifactError", "CrossrankError", "DatasetNotFound",
-    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Hit", "Hits", "Index", "IndexFormatError",
-    "InvalidArgumentError", "MissingFileError", "OutputExistsError", "OverloadedError", "Pipeline", "Ranked",
-    "RankedList", "Reranker", "RuntimeConfigError", "SearchResult", "UnknownIdError", "UsageError", "load_artifact", "__version__",
+    "ArgumentTypeError", "Artifact", "ArtifactError", "Candidates", "CrossrankError", "DatasetNotFound",
+    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Hit", "Hits", "Hybrid", "Index", "IndexFormatError",
+    "InvalidArgumentError", "MissingFileError", "NotOwnedError", "OutputExistsError", "OverloadedError", "Pipeline", "Ranked",
+    "RankedList", "Reranker", "Retriever", "RuntimeConfigError", "SearchResult", "StoreError", "UnknownIdError", "UsageError", "load_artifact", "__version__",
 ]

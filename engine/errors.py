@@ -81,6 +81,16 @@ class OutputExistsError(CrossrankError, FileExistsError):
     """An output path exists and would be replaced without permission (``--force``)."""
 
 
+class StoreError(CrossrankError, RuntimeError):
+    """A vector store (PostgreSQL + pgvector, Milvus) cannot be reached or refused an operation; the
+    message names the store with its credentials masked."""
+
+
+class NotOwnedError(StoreError):
+    """A table or collection exists that crossrank did not create: crossrank never writes to it
+    (open it read-only, or pick another name)."""
+
+
 # -- checks --------------------------------------------------------------------------------------
 
 def _show(value: Any) -> str:

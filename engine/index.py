@@ -35,6 +35,7 @@ from crossrank.index_files import (DOCUMENTS, DTYPES, FORMAT_VERSION, KIND, MANI
                                    VECTORS, commit_generation, fsync_dir, fsync_file, new_staging_folder,
                                    read_manifest)
 from crossrank.locks import ReadWriteLock
+from crossrank.retriever import Candidates, RetrieverBase
 from crossrank.version import __version__
 
 # HNSW defaults, chosen on Semanlink (7,245 MiniLM vectors, f16): recall@10 0.999 and recall@100
@@ -83,12 +84,13 @@ def embedder_identity(embedder) -> dict:
 
 # -- the index -------------------------------------------------------------------------------
 
-class Index:
+class Index(RetrieverBase):
     """usearch HNSW vectors + SQLite documents, tied to the embedder artifact that built them.
 
     Build with ``Index.build``, load with ``Index.load``. Searches are thread-safe; mutations
     (``add``, ``remove``) should come from one thread at a time. An index loaded with
-    ``view=True`` maps its files read-only and refuses ``add``/``remove``.
+    ``view=True`` maps its files read-only and refuses ``add``/``remove``. A retriever
+    (crossrank.retriever): ``retrieve_many`` returns candidates with their texts.
     """
 
     def __init__(self, vectors: usearch_index.Index, store: DocumentStore, settings: dict,
@@ -329,6 +331,28 @@ class Index:
             similarities = (1.0 - distances[row, : len(row_keys)]).astype(np.float32)
             results.append(Hits([id_of[int(key)] for key in row_keys], similarities, row_keys))
         return results
+
+    # -- the retriever protocol --------------------------------------------------------------
+    def retrieve_many(self, queries: Sequence[str], vectors: np.ndarray | None, k: int,
+                      timings: dict | None = None) -> list[Candidates]:
+        """Up to k candidates per query with their texts (crossrank.retriever). ``vectors``: the
+        queries' [n, dim] vectors (None: embedded here). The search and the fetch of the texts see
+        one state of the index (a concurrent remove waits); ``timings`` gets both in ms."""
+        k = check_int(k, "k")
+        vectors = self._query_vectors(queries if vectors is None else np.asarray(vectors), single=False)
+        start = time.perf_counter()
+        with self._lock.reading():
+            hits = self._search_locked(vectors, k, False) if len(vectors) else []
+            searched = time.perf_counter()
+            documents = self.fetch_documents(hits)
+        if timings is not None:
+            timings.update(search=(searched - start) * 1e3, fetch=(time.perf_counter() - searched) * 1e3)
+        return [Candidates(h.ids, h.similarities, docs) for h, docs in zip(hits, documents)]
+
+    def describe(self) -> dict:
+        return {"kind": "usearch", "path": str(self.path) if self.path else None, "documents": len(self),
+                **self.settings, "view": self.view, "score": "cosine similarity (1 - cosine distance)",
+                "embedder": {key: self.embedder_info.get(key) for key in ("sha256", "dim", "path", "precision")}}
 
     # -- reading back ----------------------------------------------------------------------
     def get_documents(self, ids: Sequence) -> list[str]:

@@ -20,15 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.embedder import Embedder
 from crossrank.errors import InvalidArgumentError
 from crossrank.evaluation.datasets import read_jsonl, semanlink_queries
 from crossrank.evaluation.selection import Config, Point, best_within, config_metrics, mark_pareto, ranked_ids
 from crossrank.front.args import add_device_argument, int_list_arg, positive_float_arg, positive_int_arg
 from crossrank.front.measure import machine_name
 from crossrank.front.model_folders import add_model_folder_arguments, reranker_artifacts
-from crossrank.index import Index, recorded_embedder_path
-from crossrank.index_files import index_info
+from crossrank.front.search import add_store_arguments, locate_first_stage, open_first_stage
 from crossrank.pipeline import Pipeline
 from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
@@ -141,7 +139,7 @@ def add_select(sub) -> None:
                "models/starter-reranker-L2,models/starter-reranker-L4,models/starter-reranker "
                "--cascades 'starter-reranker-L2>starter-reranker' --dataset semanlink --split dev "
                "--latency-budget-ms 500 --out select-report")
-    p.add_argument("--index", required=True, metavar="DIR", help="index folder holding the documents")
+    add_store_arguments(p, "the first stage (holding the labelled documents)")
     p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")
     p.add_argument("--rerankers", required=True, metavar="DIR,DIR,...",
                    help="cross-encoders to compare: artifact folders, or Hugging Face model folders (exported "
@@ -188,7 +186,7 @@ def run_select(args) -> int:
     cascades = [] if args.no_cascades else parse_cascades(args.cascades, names) if args.cascades else None
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InvalidArgumentError(f"--out {args.out!r} exists and is not a folder")
-    index_info(args.index)
+    embedder_path = locate_first_stage(args)  # before any model loads or exports
     if args.queries:
         labelled = read_labelled_queries(args.queries)
         source = str(args.queries)
@@ -197,8 +195,7 @@ def run_select(args) -> int:
         source = f"semanlink {args.split} tags"
     labelled = labelled[: args.limit]
     paths = reranker_artifacts(paths, args)
-    embedder = Embedder(args.embedder or recorded_embedder_path(args.index), device=args.device)
-    index = Index.load(args.index, view=True, embedder=embedder)
+    embedder, index = open_first_stage(args, args.device, embedder_path)
     rerankers = {name: Reranker(path, device=args.device) for name, path in zip(names, paths)}
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     started = time.perf_counter()

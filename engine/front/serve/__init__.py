@@ -59,6 +59,14 @@ def add_serve(sub) -> None:
                    help="bi-encoder artifact folder for /v1/embeddings, /embed and /v1/search ($CROSSRANK_EMBEDDER)")
     p.add_argument("--index", default=_env("INDEX"), metavar="DIR",
                    help="index folder (crossrank index build) for /v1/search; needs --embedder ($CROSSRANK_INDEX)")
+    p.add_argument("--store", default=_env("STORE"), metavar="URL|DIR",
+                   help="first stage for /v1/search instead of --index: postgresql://USER@HOST/DB (pgvector), "
+                        "milvus://HOST:PORT, or an index folder; needs --embedder; passwords from the URL, PGPASSWORD "
+                        "or MILVUS_TOKEN, masked in logs ($CROSSRANK_STORE)")
+    p.add_argument("--table", default=_env("TABLE"), metavar="NAME",
+                   help="the store's table or collection (default crossrank_documents) ($CROSSRANK_TABLE)")
+    p.add_argument("--hybrid", type=_flag_bool, nargs="?", const=True, default=_env("HYBRID", "0"), metavar="BOOL",
+                   help="fuse dense and lexical candidates (RRF, k=60) for /v1/search ($CROSSRANK_HYBRID)")
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port_arg, default=_env("PORT", "8080"), help="TCP port (default 8080)")
     p.add_argument("--max-queue-tokens", type=positive_int_arg, default=_env("MAX_QUEUE_TOKENS", str(DEFAULT_MAX_QUEUE_TOKENS)),
@@ -102,12 +110,17 @@ def run_serve(args) -> int:
     if not args.reranker and not args.embedder:
         raise UsageError("crossrank serve needs a model: --reranker ART and/or --embedder ART "
                          "(or CROSSRANK_RERANKER / CROSSRANK_EMBEDDER)")
-    if args.index and not args.embedder:
-        raise UsageError("--index needs --embedder (the artifact that built the index) to embed queries")
-    for flag, path in (("--reranker", args.reranker), ("--embedder", args.embedder), ("--index", args.index)):
+    if args.index and args.store:
+        raise UsageError("give --index or --store, not both")
+    if (args.index or args.store) and not args.embedder:
+        raise UsageError("--index/--store needs --embedder (the artifact that built it) to embed queries")
+    store_folder = args.store if args.store and "://" not in args.store else None
+    for flag, path in (("--reranker", args.reranker), ("--embedder", args.embedder), ("--index", args.index),
+                       ("--store", store_folder)):
         if path and not Path(path).is_dir():
             raise MissingFileError(f"{flag} {path!r} is not a folder")
-    config = ServeConfig(reranker=args.reranker, embedder=args.embedder, index=args.index, host=args.host,
+    config = ServeConfig(reranker=args.reranker, embedder=args.embedder, index=args.index, store=args.store,
+                         table=args.table, hybrid=args.hybrid, host=args.host,
                          port=args.port, max_queue_tokens=args.max_queue_tokens, max_documents=args.max_documents,
                          max_request_bytes=args.max_request_bytes, shared=args.shared, workers=args.workers,
                          device=args.device, threads=args.threads)

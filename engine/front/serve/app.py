@@ -29,9 +29,9 @@ from crossrank.errors import InvalidArgumentError, OverloadedError
 from crossrank.front.serve import protocols as p
 from crossrank.front.serve.config import ServeConfig
 from crossrank.front.serve.metrics import Metrics
-from crossrank.index import Index
 from crossrank.pipeline import Pipeline
 from crossrank.reranker import Reranker
+from crossrank.retriever import Retriever
 from crossrank.scheduler import run_async
 from crossrank.version import __version__
 
@@ -48,6 +48,17 @@ class NotConfigured(Exception):
     pass
 
 
+def first_stage_name(config: ServeConfig) -> str | None:
+    """--store / --index as shown in logs and /info: passwords masked, the table named."""
+    from crossrank.stores.common import mask_url
+
+    if config.store and "://" in config.store:
+        return f"{mask_url(config.store)} table {config.table or 'crossrank_documents'}" + \
+            (" (hybrid)" if config.hybrid else "")
+    where = config.store or config.index
+    return f"{where} (hybrid)" if where and config.hybrid else where
+
+
 class Models:
     """The models a server holds, loaded (and warmed with one small call each) off the event loop."""
 
@@ -55,7 +66,7 @@ class Models:
         self.config, self.metrics = config, metrics
         self.reranker: Reranker | None = None
         self.embedder: Embedder | None = None
-        self.index: Index | None = None
+        self.index: Retriever | None = None  # the first stage: Index, a store, or Hybrid
         self.pipeline: Pipeline | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -74,13 +85,17 @@ class Models:
                 self.embedder = Embedder(c.embedder, device=c.device, threads=c.threads, **shared)
                 self.embedder.embed([WARMUP_QUERY])
                 self.metrics.watch_model("embedder", self.embedder)
-            if c.index:
-                self.index = Index.load(c.index, view=True, embedder=self.embedder)
+            if c.index or c.store:
+                from crossrank.stores import DEFAULT_TABLE, open_retriever
+
+                self.index = open_retriever(c.store or c.index, table=c.table or DEFAULT_TABLE, embedder=self.embedder,
+                                            hybrid=c.hybrid)
                 self.pipeline = Pipeline(self.embedder, self.index, self.reranker)
             self.loaded_at = time.time()
             self.ready.set()
             log.info("ready: %s", ", ".join(f"{k} {v}" for k, v in
-                                            (("reranker", c.reranker), ("embedder", c.embedder), ("index", c.index)) if v))
+                                            (("reranker", c.reranker), ("embedder", c.embedder),
+                                             ("first stage", first_stage_name(c))) if v))
         except BaseException as err:  # reported by /health and the serve command
             self.error = err
             log.error("loading the models failed: %s", err)
@@ -102,7 +117,7 @@ class Models:
         self.check_ready()
         model = getattr(self, what)
         if model is None:
-            flag = {"reranker": "--reranker ART", "embedder": "--embedder ART", "pipeline": "--index DIR"}[what]
+            flag = {"reranker": "--reranker ART", "embedder": "--embedder ART", "pipeline": "--index DIR or --store URL"}[what]
             raise NotConfigured(f"this server has no {what if what != 'pipeline' else 'index'}: start crossrank serve "
                                 f"with {flag}")
         return model
@@ -342,8 +357,8 @@ def build_app(config: ServeConfig, health_details: Callable[[], Awaitable[dict]]
     async def info():
         return {"name": "crossrank", "version": __version__, "ready": models.ready.is_set(),
                 "models": {what: models.model_info(what) for what in ("reranker", "embedder")},
-                "index": ({"path": config.index, "documents": len(models.index)} if models.index is not None
-                          else ({"path": config.index} if config.index else None)),
+                "index": ({"path": first_stage_name(config), "documents": len(models.index)} if models.index is not None
+                          else ({"path": first_stage_name(config)} if first_stage_name(config) else None)),
                 "limits": {"max_queue_tokens": config.max_queue_tokens, "max_documents": config.max_documents,
                            "max_request_bytes": config.max_request_bytes},
                 "shared": config.shared, "device": config.device}

@@ -23,6 +23,9 @@ class ServeConfig:
     reranker: str | None = None
     embedder: str | None = None
     index: str | None = None
+    store: str | None = None            # postgresql://..., milvus://... or an index folder (crossrank.stores)
+    table: str | None = None            # the store's table or collection (default crossrank_documents)
+    hybrid: bool = False                # dense + lexical candidates fused (RRF)
     host: str = "127.0.0.1"
     port: int = 8080
     max_queue_tokens: int = DEFAULT_MAX_QUEUE_TOKENS
