@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from crossrank.errors import ArtifactError, DeviceUnavailableError
 
 # OpenVINO's element types for the precisions crossrank asks of it.
@@ -64,19 +66,22 @@ class OpenVINOSession:
         self.config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": int(threads),
                        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         core = ov.Core()
-        try:
-            model = core.read_model(str(model_path))
-            self.compiled = core.compile_model(model, "CPU", self.config)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise ArtifactError(f"OpenVINO cannot compile {str(model_path)!r} ({precision}): {first}. "
-                                f"Run this artifact with backend='onnxruntime', or give OpenVINO the fp32 "
-                                f"artifact of the same model") from None
-        self._inputs = [NodeInfo(port.get_any_name(), _shape(port.get_partial_shape()))
-                        for port in self.compiled.inputs]
-        self._outputs = [NodeInfo(port.get_any_name(), _shape(port.get_partial_shape()))
-                         for port in self.compiled.outputs]
         self._local = threading.local()
+        try:
+            self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", self.config)
+            self._inputs = [NodeInfo(port.get_any_name(), _shape(port.get_partial_shape()))
+                            for port in self.compiled.inputs]
+            self._outputs = [NodeInfo(port.get_any_name(), _shape(port.get_partial_shape()))
+                             for port in self.compiled.outputs]
+            # Some graphs compile but fail at their first inference (a dynamic shape the plugin
+            # cannot infer, e.g. the per-row int8 recipe's FakeQuantize): try one small batch here.
+            self.run(None, {node.name: np.zeros((2, 8), dtype=np.int64) for node in self._inputs})
+        except RuntimeError as err:
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            detail = (lines[-1] if lines else type(err).__name__)[:300].rstrip('.')
+            raise ArtifactError(f"OpenVINO cannot run {str(model_path)!r} ({precision}): {detail}. Run this "
+                                f"artifact with backend='onnxruntime', or give OpenVINO the fp32 artifact of the "
+                                f"same model") from None
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
     def get_inputs(self) -> list[NodeInfo]:
