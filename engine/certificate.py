@@ -33,7 +33,9 @@ from typing import Any
 
 from crossrank.artifact import Artifact
 from crossrank.errors import DeviceUnavailableError, FidelityError, InvalidArgumentError, UsageError
-from crossrank.isa import bf16_path, cpu_model, describe_cpu, missing_bf16_flags
+from crossrank.isa import (RuntimeChoice, bf16_path, cpu_model, default_runtime, describe_cpu, missing_bf16_flags,
+                           preferred)
+from crossrank.openvino_session import openvino_installed
 
 CERTIFICATES_FILE = "certificates.json"
 CERTIFICATES_FORMAT = 1
@@ -176,5 +178,16 @@ def check_precision(artifact: Artifact, backend: str, precision: str, device: st
     return {"source": "uncertified", "certificate": None, "figures": {}, "note": problem}
 
 
-__all__ = ["BARS", "BATCH_INVARIANCE_TOLERANCE", "CERTIFICATES_FILE", "NEEDS_CERTIFICATE", "certificate_key",
+def artifact_runtime(artifact: Artifact, device: str, flags: frozenset[str]) -> RuntimeChoice:
+    """crossrank.isa's default rule applied to this artifact on a CPU with ``flags``: what is
+    installed, and whether a passing bf16 certificate for this graph and bf16 path exists."""
+    certified = False
+    if device == "cpu" and artifact.precision == "fp32" and preferred(flags).precision == "bf16":
+        record = read_certificates(artifact.path).get(certificate_key("openvino", "bf16"))
+        certified = record is not None and certificate_problem(artifact, record, "openvino", "bf16", flags) is None
+    return default_runtime(flags, artifact.precision, device, openvino_installed=openvino_installed(),
+                           bf16_certified=certified)
+
+
+__all__ = ["BARS", "artifact_runtime", "BATCH_INVARIANCE_TOLERANCE", "CERTIFICATES_FILE", "NEEDS_CERTIFICATE", "certificate_key",
            "certificate_problem", "check_precision", "meets_bar", "read_certificates", "write_certificate"]

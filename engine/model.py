@@ -24,12 +24,11 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from crossrank.artifact import check_graph, load_artifact
-from crossrank.certificate import certificate_problem, check_precision, read_certificates
+from crossrank.certificate import artifact_runtime, check_precision
 from crossrank.errors import ArgumentTypeError, InvalidArgumentError, UsageError, check_bool, check_int
-from crossrank.isa import cpu_flags, default_runtime, describe_cpu, preferred
+from crossrank.isa import cpu_flags, describe_cpu
 from crossrank.runner import BatchRunner, Deadline, Executor, RunTotals
 from crossrank.scheduler import BatchReport, Scheduler
-from crossrank.session import openvino_installed
 from crossrank.settings import SessionOptions
 from crossrank.tokenize import Rows
 
@@ -81,13 +80,7 @@ class Model:
         on this CPU (``runtime_reason`` says why); where one was chosen, the other follows it."""
         origin, artifact = options.origin, self.artifact
         if origin["backend"] == "default" and origin["precision"] == "default":
-            certified = False
-            if artifact.precision == "fp32" and preferred(flags).precision == "bf16":
-                record = read_certificates(artifact.path).get("openvino-bf16")
-                certified = record is not None and certificate_problem(artifact, record, "openvino", "bf16",
-                                                                       flags) is None
-            choice = default_runtime(flags, artifact.precision, device, openvino_installed=openvino_installed(),
-                                     bf16_certified=certified)
+            choice = artifact_runtime(artifact, device, flags)
             self.runtime_reason = f"default rule: {choice.reason}"
             return options.with_defaults(backend=choice.backend, precision=choice.precision)
         self.runtime_reason = "chosen (argument or runtime.json)"

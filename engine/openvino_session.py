@@ -33,6 +33,13 @@ class NodeInfo(NamedTuple):
     shape: list
 
 
+def openvino_installed() -> bool:
+    """Whether the openvino package can be imported (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def openvino_version() -> str | None:
     """The installed openvino package's version, or None when it is not installed."""
     try:
@@ -105,4 +112,4 @@ class OpenVINOSession:
         return [request.get_tensor(name).data.copy() for name in names]
 
 
-__all__ = ["INFERENCE_PRECISION", "NodeInfo", "OpenVINOSession", "openvino_version"]
+__all__ = ["INFERENCE_PRECISION", "NodeInfo", "OpenVINOSession", "openvino_installed", "openvino_version"]

@@ -49,13 +49,6 @@ def require_device(device: str) -> str:
     return device
 
 
-def openvino_installed() -> bool:
-    """Whether the openvino package can be imported (checked without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
-
-
 def build_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
                   memory_arena: bool = MEMORY_ARENA, optimization: str | None = None,
                   profile_prefix: str | None = None, spinning: str | None = None,
@@ -131,4 +124,4 @@ def _build_openvino(model, device: str, threads: int | None, precision: str | No
     return OpenVINOSession(model, check_threads(threads) or physical_cores(), precision)
 
 
-__all__ = ["build_session", "cuda_available", "openvino_installed", "physical_cores", "require_device"]
+__all__ = ["build_session", "cuda_available", "physical_cores", "require_device"]
