@@ -42,25 +42,33 @@ def _feeds(session, rows: int, length: int, rng) -> dict:
     return {k: v for k, v in feeds.items() if k in names}
 
 
-def measure(path: Path, backend: str, precision: str | None, threads: int, repeats: int) -> dict:
-    start = time.perf_counter()
-    session = build_session(path / "model.onnx", threads=threads, backend=backend, precision=precision)
-    built = time.perf_counter() - start
-    rng = np.random.default_rng(0)
-    shapes = []
-    for rows, length in SHAPES:
-        feeds = _feeds(session, rows, length, rng)
+def measure(systems: list[tuple[str, str, Path]], threads: int, repeats: int) -> list[dict]:
+    """Build every system's session, then shape by shape: each system's first call of that shape,
+    then ``repeats`` rounds in which the systems take turns (so load bursts hit them alike)."""
+    rows, sessions = [], []
+    for backend, precision, path in systems:
         start = time.perf_counter()
-        session.run(None, feeds)
-        first = time.perf_counter() - start
-        later = []
-        for _ in range(repeats):
+        sessions.append(build_session(path / "model.onnx", threads=threads, backend=backend, precision=precision))
+        rows.append({"backend": backend, "precision": precision, "build_s": time.perf_counter() - start,
+                     "shapes": []})
+    rng = np.random.default_rng(0)
+    for rows_n, length in SHAPES:
+        feeds = [_feeds(session, rows_n, length, rng) for session in sessions]
+        first = []
+        for session, feed in zip(sessions, feeds):
             start = time.perf_counter()
-            session.run(None, feeds)
-            later.append(time.perf_counter() - start)
-        shapes.append({"rows": rows, "length": length, "first_ms": first * 1e3,
-                       "steady_ms": statistics.median(later) * 1e3})
-    return {"build_s": built, "shapes": shapes}
+            session.run(None, feed)
+            first.append(time.perf_counter() - start)
+        later = [[] for _ in sessions]
+        for _ in range(repeats):
+            for i, (session, feed) in enumerate(zip(sessions, feeds)):
+                start = time.perf_counter()
+                session.run(None, feed)
+                later[i].append(time.perf_counter() - start)
+        for row, f, l in zip(rows, first, later):
+            row["shapes"].append({"rows": rows_n, "length": length, "first_ms": f * 1e3,
+                                  "steady_ms": statistics.median(l) * 1e3})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -78,12 +86,9 @@ def main(argv=None) -> int:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     systems = [("onnxruntime", "fp32", paths["fp32"]), ("onnxruntime", "int8", paths["int8"]),
                ("openvino", "fp32", paths["fp32"])]
-    rows = []
-    for backend, precision, path in systems:
-        print(f"  {backend} {precision} ...", file=sys.stderr, flush=True)
-        row = measure(path, backend, precision, threads, args.repeats)
-        row.update(backend=backend, precision=precision, cold_start_s=cold_start_seconds(str(path), backend=backend))
-        rows.append(row)
+    rows = measure(systems, threads, args.repeats)
+    for row, (backend, _, path) in zip(rows, systems):
+        row["cold_start_s"] = cold_start_seconds(str(path), backend=backend)
     report = {"cpu": describe_cpu(), "machine": machine_name(), "threads": threads, "load_start": load,
               "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg()), "repeats": args.repeats, "systems": rows,
               "command": "python benchmarks/backend_shapes.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -95,7 +100,8 @@ def main(argv=None) -> int:
              f"{report['load_start']} at the start, {report['load_end']} at the end. Command: `{report['command']}`.",
              "", "Starter reranker (max_length 512). Build: the session's load/compile in this process. Cold start: "
                  "a fresh process to its first rerank result. Per shape (rows x padded length, in this order): the "
-                 f"first call of that shape and the median of the next {args.repeats}.", "",
+                 f"first call of that shape and the median of the next {args.repeats}, the backends taking turns. "
+                 "Compare within a column; the load average says how shared the machine was.", "",
              "| backend | precision | build s | cold start s | " + " | ".join(
                  f"{r}x{n} first / steady ms" for r, n in SHAPES) + " |",
              "|---|---|---:|---:|" + "---:|" * len(SHAPES)]

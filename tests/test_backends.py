@@ -242,7 +242,7 @@ def test_a_broken_certificates_file_is_a_clear_error(own_copy, monkeypatch):
     assert set(read_certificates(own_copy)) == {"openvino-bf16"}
 
 
-def test_certify_measures_against_pytorch_and_records_the_cpu(tiny_cross_src, own_copy):
+def test_certify_measures_against_pytorch_and_records_the_cpu(tiny_cross_src, seeded_cross_src, own_copy):
     from crossrank.export.certify import certify
 
     record, path = certify(own_copy, tiny_cross_src, "openvino", "fp32", threads=1)
@@ -253,7 +253,7 @@ def test_certify_measures_against_pytorch_and_records_the_cpu(tiny_cross_src, ow
     described = crossrank.Reranker(own_copy, backend="openvino").describe()["runtime"]["fidelity"]
     assert described["certificate"] == "openvino-fp32" and described["figures"]["max_abs_diff"] <= 1e-4
     with pytest.raises(InvalidArgumentError, match="is not the checkpoint"):
-        certify(own_copy, own_copy.parent, "openvino", "fp32")
+        certify(own_copy, seeded_cross_src, "openvino", "fp32")  # another cross-encoder checkpoint
     if bf16_path(cpu_flags()) is None:
         with pytest.raises(DeviceUnavailableError, match="needs AVX-512 BF16 or AMX"):
             certify(own_copy, tiny_cross_src, "openvino", "bf16")
