@@ -2,7 +2,8 @@
 execution provider? Same graph (the starter reranker's fp32 artifact), same length-sorted
 ~4,096-token batches of TREC RAG pairs, 2 threads, interleaved rounds, ratios inside one process.
 
-    # 1. in crossrank's venv: tokenize, then ONNX Runtime CPU vs the openvino runtime
+    # 1. in crossrank's venv: tokenize, then ONNX Runtime CPU (default spinning, and "never") vs the
+    #    openvino runtime
     python benchmarks/openvino_ep_probe.py prepare --pairs 200 --out .cache/ep-probe.npz
     # 2. in a throwaway venv (onnxruntime-openvino replaces the onnxruntime module):
     #    python -m venv /tmp/ovep && /tmp/ovep/bin/pip install onnxruntime-openvino==1.24.1 numpy
@@ -64,6 +65,8 @@ def prepare(args) -> int:
         batches.append({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                         "token_type_ids": batch.token_type_ids})
     sessions = {"onnxruntime CPU EP": build_session(artifact.model_path, threads=args.threads),
+                "onnxruntime CPU EP, spinning never": build_session(artifact.model_path, threads=args.threads,
+                                                                    spinning="never"),
                 "openvino runtime f32": build_session(artifact.model_path, threads=args.threads, backend="openvino")}
     names = {i.name for i in sessions["onnxruntime CPU EP"].get_inputs()}
     runners = {n: (lambda b, s=s: s.run(None, {k: v for k, v in b.items() if k in names})[0])
