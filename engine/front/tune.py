@@ -252,9 +252,9 @@ def sweep(path: str | Path, device: str, grid: list[dict], pairs: list[tuple[str
     over the sweep (before the first setting, between parts, after the last): how noisy the
     machine is while the settings are compared."""
     trials, spread = [], Spread()
-    checkpoints = {round(k * len(grid) / (repeats - 1)) for k in range(repeats)} if repeats >= 2 else set()
+    checkpoints = [round(k * len(grid) / (repeats - 1)) for k in range(repeats)] if repeats >= 2 else []
     for i, settings in enumerate(grid + [None]):
-        if i in checkpoints:
+        for _ in range(checkpoints.count(i)):  # a short grid: several repeats at one place
             spread.samples.append(_fresh_throughput(path, device, default, pairs)[1])
         if settings is None:
             break
