@@ -13,8 +13,8 @@ from crossrank.artifact import Artifact, load_artifact
 from crossrank.embedder import Embedder, Embeddings
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, FidelityError, IndexFormatError,
-                              InvalidArgumentError, MissingFileError, OutputExistsError, OverloadedError,
-                              RuntimeConfigError, UnknownIdError, UsageError)
+                              InvalidArgumentError, MissingExtraError, MissingFileError, OutputExistsError,
+                              OverloadedError, RuntimeConfigError, UnknownIdError, UsageError)
 from crossrank.index import Candidates, Hits, Index
 from crossrank.model import Model
 from crossrank.pipeline import Hit, Pipeline, SearchHit, SearchResult
@@ -26,7 +26,8 @@ from crossrank.version import __version__
 __all__ = [
     "ArgumentTypeError", "Artifact", "ArtifactError", "Candidates", "CrossrankError", "DatasetNotFound",
     "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "FidelityError", "Index",
-    "IndexFormatError", "InvalidArgumentError", "MissingFileError", "Model", "OutputExistsError", "OverloadedError", "Pipeline",
+    "IndexFormatError", "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "OutputExistsError",
+    "OverloadedError", "Pipeline",
     "RankedDocument", "Ranking", "Reranker", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult",
     "SessionOptions", "UnknownIdError", "UsageError", "load_artifact", "__version__",
     # the result types' earlier names, kept as aliases: Ranked = RankedDocument, RankedList = Ranking,

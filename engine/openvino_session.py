@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from crossrank.errors import ArtifactError, DeviceUnavailableError
+from crossrank.errors import ArtifactError, MissingExtraError
 
 # OpenVINO's element types for the precisions crossrank asks of it.
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -53,8 +53,8 @@ def _import_openvino():
     try:
         import openvino
     except ImportError as err:
-        raise DeviceUnavailableError(f"backend='openvino' needs the openvino package ({err}); install with: "
-                                     f"pip install 'crossrank[openvino]'") from None
+        raise MissingExtraError(f"backend='openvino' needs the 'openvino' extra: pip install 'crossrank[openvino]' "
+                                f"({err})") from None
     return openvino
 
 

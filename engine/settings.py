@@ -42,6 +42,7 @@ MAX_ROWS = 256                      # rows per model call, whatever the budget
 # takes at a time, round-robin across requests, to sort by length and cut into batches.
 DEFAULT_MAX_QUEUE_TOKENS = 1 << 20
 SCHEDULER_WINDOW_BATCHES = 4
+WORKERS_RANGE = (1, 64)             # scheduler threads per shared model
 THREADS_RANGE = (1, 1024)
 BATCH_TOKENS_RANGE = (16, 1 << 22)
 # ONNX Runtime graph optimisation at load. The export already ran the transformer fusions

@@ -28,12 +28,14 @@ import numpy as np
 from crossrank.artifact import load_artifact, sha256_file
 from crossrank.embedder import Embedder
 from crossrank.errors import InvalidArgumentError, OutputExistsError
-from crossrank.front.args import add_workload_arguments, int_list_arg, positive_int_arg
+from crossrank.front.args import (add_workload_arguments, batch_tokens_arg, int_list_arg, int_list_type,
+                                  positive_int_arg, threads_arg)
 from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gflops, machine_name, measure_latency,
                                      measure_throughput, peak_rss_mb)
 from crossrank.front.workload import load_workload, request_of_size, spread
 from crossrank.reranker import Reranker
 from crossrank.session import require_device
+from crossrank.settings import BATCH_TOKENS_RANGE
 
 VS_CHOICES = ("sentence-transformers",)
 DEFAULT_SIZES = {"cross": (20, 100), "bi": (1, 20)}
@@ -77,10 +79,10 @@ def add_bench(sub) -> None:
                         "the default with --workload is own)")
     p.add_argument("--runs", type=positive_int_arg, default=None, metavar="N",
                    help="timed runs per request size (default: about 200 pairs' worth, 3 to 20)")
-    p.add_argument("--threads", type=positive_int_arg, default=None, help="intra-op threads (default: runtime.json, else physical cores)")
-    p.add_argument("--batch-tokens", type=positive_int_arg, default=None, metavar="N",
+    p.add_argument("--threads", type=threads_arg, default=None, help="intra-op threads (default: runtime.json, else physical cores)")
+    p.add_argument("--batch-tokens", type=batch_tokens_arg, default=None, metavar="N",
                    help="token budget per model call (default: runtime.json, else the device default)")
-    p.add_argument("--budgets", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--budgets", type=int_list_type(*BATCH_TOKENS_RANGE), default=None, metavar="N,N,...",
                    help="batch token budgets for the throughput-vs-budget curve (default with --report: "
                         f"{','.join(map(str, REPORT_BUDGETS))}; else none)")
     p.add_argument("--encoder-shape", type=_encoder_shape, default=None, metavar="L,H,I",

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from crossrank.artifact import load_artifact
-from crossrank.errors import CrossrankError, InvalidArgumentError, MissingFileError, UsageError
+from crossrank.errors import CrossrankError, InvalidArgumentError, MissingFileError
 from crossrank.evaluation.datasets import read_jsonl
-from crossrank.front.args import add_device_argument
+from crossrank.front.args import add_device_argument, needs_extra
 from crossrank.front.bench import add_bench
 from crossrank.front.ray import add_score_dataset
 from crossrank.front.search import add_search_commands
@@ -55,19 +55,9 @@ def _add_export(sub) -> None:
     p.set_defaults(func=_run_export)
 
 
-def _export_side(command: str, module: str, name: str):
-    """``name`` from the export package (the 'export' extra: torch), or a UsageError saying how to get it."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as err:
-        raise UsageError(f"crossrank {command} needs the 'export' extra (pip install 'crossrank[export]'): "
-                         f"{err}") from None
-
-
 def _run_export(args) -> int:
-    export_model = _export_side("export", "crossrank.export", "export_model")
+    with needs_extra("export"):
+        from crossrank.export import export_model
     manifest = export_model(
         args.src, args.out, kind=args.kind, precision=args.precision, force=args.force,
         allow_low_fidelity=args.allow_low_fidelity, max_length=args.max_length,
@@ -111,7 +101,8 @@ def _add_certify(sub) -> None:
 
 
 def _run_certify(args) -> int:
-    certify = _export_side("certify", "crossrank.export.certify", "certify")
+    with needs_extra("export"):
+        from crossrank.export.certify import certify
     record, path = certify(args.artifact, args.src, args.backend, args.precision, args.fidelity_data,
                            threads=args.threads)
     figures = record["figures"]

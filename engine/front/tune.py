@@ -14,7 +14,6 @@ written unless ``--allow-noisy`` (the spread is printed either way and recorded 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,15 +26,16 @@ from typing import Callable
 from crossrank.artifact import MANIFEST, load_artifact
 from crossrank.certificate import artifact_runtime, certificate_problem, read_certificates
 from crossrank.errors import CrossrankError, InvalidArgumentError, RuntimeConfigError
+from crossrank.front.args import (add_workload_arguments, choice_list_type, count_arg, int_list_type,
+                                  positive_float_arg, positive_int_arg)
 from crossrank.isa import bf16_path, cpu_flags, describe_cpu
-from crossrank.front.args import add_workload_arguments, count_arg, int_list_arg, positive_float_arg, positive_int_arg
 from crossrank.front.measure import machine_name, measure_latency, measure_throughput
 from crossrank.front.workload import load_workload, request_of_size, spread
 from crossrank.openvino_session import openvino_installed
 from crossrank.reranker import Reranker
 from crossrank.session import require_device
-from crossrank.settings import (BACKENDS, BATCH_TOKENS_RANGE, RUNTIME_FILE, SPINNING, SPINNING_MODES, SessionOptions,
-                                default_settings, physical_cores, read_runtime, write_runtime)
+from crossrank.settings import (BACKENDS, BATCH_TOKENS_RANGE, RUNTIME_FILE, SPINNING, SPINNING_MODES, THREADS_RANGE,
+                                SessionOptions, default_settings, physical_cores, read_runtime, write_runtime)
 
 DEFAULT_SWEEP_BATCH_TOKENS = (256, 512, 1024, 2048, 4096)
 REFERENCE_DOCUMENTS = 20  # the reference request: one query with 20 candidates
@@ -338,14 +338,14 @@ def add_tune(sub) -> None:
     p.add_argument("--latency-budget-ms", type=positive_float_arg, default=None, metavar="N",
                    help="p95 limit for 1 query x 20 documents (default: none, highest throughput wins)")
     add_workload_arguments(p, 8, "scored per setting")
-    p.add_argument("--threads", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--threads", type=int_list_type(*THREADS_RANGE), default=None, metavar="N,N,...",
                    help="thread counts to try (default 1..physical cores)")
-    p.add_argument("--batch-tokens", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--batch-tokens", type=int_list_type(*BATCH_TOKENS_RANGE), default=None, metavar="N,N,...",
                    help="batch token budgets to try (default "
                         f"{','.join(map(str, DEFAULT_SWEEP_BATCH_TOKENS))})")
-    p.add_argument("--backends", type=_backends_arg, default=None, metavar="B,B",
+    p.add_argument("--backends", type=choice_list_type("backends", BACKENDS), default=None, metavar="B,B",
                    help=f"backends to try, of {','.join(BACKENDS)} (default: those installed for the device)")
-    p.add_argument("--spinning", type=_spinning_arg, default=None, metavar="S,S",
+    p.add_argument("--spinning", type=choice_list_type("spinning modes", SPINNING_MODES), default=None, metavar="S,S",
                    help=f"ONNX Runtime spinning modes to try, of {','.join(SPINNING_MODES)} "
                         f"(default {','.join(DEFAULT_SWEEP_SPINNING)})")
     p.add_argument("--repeat-baseline", type=positive_int_arg, default=BASELINE_REPEATS, metavar="N",
@@ -368,20 +368,6 @@ def add_tune(sub) -> None:
     p.set_defaults(func=run_tune)
 
 
-def _choices_arg(name: str, choices: tuple[str, ...]):
-    def parse(text: str) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        bad = [v for v in values if v not in choices]
-        if not values or bad:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {name} of {', '.join(choices)}, got {text!r}")
-        return values
-    return parse
-
-
-_backends_arg = _choices_arg("backends", BACKENDS)
-_spinning_arg = _choices_arg("spinning modes", SPINNING_MODES)
-
-
 def run_tune(args) -> int:
     artifact = load_artifact(args.artifact)
     if artifact.kind != "cross":
@@ -393,9 +379,6 @@ def run_tune(args) -> int:
     except RuntimeConfigError as err:
         raise RuntimeConfigError(f"{err} -- fix or delete {artifact.path / RUNTIME_FILE}, then tune again") from None
     require_device(args.device)
-    low, high = BATCH_TOKENS_RANGE
-    if args.batch_tokens and not all(low <= b <= high for b in args.batch_tokens):
-        raise InvalidArgumentError(f"--batch-tokens values must be in [{low}, {high}], got {args.batch_tokens}")
     cores = physical_cores()
     if args.threads and max(args.threads) > 4 * cores:
         raise InvalidArgumentError(f"--threads {max(args.threads)} is far above this machine's {cores} physical cores")

@@ -23,22 +23,10 @@ import numpy as np
 
 from crossrank.errors import (InvalidArgumentError, check_bool, check_choice, check_deadline_ms, check_int, check_query,
                               check_text, check_texts)
+from crossrank.front.serve.errors import BadRequest, TooLarge
 
 COHERE, TEI, OPENAI = "cohere", "tei", "openai"
 ENCODING_FORMATS = ("float", "base64")
-
-
-class BadRequest(Exception):
-    """A request the server refuses: HTTP ``status`` (413 or 422), a message naming the field."""
-
-    def __init__(self, message: str, status: int = 422, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
-
-
-class TooLarge(BadRequest):
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message, 413, param)
 
 
 def _field(message: str, name: str):
