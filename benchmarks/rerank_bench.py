@@ -123,7 +123,7 @@ class OpenVINOPeer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
-    def predict(self, pairs, batch_size: int = 32) -> np.ndarray:
+    def predict(self, pairs, batch_size: int = 32, **_) -> np.ndarray:
         out = []
         for start in range(0, len(pairs), batch_size):
             part = pairs[start:start + batch_size]
