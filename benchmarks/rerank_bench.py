@@ -48,6 +48,7 @@ from crossrank.evaluation.datasets import load_semanlink, load_trec_rag
 from crossrank.evaluation.metrics import spearman
 from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gflops, machine_name, measure_throughput,
                                      rss_mb)
+from crossrank.front.peers import openvino_on_onnx_export, sentence_transformers
 from crossrank.isa import bf16_path, describe_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,60 +108,18 @@ def st_onnx_folder(folder: Path) -> Path:
     return folder
 
 
-class OpenVINOPeer:
-    """What sentence-transformers' ``backend="openvino"`` runs, without optimum-intel: the
-    ``openvino`` runtime compiling its own ONNX export (OpenVINO's default precision for this CPU:
-    bf16 where it has AMX / AVX-512 BF16), its tokenizer, batches of 32, sigmoid as CrossEncoder."""
-
-    def __init__(self, folder: Path, threads: int):
-        import openvino as ov
-        from transformers import AutoTokenizer
-
-        self.compiled = ov.Core().compile_model(str(folder / "onnx" / "model.onnx"), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-        self.inputs = {port.get_any_name() for port in self.compiled.inputs}
-        self.request = self.compiled.create_infer_request()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-
-    def predict(self, pairs, batch_size: int = 32, **_) -> np.ndarray:
-        out = []
-        for start in range(0, len(pairs), batch_size):
-            part = pairs[start:start + batch_size]
-            feeds = self.tokenizer([q for q, _ in part], [d for _, d in part], padding=True, truncation=True,
-                                   max_length=512, return_tensors="np")
-            self.request.infer({k: v.astype(np.int64) for k, v in feeds.items() if k in self.inputs})
-            out.append(self.request.get_output_tensor(0).data[:, 0].copy())
-        return 1.0 / (1.0 + np.exp(-np.concatenate(out).astype(np.float64)))
-
-    def rank(self, query, documents, top_k: int = 10):
-        scores = self.predict([(query, d) for d in documents])
-        return [{"corpus_id": int(i), "score": float(scores[i])} for i in np.argsort(-scores)[:top_k]]
-
-
 def rerank_systems(paths, threads: int) -> dict[str, tuple]:
     """name -> (score(pairs) -> np.ndarray, rank(query, docs), crossrank.Reranker or None)."""
-    import onnxruntime as ort
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    torch.set_num_threads(threads)
-    systems = {}
-    st = CrossEncoder(str(paths["cross_src"]), max_length=512, device="cpu")
-    systems[ST_TORCH] = st
-    systems["sentence-transformers torch bf16 (batch 32)"] = CrossEncoder(
-        str(paths["cross_src"]), max_length=512, device="cpu", model_kwargs={"torch_dtype": torch.bfloat16})
-    peer = OpenVINOPeer(paths["st_onnx"], threads)
-    systems[f"openvino runtime on sentence-transformers' onnx export ({peer.precision}; ST's openvino backend)"] = peer
+    peers = {ST_TORCH: sentence_transformers(paths["cross_src"], "cross", 512, threads=threads),
+             "sentence-transformers torch bf16 (batch 32)": sentence_transformers(
+                 paths["cross_src"], "cross", 512, threads=threads, dtype="bf16")}
+    openvino = openvino_on_onnx_export(paths["st_onnx"], 512, threads)
+    peers[f"openvino runtime on sentence-transformers' onnx export ({openvino.system}; ST's openvino backend)"] = \
+        openvino
     for config, file_name in (("avx2", "model_quint8_avx2.onnx"), ("avx512_vnni", "model_qint8_avx512_vnni.onnx")):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        systems[f"sentence-transformers onnx int8 ({config})"] = CrossEncoder(
-            str(paths["st_onnx"]), backend="onnx", max_length=512,
-            model_kwargs={"file_name": f"onnx/{file_name}", "session_options": options})
-    out = {name: (lambda ps, m=model: np.asarray(m.predict(ps, batch_size=32, show_progress_bar=False)),
-                  lambda q, ds, m=model: m.rank(q, ds, top_k=10), None)
-           for name, model in systems.items()}
+        peers[f"sentence-transformers onnx int8 ({config})"] = sentence_transformers(
+            paths["st_onnx"], "cross", 512, threads=threads, backend="onnx", file_name=f"onnx/{file_name}")
+    out = {name: (peer.score, peer.request, None) for name, peer in peers.items()}
     for name, key, options in (
             ("crossrank fp32 (ONNX Runtime)", "cross_fp32", dict(backend="onnxruntime")),
             ("crossrank fp32 (OpenVINO)", "cross_fp32", dict(backend="openvino")),
@@ -255,13 +214,10 @@ def targets(rows: list[dict]) -> dict:
 
 
 def bench_embedders(paths, n_docs, threads, rounds: int) -> list[dict]:
-    from sentence_transformers import SentenceTransformer
-
     documents, _ = load_semanlink()
     texts = [d.text for d in documents[:n_docs]]
-    st = SentenceTransformer(str(paths["minilm"]), device="cpu")
     systems = {"sentence-transformers torch fp32 (batch 32)":
-               lambda ts: st.encode(ts, batch_size=32, normalize_embeddings=True)}
+               sentence_transformers(paths["minilm"], "bi", 256, threads=threads).score}
     for name, key, backend in (("crossrank fp32 (ONNX Runtime)", "bi_fp32", "onnxruntime"),
                                ("crossrank fp32 (OpenVINO)", "bi_fp32", "openvino"),
                                ("crossrank int8 (ONNX Runtime)", "bi_int8", "onnxruntime")):

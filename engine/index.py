@@ -31,7 +31,7 @@ from crossrank.docstore import DocumentStore, chunks
 from crossrank.errors import (EmbedderMismatchError, IndexFormatError, InvalidArgumentError, MissingFileError,
                               OutputExistsError, UsageError, check_choice, check_id, check_ids, check_int, check_queries, check_query,
                               check_texts)
-from crossrank.index_files import (DOCUMENTS, DTYPES, FORMAT_VERSION, KIND, MANIFEST, METRICS, POINTER,
+from crossrank.index_files import (DOCUMENTS, DTYPES, FORMAT_VERSION, KIND, MANIFEST, METRICS, MIN_CONNECTIVITY, POINTER,
                                    VECTORS, commit_generation, fsync_dir, fsync_file, new_staging_folder,
                                    read_manifest)
 from crossrank.locks import ReadWriteLock
@@ -165,9 +165,9 @@ class Index:
         """
         check_choice(dtype, "dtype", DTYPES)
         check_choice(metric, "metric", METRICS)
-        for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
-                            ("expansion_search", expansion_search)):
-            check_int(value, name, allow_none=True)
+        check_int(connectivity, "connectivity", MIN_CONNECTIVITY, allow_none=True)
+        check_int(expansion_add, "expansion_add", allow_none=True)
+        check_int(expansion_search, "expansion_search", allow_none=True)
         dim = int(embedder.dim)
         graph = usearch_index.Index(ndim=dim, metric=metric, dtype=dtype,
                                     connectivity=connectivity or DEFAULT_CONNECTIVITY,
@@ -276,8 +276,6 @@ class Index:
 
     # -- searching -------------------------------------------------------------------------
     def _query_vectors(self, queries, single: bool) -> np.ndarray:
-        if single and isinstance(queries, str):
-            queries = [queries]
         if isinstance(queries, np.ndarray):
             vectors = queries.reshape(1, -1) if single and queries.ndim == 1 else queries
             if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -286,7 +284,7 @@ class Index:
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             _check_finite(vectors, "query vector")
             return vectors
-        texts = [check_query(queries[0])] if single else check_queries(queries)
+        texts = [check_query(queries)] if single else check_queries(queries)
         if self.embedder is None:
             raise UsageError(
                 f"this index has no embedder to embed text queries: pass embedder= to Index.load "
@@ -484,9 +482,10 @@ USEARCH_SCALARS = {"f32": "F32", "f16": "F16", "i8": "I8"}
 USEARCH_METRICS = {"cos": "Cos", "ip": "IP"}
 
 
-def _read_pointer(root: Path) -> str | None:
+def _read_pointer(root: Path) -> bytes | None:
+    """CURRENT as it is on disk (to notice a concurrent save switching it; read_manifest parses it)."""
     try:
-        return (root / POINTER).read_text()
+        return (root / POINTER).read_bytes()
     except OSError:
         return None
 

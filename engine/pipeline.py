@@ -74,6 +74,14 @@ class SearchResult:
 Hit = SearchHit  # the earlier name, kept as an alias (docs/api.md)
 
 
+def cascade_step(order: list[int], depth: int | None, ranking: Sequence[int]) -> list[int]:
+    """The candidates' order after one reranking stage: the first ``depth`` of ``order`` (None:
+    all) in the stage's ``ranking`` (positions into that head, best first), then the rest of
+    ``order`` as it was. The one cascade rule: ``Pipeline`` and ``crossrank select`` apply it."""
+    head = order[:depth]
+    return [head[i] for i in ranking] + order[len(head):]
+
+
 def check_cascade(rerankers: Sequence[Reranker], depths: Sequence[int | None] | None
                   ) -> tuple[list[Reranker], list[int | None]]:
     """(rerankers, depths) as lists; depths[i] = candidates stage i reranks (None: all of them)."""
@@ -185,7 +193,7 @@ class Pipeline:
                 head = heads[q]
                 for r in ranking:
                     scores[q][head[r.index]][number] = float(r.score)
-                orders[q] = [head[r.index] for r in ranking] + orders[q][len(head):]
+                orders[q] = cascade_step(orders[q], depth, [r.index for r in ranking])
                 scored[q] = ranking.scored
                 stages[q].append({"depth": len(head), "scored": ranking.scored, "ms": ms})
         lap("rerank")

@@ -166,6 +166,25 @@ def add_select(sub) -> None:
     p.set_defaults(func=run_select)
 
 
+def _bar(total: int, unit: str, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=quiet)
+
+
+def score_with_each(rerankers: dict[str, Reranker], texts: list[str], documents: list[list[str]], depth: int,
+                    quiet: bool) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
+    """Each reranker's scores of every query's top ``depth`` candidates, and its seconds."""
+    scores, seconds = {}, {}
+    with _bar(sum(min(len(d), depth) for d in documents) * len(rerankers), "pair", "scoring candidates", quiet) as bar:
+        for name, reranker in rerankers.items():
+            bar.set_description(f"scoring with {name}")
+            start = time.perf_counter()
+            scores[name] = score_candidates(reranker, texts, documents, depth, bar.update)
+            seconds[name] = time.perf_counter() - start
+    return scores, seconds
+
+
 def _names(paths: list[str]) -> list[str]:
     names = [Path(p).name for p in paths]
     return names if len(set(names)) == len(names) else list(paths)
@@ -203,23 +222,7 @@ def run_select(args) -> int:
     results = [first.search(text, k=args.k, top_n=None) for text in texts]  # as each request will see it
     candidate_ids = [r.ids for r in results]
     documents = [[h.document for h in r.hits] for r in results]
-    deepest = max(args.depths)
-    total_pairs = sum(min(len(d), deepest) for d in documents) * len(rerankers)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_pairs, unit="pair", desc="scoring candidates", file=sys.stderr)
-    tick = (lambda n: bar.update(n)) if bar is not None else (lambda n: None)
-    scores_by_model, seconds_by_model = {}, {}
-    for name, reranker in rerankers.items():
-        if bar is not None:
-            bar.set_description(f"scoring with {name}")
-        start = time.perf_counter()
-        scores_by_model[name] = score_candidates(reranker, texts, documents, deepest, tick)
-        seconds_by_model[name] = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    scores_by_model, seconds_by_model = score_with_each(rerankers, texts, documents, max(args.depths), args.quiet)
     if cascades is None:
         order = sorted(names, key=lambda n: seconds_by_model[n])
         cascades = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
@@ -232,15 +235,8 @@ def run_select(args) -> int:
     expected = {c: [ranked_ids(c, candidate_ids[q], per_query[q]) for q in sample] for c in configs}
     pipelines = {c: Pipeline(embedder, index, rerankers=[rerankers[n] for n in c.rerankers], depths=list(c.depths))
                  if c.rerankers else first for c in configs}
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(configs) * len(sample), unit="request", desc="timing configurations", file=sys.stderr)
-    latency = measure_latency(configs, pipelines, [texts[q] for q in sample], args.k, expected,
-                              (lambda n: bar.update(n)) if bar is not None else (lambda n: None))
-    if bar is not None:
-        bar.close()
+    with _bar(len(configs) * len(sample), "request", "timing configurations", args.quiet) as bar:
+        latency = measure_latency(configs, pipelines, [texts[q] for q in sample], args.k, expected, bar.update)
     points = [Point(c, quality[c]["ndcg@10"], latency[c]["p50_ms"], {**quality[c], **latency[c]}) for c in configs]
     front = mark_pareto(points)
     best = best_within(points, args.latency_budget_ms)
