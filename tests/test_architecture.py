@@ -141,14 +141,15 @@ def test_no_import_cycles():
 
 def test_one_session_builder():
     """``InferenceSession(`` appears only in crossrank.session, an OpenVINO ``compile_model(`` only in
-    the OpenVINO session it builds (the package, tests and benchmarks' own code)."""
-    allowed = {"InferenceSession(": ROOT / "engine" / "session.py",
-               "compile_model(": ROOT / "engine" / "openvino_session.py"}
+    the OpenVINO session it builds and the peer harness (the package, tests and benchmarks' own code)."""
+    # front/peers.py compiles a peer's graph (sentence-transformers' own ONNX export): not a crossrank model.
+    allowed = {"InferenceSession(": {ROOT / "engine" / "session.py"},
+               "compile_model(": {ROOT / "engine" / "openvino_session.py", ROOT / "engine" / "front" / "peers.py"}}
     found = [f"{path.relative_to(ROOT)}:{number}: {call}"
              for folder in ("engine", "export", "kernels", "tests")
              for path in (ROOT / folder).rglob("*.py") if path != Path(__file__)
              for number, line in enumerate(path.read_text().splitlines(), 1)
-             for call, home in allowed.items() if call in line and path != home]
+             for call, homes in allowed.items() if call in line and path not in homes]
     # benchmarks/openvino_ep_probe.py runs in a venv without crossrank (onnxruntime-openvino replaces
     # the onnxruntime module), to compare onnxruntime's OpenVINO EP with the openvino runtime.
     probe = ROOT / "benchmarks" / "openvino_ep_probe.py"
