@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from crossrank.errors import DeviceUnavailableError, FidelityError, InvalidArgum
 from crossrank.isa import (RuntimeChoice, bf16_path, cpu_model, default_runtime, describe_cpu, missing_bf16_flags,
                            preferred)
 from crossrank.openvino_session import openvino_installed
+from crossrank.settings import write_json_atomically
 
 CERTIFICATES_FILE = "certificates.json"
 CERTIFICATES_FORMAT = 1
@@ -87,28 +86,18 @@ def read_certificates(folder: str | Path) -> dict:
 
 def write_certificate(folder: str | Path, record: dict) -> Path:
     """Add or replace one certificate (its key from the record's backend and precision) in
-    ``folder/certificates.json``, atomically, keeping the others (writers serialised by a file lock)."""
+    ``folder/certificates.json``, atomically, keeping the others (writers take turns on a lock of the folder)."""
     from crossrank.locks import file_lock
 
     folder = Path(folder)
     path = folder / CERTIFICATES_FILE
-    with file_lock(folder / ".certificates.lock"):
+    with file_lock(folder):  # the folder itself: nothing is created
         try:
             document = {"format": CERTIFICATES_FORMAT, **read_certificates(folder)}
         except FidelityError:
             document = {"format": CERTIFICATES_FORMAT}  # a broken file crossrank wrote is replaced
         document[certificate_key(record["backend"], record["precision"])] = record
-        handle, tmp = tempfile.mkstemp(prefix=".certificates-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(json.dumps(document, indent=2) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return path
+        return write_json_atomically(path, document)
 
 
 def certificate_problem(artifact: Artifact, record: dict | None, backend: str, precision: str,
@@ -189,5 +178,5 @@ def artifact_runtime(artifact: Artifact, device: str, flags: frozenset[str]) -> 
                            bf16_certified=certified)
 
 
-__all__ = ["BARS", "artifact_runtime", "BATCH_INVARIANCE_TOLERANCE", "CERTIFICATES_FILE", "NEEDS_CERTIFICATE", "certificate_key",
-           "certificate_problem", "check_precision", "meets_bar", "read_certificates", "write_certificate"]
+__all__ = ["BARS", "BATCH_INVARIANCE_TOLERANCE", "CERTIFICATES_FILE", "NEEDS_CERTIFICATE", "artifact_runtime",
+           "certificate_key", "certificate_problem", "check_precision", "meets_bar", "read_certificates", "write_certificate"]

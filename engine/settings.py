@@ -305,7 +305,13 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
         section["measured"] = measured
     document[device] = section
     validate_runtime(document, str(path))
-    handle, tmp = tempfile.mkstemp(prefix=".runtime-", suffix=".json", dir=folder)
+    return write_json_atomically(path, document)
+
+
+def write_json_atomically(path: Path, document: dict) -> Path:
+    """Write ``document`` to ``path`` through a temporary file beside it (fsync, rename): a reader
+    sees the old file or the new one, never a part (runtime.json, certificates.json)."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(json.dumps(document, indent=2) + "\n")
@@ -324,5 +330,5 @@ __all__ = [
     "ORIGINS", "RUNTIME_FILE", "SessionOptions", "THREADS_RANGE", "check_batch_tokens", "check_device",
     "check_optimization", "check_spinning", "check_threads", "default_options", "default_settings", "physical_cores", "read_runtime",
     "runtime_settings",
-    "validate_runtime", "write_runtime",
+    "validate_runtime", "write_json_atomically", "write_runtime",
 ]
