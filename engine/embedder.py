@@ -64,9 +64,9 @@ class Embedder(Model):
         tokens = 0
         bar = None
         if progress:
-            from tqdm import tqdm
+            from crossrank.progress import progress_bar
 
-            bar = tqdm(total=len(texts), unit="doc", desc="embedding")
+            bar = progress_bar(total=len(texts), unit="doc", desc="embedding")
         for start in range(0, len(texts), CHUNK_TEXTS):
             part = texts[start: start + CHUNK_TEXTS]
             rows = self.tokenizer.rows(part)

@@ -96,6 +96,16 @@ class UnsupportedModelError(CrossrankError, ValueError):
     what is supported."""
 
 
+class StoreError(CrossrankError, RuntimeError):
+    """A vector store (PostgreSQL + pgvector, Milvus) cannot be reached or refused an operation; the
+    message names the store with its credentials masked."""
+
+
+class NotOwnedError(StoreError):
+    """A table or collection exists that crossrank did not create: crossrank never writes to it
+    (open it read-only, or pick another name)."""
+
+
 # -- checks --------------------------------------------------------------------------------------
 
 def _show(value: Any) -> str:
@@ -303,7 +313,8 @@ def plain_file_name(name) -> str | None:
 __all__ = [
     "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
     "EmbedderMismatchError", "FidelityError", "IndexFormatError", "InvalidArgumentError", "MissingExtraError",
-    "MissingFileError", "OutputExistsError", "OverloadedError", "RuntimeConfigError", "UnknownIdError",
+    "MissingFileError", "NotOwnedError", "OutputExistsError", "OverloadedError", "RuntimeConfigError", "StoreError",
+    "UnknownIdError",
     "UnsupportedModelError", "UsageError",
     "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
     "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "int_range_text",

@@ -35,6 +35,7 @@ from crossrank.index_files import (DOCUMENTS, DTYPES, FORMAT_VERSION, KIND, MANI
                                    VECTORS, commit_generation, fsync_dir, fsync_file, new_staging_folder,
                                    read_manifest)
 from crossrank.locks import ReadWriteLock
+from crossrank.retriever import Candidates, RetrieverBase
 from crossrank.version import __version__
 
 # HNSW defaults, chosen on Semanlink (7,245 MiniLM vectors, f16): recall@10 0.999 and recall@100
@@ -60,8 +61,8 @@ class _IdsAndSimilarities(NamedTuple):
     similarities: np.ndarray  # float32, 1 - cosine distance (1 = same direction)
 
 
-class Candidates(_IdsAndSimilarities):
-    """First-stage results for one query, best first: ``ids, similarities = index.search(...)``.
+class Neighbors(_IdsAndSimilarities):
+    """The nearest documents to one query in an Index, best first: ``ids, similarities = index.search(...)``.
 
     ``keys`` (attribute, uint64) are the hits' keys in the document store, so that
     ``Index.fetch_documents`` reads their texts in one query.
@@ -73,7 +74,7 @@ class Candidates(_IdsAndSimilarities):
         return hits
 
 
-Hits = Candidates  # the earlier name, kept as an alias (docs/api.md)
+Hits = Neighbors  # the earlier name, kept as an alias (docs/api.md)
 
 
 def embedder_identity(embedder) -> dict:
@@ -86,12 +87,13 @@ def embedder_identity(embedder) -> dict:
 
 # -- the index -------------------------------------------------------------------------------
 
-class Index:
+class Index(RetrieverBase):
     """usearch HNSW vectors + SQLite documents, tied to the embedder artifact that built them.
 
     Build with ``Index.build``, load with ``Index.load``. Searches are thread-safe; mutations
     (``add``, ``remove``) should come from one thread at a time. An index loaded with
-    ``view=True`` maps its files read-only and refuses ``add``/``remove``.
+    ``view=True`` maps its files read-only and refuses ``add``/``remove``. A retriever
+    (crossrank.retriever): ``retrieve_many`` returns candidates with their texts.
     """
 
     def __init__(self, vectors: usearch_index.Index, store: DocumentStore, settings: dict,
@@ -241,9 +243,9 @@ class Index:
         order = np.argsort([len(t) for t in texts], kind="stable")
         bar = None
         if progress:
-            from tqdm import tqdm
+            from crossrank.progress import progress_bar
 
-            bar = tqdm(total=len(texts), unit="doc", desc="indexing", smoothing=0.1)
+            bar = progress_bar(total=len(texts), unit="doc", desc="indexing", smoothing=0.1)
         try:
             for part in chunks(order, batch_size):
                 embedded = self._check_vectors(self.embedder.embed([texts[i] for i in part]), len(part))
@@ -292,18 +294,18 @@ class Index:
                 f"{str(self.embedder_info.get('sha256'))[:16]}...), or search with vectors")
         return self._check_vectors(self.embedder.embed(texts), len(texts))
 
-    def search(self, query, k: int = 100, exact: bool = False) -> Candidates:
+    def search(self, query, k: int = 100, exact: bool = False) -> Neighbors:
         """The k nearest documents to a query text or a [dim] vector, best first.
 
         exact=True scans every vector (brute force) instead of walking the HNSW graph.
         """
         return self.search_vectors(self._query_vectors(query, single=True), k, exact)[0]
 
-    def search_many(self, queries, k: int = 100, exact: bool = False) -> list[Candidates]:
+    def search_many(self, queries, k: int = 100, exact: bool = False) -> list[Neighbors]:
         """``search`` for a list of texts or an [n, dim] array; texts are embedded in one call."""
         return self.search_vectors(self._query_vectors(queries, single=False), k, exact)
 
-    def search_vectors(self, vectors: np.ndarray, k: int, exact: bool = False) -> list[Candidates]:
+    def search_vectors(self, vectors: np.ndarray, k: int, exact: bool = False) -> list[Neighbors]:
         """``search`` for an [n, dim] float array of query vectors."""
         k = check_int(k, "k")
         vectors = self._query_vectors(np.asarray(vectors), single=False)
@@ -312,9 +314,9 @@ class Index:
         with self._lock.reading():
             return self._search_locked(vectors, k, exact)
 
-    def _search_locked(self, vectors: np.ndarray, k: int, exact: bool) -> list[Candidates]:
+    def _search_locked(self, vectors: np.ndarray, k: int, exact: bool) -> list[Neighbors]:
         if len(self) == 0:
-            return [Candidates([], np.zeros(0, dtype=np.float32)) for _ in range(len(vectors))]
+            return [Neighbors([], np.zeros(0, dtype=np.float32)) for _ in range(len(vectors))]
         matches = self._vectors.search(vectors, min(k, len(self)), exact=exact)
         keys = np.atleast_2d(matches.keys)
         distances = np.atleast_2d(matches.distances)
@@ -328,8 +330,30 @@ class Index:
                 raise IndexFormatError(f"vector key {missing[0]} has no document in the store "
                                        f"{self._store.path or '(memory)'}: the index is inconsistent")
             similarities = (1.0 - distances[row, : len(row_keys)]).astype(np.float32)
-            results.append(Candidates([id_of[int(key)] for key in row_keys], similarities, row_keys))
+            results.append(Neighbors([id_of[int(key)] for key in row_keys], similarities, row_keys))
         return results
+
+    # -- the retriever protocol --------------------------------------------------------------
+    def retrieve_many(self, queries: Sequence[str], vectors: np.ndarray | None, k: int,
+                      timings: dict | None = None) -> list[Candidates]:
+        """Up to k candidates per query with their texts (crossrank.retriever). ``vectors``: the
+        queries' [n, dim] vectors (None: embedded here). The search and the fetch of the texts see
+        one state of the index (a concurrent remove waits); ``timings`` gets both in ms."""
+        k = check_int(k, "k")
+        vectors = self._query_vectors(queries if vectors is None else np.asarray(vectors), single=False)
+        start = time.perf_counter()
+        with self._lock.reading():
+            hits = self._search_locked(vectors, k, False) if len(vectors) else []
+            searched = time.perf_counter()
+            documents = self.fetch_documents(hits)
+        if timings is not None:
+            timings.update(search=(searched - start) * 1e3, fetch=(time.perf_counter() - searched) * 1e3)
+        return [Candidates(h.ids, h.similarities, docs) for h, docs in zip(hits, documents)]
+
+    def describe(self) -> dict:
+        return {"kind": "usearch", "path": str(self.path) if self.path else None, "documents": len(self),
+                **self.settings, "view": self.view, "score": "cosine similarity (1 - cosine distance)",
+                "embedder": {key: self.embedder_info.get(key) for key in ("sha256", "dim", "path", "precision")}}
 
     # -- reading back ----------------------------------------------------------------------
     def get_documents(self, ids: Sequence) -> list[str]:
@@ -343,7 +367,7 @@ class Index:
         of the index (``Pipeline`` searches and fetches the candidates' texts in one)."""
         return self._lock.reading()
 
-    def fetch_documents(self, hits: Sequence[Candidates]) -> list[list[str]]:
+    def fetch_documents(self, hits: Sequence[Neighbors]) -> list[list[str]]:
         """The texts of every hit of several search results, in one store query (by key). Hold
         ``reading()`` around the search and the fetch when another thread may remove documents."""
         flat = np.concatenate([h.keys for h in hits]) if hits else np.zeros(0, dtype=np.uint64)

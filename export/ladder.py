@@ -52,6 +52,7 @@ from crossrank.export.starter import (
     training_groups,
 )
 from crossrank.errors import CrossrankError, InvalidArgumentError, MissingFileError, OutputExistsError
+from crossrank.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "models" / "starter-reranker"
@@ -197,14 +198,12 @@ class TeacherScores:
 
     def compute(self, model, tokenizer, pairs, max_length: int, torch, chunk: int = 1024) -> int:
         """Score the pairs not cached yet (teacher in inference mode), save, return how many were new."""
-        from tqdm import tqdm
-
         todo = self.missing(pairs)
         if not todo:
             return 0
         model.eval()
         with torch.inference_mode():
-            for start in tqdm(range(0, len(todo), chunk), desc=f"teacher scores ({len(todo)} pairs)", unit="chunk"):
+            for start in progress_bar(range(0, len(todo), chunk), desc=f"teacher scores ({len(todo)} pairs)", unit="chunk"):
                 part = todo[start: start + chunk]
                 logits = group_logits(model, tokenizer, part, max_length, torch, micro_batch=128).tolist()
                 self.scores.update((pair_key(q, d), s) for (q, d), s in zip(part, logits))
@@ -371,13 +370,11 @@ def train_steps(student, optimizer, schedule, groups, scores: TeacherScores, tex
                 desc: str, record: dict | None = None) -> dict:
     """Optimiser steps over ``groups`` (``args.groups_per_step`` per step). Appends to ``record``'s
     per-step losses and seconds (a new record when None) and returns it; see ``epoch_summary``."""
-    from tqdm import tqdm
-
     record = record if record is not None else {"loss": [], "ce": [], "kd": [], "mse": [], "seconds": 0.0}
     student.train()
     started = time.perf_counter()
     width = 1 + args.hard + args.random
-    bar = tqdm(range(0, len(groups), args.groups_per_step), desc=desc, unit="step")
+    bar = progress_bar(range(0, len(groups), args.groups_per_step), desc=desc, unit="step")
     for start in bar:
         part = groups[start: start + args.groups_per_step]
         pairs = [(q, text_of[d]) for q, pos, negs in part for d in [pos, *negs]]

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from crossrank.errors import CrossrankError, OutputExistsError
+from crossrank.progress import progress_bar
 
 SEED = 20261125
 
@@ -211,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not args.force:
         raise OutputExistsError(f"{out} exists: pass --force to retrain and replace it")
     import torch
-    from tqdm import tqdm
     from transformers import AutoTokenizer, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     for epoch, groups in enumerate(epoch_groups, 1):
         model.train()
         epoch_start, losses = time.perf_counter(), []
-        bar = tqdm(range(0, len(groups), args.groups_per_step), desc=f"epoch {epoch}/{args.epochs}", unit="step")
+        bar = progress_bar(range(0, len(groups), args.groups_per_step), desc=f"epoch {epoch}/{args.epochs}", unit="step")
         for start in bar:
             part = groups[start: start + args.groups_per_step]
             width = 1 + args.hard + args.random

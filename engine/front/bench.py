@@ -34,6 +34,7 @@ from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gfl
                                      measure_throughput, peak_rss_mb)
 from crossrank.front.peers import sentence_transformers
 from crossrank.front.workload import load_workload, request_of_size, spread
+from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
 from crossrank.session import require_device
 from crossrank.settings import BATCH_TOKENS_RANGE
@@ -134,26 +135,19 @@ def resolve_encoder_shape(artifact, explicit: dict | None, source: Path | None) 
 
 
 class _Progress:
-    """One tqdm bar over all the work (items), its description naming the phase."""
+    """One progress bar over all the work (items), its description naming the phase."""
 
     def __init__(self, total: int, unit: str, quiet: bool):
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit=unit, desc="bench", file=sys.stderr, leave=False)
+        self.bar = progress_bar(total=total, unit=unit, desc="bench", file=sys.stderr, leave=False, disable=quiet)
 
     def phase(self, name: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(name)
+        self.bar.set_description(name)
 
     def add(self, items: int) -> None:
-        if self.bar is not None:
-            self.bar.update(items)
+        self.bar.update(items)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def _chunks(requests: list[dict], items: int) -> list[list[dict]]:

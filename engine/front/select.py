@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.embedder import Embedder
 from crossrank.errors import InvalidArgumentError
 from crossrank.evaluation.datasets import read_jsonl, semanlink_queries
 from crossrank.evaluation.selection import Config, Point, best_within, config_metrics, mark_pareto, ranked_ids
 from crossrank.front.args import add_device_argument, int_list_arg, positive_float_arg, positive_int_arg
 from crossrank.front.measure import machine_name
-from crossrank.index import Index, recorded_embedder_path
-from crossrank.index_files import index_info
+from crossrank.front.model_folders import add_model_folder_arguments, reranker_artifacts
+from crossrank.front.search import add_store_arguments, locate_first_stage, open_first_stage
 from crossrank.pipeline import Pipeline
+from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
 
 DEFAULT_DEPTHS = (10, 20, 50, 100)
@@ -135,13 +135,15 @@ def add_select(sub) -> None:
                     "request) of the first stage alone, every reranker at every depth, and every cascade at "
                     "every chain of depths; print the table with the Pareto front marked, the best "
                     "configuration within --latency-budget-ms, and (--out) a plot of quality vs latency.",
-        epilog="example: crossrank select --index artifacts/semanlink-index --rerankers "
-               "artifacts/L2-int8,artifacts/L6-int8 --cascades L2-int8>L6-int8 --dataset semanlink --split dev "
+        epilog="example (after make demo): crossrank select --index artifacts/semanlink-index --rerankers "
+               "models/starter-reranker-L2,models/starter-reranker-L4,models/starter-reranker "
+               "--cascades 'starter-reranker-L2>starter-reranker' --dataset semanlink --split dev "
                "--latency-budget-ms 500 --out select-report")
-    p.add_argument("--index", required=True, metavar="DIR", help="index folder holding the documents")
+    add_store_arguments(p, "the first stage (holding the labelled documents)")
     p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")
-    p.add_argument("--rerankers", required=True, metavar="ART,ART,...",
-                   help="cross-encoder artifacts to compare; each is named by its folder's name")
+    p.add_argument("--rerankers", required=True, metavar="DIR,DIR,...",
+                   help="cross-encoders to compare: artifact folders, or Hugging Face model folders (exported "
+                        "once into --artifacts); each is named by its folder's name")
     p.add_argument("--cascades", metavar="A>B,...",
                    help="cascades to compare, by reranker names (default: each reranker into every slower one)")
     p.add_argument("--no-cascades", action="store_true", help="compare single rerankers only")
@@ -160,23 +162,19 @@ def add_select(sub) -> None:
     p.add_argument("--latency-budget-ms", type=positive_float_arg, default=None, metavar="MS",
                    help="p95 budget: name the best configuration within it")
     add_device_argument(p, "where models run")
+    add_model_folder_arguments(p)
     p.add_argument("--out", metavar="DIR", help="write select.md, select.json and select.png here")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_select)
 
 
-def _bar(total: int, unit: str, desc: str, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=quiet)
-
-
 def score_with_each(rerankers: dict[str, Reranker], texts: list[str], documents: list[list[str]], depth: int,
                     quiet: bool) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
     """Each reranker's scores of every query's top ``depth`` candidates, and its seconds."""
     scores, seconds = {}, {}
-    with _bar(sum(min(len(d), depth) for d in documents) * len(rerankers), "pair", "scoring candidates", quiet) as bar:
+    with progress_bar(total=sum(min(len(d), depth) for d in documents) * len(rerankers), unit="pair",
+                      desc="scoring candidates", disable=quiet) as bar:
         for name, reranker in rerankers.items():
             bar.set_description(f"scoring with {name}")
             start = time.perf_counter()
@@ -202,7 +200,7 @@ def run_select(args) -> int:
     cascades = [] if args.no_cascades else parse_cascades(args.cascades, names) if args.cascades else None
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InvalidArgumentError(f"--out {args.out!r} exists and is not a folder")
-    index_info(args.index)
+    embedder_path = locate_first_stage(args)  # before any model loads or exports
     if args.queries:
         labelled = read_labelled_queries(args.queries)
         source = str(args.queries)
@@ -210,8 +208,8 @@ def run_select(args) -> int:
         labelled = [LabelledQuery(q.text, q.relevant) for q in semanlink_queries(args.split)]
         source = f"semanlink {args.split} tags"
     labelled = labelled[: args.limit]
-    embedder = Embedder(args.embedder or recorded_embedder_path(args.index), device=args.device)
-    index = Index.load(args.index, view=True, embedder=embedder)
+    paths = reranker_artifacts(paths, args)
+    embedder, index = open_first_stage(args, args.device, embedder_path)
     rerankers = {name: Reranker(path, device=args.device) for name, path in zip(names, paths)}
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     started = time.perf_counter()
@@ -235,7 +233,8 @@ def run_select(args) -> int:
     expected = {c: [ranked_ids(c, candidate_ids[q], per_query[q]) for q in sample] for c in configs}
     pipelines = {c: Pipeline(embedder, index, rerankers=[rerankers[n] for n in c.rerankers], depths=list(c.depths))
                  if c.rerankers else first for c in configs}
-    with _bar(len(configs) * len(sample), "request", "timing configurations", args.quiet) as bar:
+    with progress_bar(total=len(configs) * len(sample), unit="request", desc="timing configurations",
+                      disable=args.quiet) as bar:
         latency = measure_latency(configs, pipelines, [texts[q] for q in sample], args.k, expected, bar.update)
     points = [Point(c, quality[c]["ndcg@10"], latency[c]["p50_ms"], {**quality[c], **latency[c]}) for c in configs]
     front = mark_pareto(points)

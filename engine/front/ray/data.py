@@ -37,6 +37,7 @@ from crossrank.artifact import load_artifact, sha256_file
 from crossrank.errors import (InvalidArgumentError, MissingFileError, OutputExistsError, check_bool, check_choice,
                               check_int)
 from crossrank.evaluation.datasets import json_line
+from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
 from crossrank.settings import DEVICES, check_threads
 
@@ -342,10 +343,8 @@ def _score_on_ray(job: dict, pending: list[Block], report: ScoreReport, address:
         scored = dataset.map_batches(ScoreBlocks, fn_constructor_kwargs={"job": job}, batch_size=1,
                                      compute=ray.data.ActorPoolStrategy(size=min(actors, len(pending))),
                                      batch_format="numpy", **options)
-        from tqdm.auto import tqdm
-
-        with tqdm(total=rows, initial=rows - sum(b.stop - b.start for b in pending), unit="pair",
-                  desc=f"scoring {name}", disable=not progress) as bar:
+        with progress_bar(total=rows, initial=rows - sum(b.stop - b.start for b in pending), unit="pair",
+                          desc=f"scoring {name}", disable=not progress) as bar:
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
                 done = int(np.sum(batch["rows"]))
                 report.written_blocks += len(batch["block"])

@@ -241,8 +241,8 @@ async def info(request: Request):
     config, models = request.app.state.config, request.app.state.models
     return {"name": "crossrank", "version": __version__, "ready": models.ready.is_set(),
             "models": {what: models.model_info(what) for what in ("reranker", "embedder")},
-            "index": ({"path": config.index, "documents": len(models.index)} if models.index is not None
-                      else ({"path": config.index} if config.index else None)),
+            "index": ({"path": config.first_stage_name(), "documents": len(models.index)} if models.index is not None
+                      else ({"path": config.first_stage_name()} if config.first_stage_name() else None)),
             "limits": {"max_queue_tokens": config.max_queue_tokens, "max_documents": config.max_documents,
                        "max_request_bytes": config.max_request_bytes},
             "shared": config.shared, "device": config.device}

@@ -1,6 +1,9 @@
 """How many times the server tokenizes each text of a request (issue 19: target 1).
 
-    python benchmarks/tokenizations.py RERANKER_ART [--embedder EMBEDDER_ART]
+    python tests/count_tokenizations.py RERANKER_ART [--embedder EMBEDDER_ART]
+
+A measuring tool that instruments the models' tokenizers, so it lives with the tests (the core's
+internals are theirs to read); tests/test_serve.py asserts the same count.
 
 Builds the ``crossrank serve`` app in process (sharing off), wraps each model's Rust tokenizer in a
 counter, sends one Cohere v2 /rerank request (with max_tokens_per_doc) and one TEI /rerank request
@@ -22,6 +25,8 @@ from crossrank.front.serve.config import ServeConfig
 
 
 class CountingTokenizer:
+    """Wraps a Rust tokenizer; records every text it is asked to encode."""
+
     def __init__(self, inner):
         self.inner, self.texts = inner, []
 
