@@ -120,14 +120,16 @@ class Model:
         """What this model is and how it runs, as plain JSON-ready values: ``kind``, ``path``,
         ``device``, ``max_length`` (the window it runs with), ``manifest`` (``Artifact.summary()``),
         ``options`` (every session option's value), ``origin`` (where each came from: "argument",
-        "runtime.json" or "default"), ``runtime`` (``backend``, ``precision``, ``reason`` for
-        them, ``cpu``: model and ISA flags, ``fidelity``: where the precision's figures come from,
+        "runtime.json" or "default"), ``runtime`` (``backend``, ``precision``, ``computes_in``:
+        what OpenVINO reports it computes in, e.g. "f32" or "bf16", ``reason`` for them, ``cpu``:
+        model and ISA flags, ``fidelity``: where the precision's figures come from,
         see crossrank.certificate.check_precision) and ``sharing`` (``shared``,
         ``max_queue_tokens`` and ``workers``; the latter two None when not shared)."""
         return {"kind": self.kind, "path": str(self.path), "device": self.device, "max_length": self.max_length,
                 "manifest": self.artifact.summary(), "options": self.options.values(),
                 "origin": dict(self.options.origin),
                 "runtime": {"backend": self.options.backend, "precision": self.options.precision,
+                            "computes_in": getattr(self.runner.session, "inference_precision", self.options.precision),
                             "reason": self.runtime_reason, "cpu": describe_cpu(), "fidelity": self.fidelity},
                 "sharing": {"shared": self.shared,
                             "max_queue_tokens": self.scheduler.max_queue_tokens if self.shared else None,

@@ -89,7 +89,8 @@ class OpenVINOSession:
             raise ArtifactError(f"OpenVINO cannot run {str(model_path)!r} ({precision}): {detail}. Run this "
                                 f"artifact with backend='onnxruntime', or give OpenVINO the fp32 artifact of the "
                                 f"same model") from None
-        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        # what OpenVINO computes in ("f32", "bf16"): on a CPU without bf16 it runs f32 whatever the hint
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def get_inputs(self) -> list[NodeInfo]:
         return list(self._inputs)

@@ -88,7 +88,9 @@ def test_openvino_fp32_equals_onnxruntime_fp32(which, request, trec_rag):
     pairs = _pairs(trec_rag)
     ort = crossrank.Reranker(artifact, threads=2, backend="onnxruntime")
     ov = crossrank.Reranker(artifact, threads=2, backend="openvino")
-    assert (ov.backend, ov.precision, ov.describe()["runtime"]["backend"]) == ("openvino", "fp32", "openvino")
+    runtime = ov.describe()["runtime"]
+    assert (ov.backend, ov.precision, runtime["backend"], runtime["computes_in"]) == ("openvino", "fp32", "openvino",
+                                                                                      "f32")
     want, got = ort.score(pairs, raw_scores=True), ov.score(pairs, raw_scores=True)
     assert np.max(np.abs(want - got)) <= OPENVINO_FP32_TOLERANCE
     assert ov.stats().rows == len(pairs)
@@ -222,6 +224,8 @@ def test_bf16_needs_a_passing_certificate_for_this_graph_and_bf16_path(own_copy,
     write_certificate(own_copy, _record(own_copy))
     model = crossrank.Reranker(own_copy, precision="bf16")
     assert (model.backend, model.precision) == ("openvino", "bf16")
+    if bf16_path(cpu_flags()) is None:  # OpenVINO itself says it computes in f32 on this CPU
+        assert model.describe()["runtime"]["computes_in"] == "f32"
     assert model.describe()["runtime"]["fidelity"]["certificate"] == "openvino-bf16"
     crossrank.Reranker(own_copy, precision="bf16", shared=True).close()
     # with a passing certificate the ISA rule makes it the default (openvino is installed here)

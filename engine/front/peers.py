@@ -97,7 +97,7 @@ def openvino_on_onnx_export(folder: str | Path, max_length: int, threads: int) -
         scores = score([(query, d) for d in documents])
         return [{"corpus_id": int(i), "score": float(scores[i])} for i in np.argsort(-scores)]
 
-    return Peer(str(compiled.get_property("INFERENCE_PRECISION_HINT")), score, rank)
+    return Peer(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), score, rank)  # e.g. "f32", "bf16"
 
 
 __all__ = ["Peer", "ST_BATCH", "openvino_on_onnx_export", "sentence_transformers"]
