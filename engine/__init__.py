@@ -12,9 +12,10 @@ bench, tune; ``crossrank.integrations``: RAG framework adapters).
 from crossrank.artifact import Artifact, load_artifact
 from crossrank.embedder import Embedder, Embeddings
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
-                              DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
-                              MissingExtraError, MissingFileError, NotOwnedError, OutputExistsError, OverloadedError,
-                              RuntimeConfigError, StoreError, UnknownIdError, UsageError)
+                              DeviceUnavailableError, EmbedderMismatchError, FidelityError, IndexFormatError,
+                              InvalidArgumentError, MissingExtraError, MissingFileError, NotOwnedError,
+                              OutputExistsError, OverloadedError, RuntimeConfigError, StoreError, UnknownIdError,
+                              UsageError)
 from crossrank.index import Hits, Index, Neighbors
 from crossrank.model import Model
 from crossrank.pipeline import Hit, Pipeline, SearchHit, SearchResult
@@ -26,7 +27,7 @@ from crossrank.version import __version__
 
 __all__ = [
     "ArgumentTypeError", "Artifact", "ArtifactError", "Candidates", "CrossrankError", "DatasetNotFound",
-    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "Hybrid", "Index",
+    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "FidelityError", "Hybrid", "Index",
     "IndexFormatError", "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "Neighbors",
     "NotOwnedError", "OutputExistsError", "OverloadedError", "Pipeline", "RankedDocument", "Ranking", "Reranker",
     "Retriever", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult", "SessionOptions", "StoreError",

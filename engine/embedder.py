@@ -25,10 +25,10 @@ class Embeddings(NamedTuple):
 
 
 class Embedder(Model):
-    """A bi-encoder artifact on ONNX Runtime; ``embed(texts)`` -> float32 [n, dim], input order.
+    """A bi-encoder artifact on ONNX Runtime or OpenVINO; ``embed(texts)`` -> float32 [n, dim], input order.
 
-    Options as for ``Reranker`` (threads, batch_tokens, io_binding, memory_arena, or a
-    ``SessionOptions``; ``max_length``). shared: concurrent callers' texts share batches through
+    Options as for ``Reranker`` (threads, batch_tokens, io_binding, memory_arena, backend,
+    precision, allow_low_fidelity, or a ``SessionOptions``; ``max_length``). shared: concurrent callers' texts share batches through
     one queue (``crossrank.scheduler``), at most ``max_queue_tokens`` tokens queued (beyond:
     OverloadedError), ``workers`` threads running its batches. ``aembed`` is the asyncio variant
     (the model never runs on the event loop).
@@ -40,9 +40,12 @@ class Embedder(Model):
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  max_length: int | None = None, batch_tokens: int | None = None,
                  io_binding: bool | None = None, memory_arena: bool | None = None, shared: bool = False,
-                 max_queue_tokens: int | None = None, workers: int = 1, *, options: SessionOptions | None = None):
+                 max_queue_tokens: int | None = None, workers: int = 1, *, options: SessionOptions | None = None,
+                 backend: str | None = None, precision: str | None = None,
+                 allow_low_fidelity: bool | None = None):
         options = session_options(options, threads=threads, batch_tokens=batch_tokens, io_binding=io_binding,
-                                  memory_arena=memory_arena)
+                                  memory_arena=memory_arena, backend=backend, precision=precision,
+                                  allow_low_fidelity=allow_low_fidelity)
         super().__init__(path, device, max_length, options, shared, max_queue_tokens, workers)
         self.dim = int(self.artifact.manifest["dim"])
 

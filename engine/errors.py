@@ -57,7 +57,13 @@ class UsageError(CrossrankError, RuntimeError):
 
 
 class DeviceUnavailableError(CrossrankError, RuntimeError):
-    """The execution provider asked for is not installed (e.g. device="cuda" without onnxruntime-gpu)."""
+    """The execution provider asked for is not installed (e.g. device="cuda" without onnxruntime-gpu),
+    or the CPU lacks what a precision needs (bf16 without AVX-512 BF16 or AMX)."""
+
+
+class FidelityError(CrossrankError, RuntimeError):
+    """A precision or backend without a passing fidelity certificate was refused (see
+    crossrank.certificate; ``allow_low_fidelity=True`` runs it anyway)."""
 
 
 class OverloadedError(CrossrankError, RuntimeError):
@@ -306,8 +312,9 @@ def plain_file_name(name) -> str | None:
 
 __all__ = [
     "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
-    "EmbedderMismatchError", "IndexFormatError", "InvalidArgumentError", "MissingExtraError", "MissingFileError",
-    "NotOwnedError", "OutputExistsError", "OverloadedError", "RuntimeConfigError", "StoreError", "UnknownIdError",
+    "EmbedderMismatchError", "FidelityError", "IndexFormatError", "InvalidArgumentError", "MissingExtraError",
+    "MissingFileError", "NotOwnedError", "OutputExistsError", "OverloadedError", "RuntimeConfigError", "StoreError",
+    "UnknownIdError",
     "UnsupportedModelError", "UsageError",
     "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
     "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "int_range_text",

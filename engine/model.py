@@ -1,8 +1,11 @@
 """The public face of a model: what Reranker and Embedder share, and all that code outside the
 core may use of them.
 
-A model is an artifact folder (manifest checked on load) run on ONNX Runtime: a tokenizer, the
-session options it runs with (``SessionOptions``, each value with its origin), and an executor
+A model is an artifact folder (manifest checked on load) run on a backend (ONNX Runtime, or
+OpenVINO on CPU) at a precision: a tokenizer, the session options it runs with
+(``SessionOptions``, each value with its origin; backend and precision by default from the CPU's
+ISA, crossrank.isa; a precision the export did not measure only with a passing fidelity
+certificate, crossrank.certificate), and an executor
 (``crossrank.runner.Executor``) that runs its token rows: a ``BatchRunner`` on the caller's thread
 or, with ``shared=True``, a ``Scheduler`` whose worker threads merge concurrent callers' rows.
 
@@ -21,7 +24,9 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from crossrank.artifact import check_graph, load_artifact
+from crossrank.certificate import artifact_runtime, check_precision
 from crossrank.errors import ArgumentTypeError, InvalidArgumentError, UsageError, check_bool, check_int
+from crossrank.isa import cpu_flags, describe_cpu
 from crossrank.runner import BatchRunner, Deadline, Executor, RunTotals
 from crossrank.scheduler import BatchReport, Scheduler
 from crossrank.settings import SessionOptions
@@ -50,11 +55,15 @@ class Model:
 
     def __init__(self, path: str | Path, device: str, max_length: int | None, options: SessionOptions,
                  shared: bool, max_queue_tokens: int | None, workers: int):
-        self.options: SessionOptions = options.resolve(path, device)
+        resolved = options.resolve(path, device)
         if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
             raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
                                        "shared=True")
         self.artifact = load_artifact(path, expect_kind=self.kind)
+        flags = cpu_flags()
+        self.options: SessionOptions = self._runtime_options(resolved, device, flags)
+        self.fidelity = check_precision(self.artifact, self.options.backend, self.options.precision, device, flags,
+                                        allow_low_fidelity=self.options.allow_low_fidelity, shared=shared)
         limit = self.artifact.max_length
         self.max_length: int = check_int(max_length, "max_length", self.min_length, limit, allow_none=True) or limit
         self.tokenizer = self._load_tokenizer()
@@ -65,6 +74,18 @@ class Model:
                                    workers=workers) if shared else None
         self.executor: Executor = self.runner if self.scheduler is None else self.scheduler
         self.device = device
+
+    def _runtime_options(self, options: SessionOptions, device: str, flags: frozenset[str]) -> SessionOptions:
+        """Backend and precision where neither was chosen: crossrank.isa's rule for this artifact
+        on this CPU (``runtime_reason`` says why); where one was chosen, the other follows it."""
+        origin, artifact = options.origin, self.artifact
+        if origin["backend"] == "default" and origin["precision"] == "default":
+            choice = artifact_runtime(artifact, device, flags)
+            self.runtime_reason = f"default rule: {choice.reason}"
+            return options.with_defaults(backend=choice.backend, precision=choice.precision)
+        self.runtime_reason = "chosen (argument or runtime.json)"
+        precision = options.precision or artifact.precision
+        return options.with_defaults(precision=precision, backend="openvino" if precision == "bf16" else "onnxruntime")
 
     def _load_tokenizer(self):
         raise NotImplementedError
@@ -82,7 +103,13 @@ class Model:
 
     @property
     def precision(self) -> str:
-        return self.artifact.precision
+        """The precision the model computes in (the artifact's, or bf16)."""
+        return self.options.precision
+
+    @property
+    def backend(self) -> str:
+        """"onnxruntime" or "openvino"."""
+        return self.options.backend
 
     @property
     def shared(self) -> bool:
@@ -93,11 +120,17 @@ class Model:
         """What this model is and how it runs, as plain JSON-ready values: ``kind``, ``path``,
         ``device``, ``max_length`` (the window it runs with), ``manifest`` (``Artifact.summary()``),
         ``options`` (every session option's value), ``origin`` (where each came from: "argument",
-        "runtime.json" or "default") and ``sharing`` (``shared``, ``max_queue_tokens`` and
-        ``workers``; the latter two None when not shared)."""
+        "runtime.json" or "default"), ``runtime`` (``backend``, ``precision``, ``computes_in``:
+        what OpenVINO reports it computes in, e.g. "f32" or "bf16", ``reason`` for them, ``cpu``:
+        model and ISA flags, ``fidelity``: where the precision's figures come from,
+        see crossrank.certificate.check_precision) and ``sharing`` (``shared``,
+        ``max_queue_tokens`` and ``workers``; the latter two None when not shared)."""
         return {"kind": self.kind, "path": str(self.path), "device": self.device, "max_length": self.max_length,
                 "manifest": self.artifact.summary(), "options": self.options.values(),
                 "origin": dict(self.options.origin),
+                "runtime": {"backend": self.options.backend, "precision": self.options.precision,
+                            "computes_in": getattr(self.runner.session, "inference_precision", self.options.precision),
+                            "reason": self.runtime_reason, "cpu": describe_cpu(), "fidelity": self.fidelity},
                 "sharing": {"shared": self.shared,
                             "max_queue_tokens": self.scheduler.max_queue_tokens if self.shared else None,
                             "workers": self.scheduler.workers if self.shared else None}}

@@ -93,7 +93,7 @@ class _Cuts(NamedTuple):
 
 
 class Reranker(Model):
-    """A cross-encoder artifact on ONNX Runtime.
+    """A cross-encoder artifact on ONNX Runtime or OpenVINO.
 
     path: artifact folder from ``crossrank export --kind cross``. device: "cpu" or "cuda".
     threads: intra-op threads (default: physical cores). max_length: token window, at most the
@@ -101,7 +101,12 @@ class Reranker(Model):
     long_documents: "truncate" (default) keeps a document's first window; "chunk" scores
     overlapping windows (``chunk_overlap`` tokens, default min(64, a quarter of the
     window)) and keeps the best. io_binding: bind inputs on the device (default: on for CUDA).
-    memory_arena: ONNX Runtime's CPU arena (default off). options: a ``SessionOptions`` with
+    memory_arena: ONNX Runtime's CPU arena (default off). backend: "onnxruntime" or "openvino"
+    (CPU; extra ``crossrank[openvino]``). precision: the artifact's own, or "bf16" (an fp32
+    artifact on OpenVINO, on a CPU with AVX-512 BF16 or AMX, with a passing certificate from
+    ``crossrank certify``); both default by crossrank.isa's rule (``describe()["runtime"]`` says
+    why). allow_low_fidelity: run a precision without a passing certificate instead of refusing
+    it (crossrank.certificate). options: a ``SessionOptions`` with
     these and the other session options (graph optimisation, spinning, profiling); an option given
     both as a keyword and in ``options`` must agree. shared: run every call through one queue
     whose worker threads merge concurrent callers' pairs into shared batches
@@ -123,9 +128,12 @@ class Reranker(Model):
                  max_length: int | None = None, batch_tokens: int | None = None,
                  long_documents: str = "truncate", chunk_overlap: int | None = None, io_binding: bool | None = None,
                  memory_arena: bool | None = None, shared: bool = False, max_queue_tokens: int | None = None,
-                 workers: int = 1, *, options: SessionOptions | None = None):
+                 workers: int = 1, *, options: SessionOptions | None = None,
+                 backend: str | None = None, precision: str | None = None,
+                 allow_low_fidelity: bool | None = None):
         options = session_options(options, threads=threads, batch_tokens=batch_tokens, io_binding=io_binding,
-                                  memory_arena=memory_arena)
+                                  memory_arena=memory_arena, backend=backend, precision=precision,
+                                  allow_low_fidelity=allow_low_fidelity)
         check_choice(long_documents, "long_documents", LONG_DOCUMENT_MODES)
         super().__init__(path, device, max_length, options, shared, max_queue_tokens, workers)
         most = self.tokenizer.max_query_tokens  # windows then still advance by at least half

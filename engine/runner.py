@@ -111,7 +111,8 @@ class Executor(Protocol):
 
 
 class BatchRunner:
-    """One ONNX session plus the batch planner; ``run(rows)`` returns outputs in row order.
+    """One model session (ONNX Runtime or OpenVINO) plus the batch planner; ``run(rows)`` returns
+    outputs in row order.
 
     options: the model's ``SessionOptions`` (resolved for ``device`` here when they are not yet).
     """
@@ -124,11 +125,11 @@ class BatchRunner:
         o = self.options
         self.session = build_session(model_path, device=device, threads=o.threads, memory_arena=o.memory_arena,
                                      optimization=o.optimization, profile_prefix=o.profile_prefix,
-                                     spinning=o.spinning)
+                                     spinning=o.spinning, backend=o.backend, precision=o.precision)
         self.device = device
         self.batch_tokens = o.batch_tokens
         self.max_rows = max_rows
-        self.io_binding = o.io_binding
+        self.io_binding = o.io_binding and o.backend == "onnxruntime"  # OpenVINO reads host arrays
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_name = self.session.get_outputs()[0].name
         self.stats = RunStats()

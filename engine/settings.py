@@ -9,7 +9,8 @@ checks the manifest's files only, and ``tune`` never touches the manifest. Forma
 device; a section's keys are all optional)::
 
     {"format": 1,
-     "cpu": {"threads": 2, "batch_tokens": 4096, "io_binding": false,
+     "cpu": {"threads": 2, "batch_tokens": 4096, "io_binding": false, "backend": "onnxruntime",
+             "precision": "int8", "spinning": "within-calls",
              "measured": {... what tune measured, free-form ...}}}
 
 A malformed file is an error naming the file and the bad key or value, never silently ignored.
@@ -26,7 +27,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, RuntimeConfigError, check_bool, check_choice,
-                              check_fields, check_int, is_bool, is_int, is_object)
+                              check_fields, check_int, is_bool, is_int, is_object, is_one_of)
 
 DEVICES = ("cpu", "cuda")
 # Token budget per model call (rows x padded length). cpu: 512. The per-row int8 reranker on the
@@ -51,20 +52,28 @@ GRAPH_OPTIMIZATION = "all"
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 # Intra-op thread spinning: "always" (ONNX Runtime's own default: idle workers busy-wait, also
 # between calls), "within-calls" (busy-wait while a call runs, stop as soon as it returns:
-# session.force_spinning_stop) or "never" (workers sleep whenever idle). On a machine shared with
-# other work (other callers, other processes: the normal case for a service) busy-waiting workers
-# steal the cores the slowest worker needs: "never" scored 1.7x the pairs/s of "within-calls" on
-# 2 loaded cores (benchmarks/rerank_bench.py compares the two in one run).
-# "within-calls" may win a few percent on a dedicated, otherwise idle machine.
-SPINNING = "never"
+# session.force_spinning_stop) or "never" (workers sleep whenever idle). The default is for the
+# common deployment, a quiet machine dedicated to the service: there the int8 reranker scored
+# 47.5 pairs/s with "within-calls" against 41.5 with "never" (1.14x; issue 20, 2 vCPUs of a Xeon).
+# On a machine shared with other work busy-waiting workers steal the cores the slowest worker
+# needs ("never" scored 1.7x "within-calls" on 2 loaded cores): `crossrank tune` measures both and
+# writes "never" to runtime.json where it wins. OpenVINO sessions ignore it (their own threading).
+SPINNING = "within-calls"
 SPINNING_MODES = ("within-calls", "always", "never")
 # ONNX Runtime's CPU arena keeps the largest buffers it ever served, so with requests of varying
 # shapes RSS only grows: off by default (see the memory soak in benchmarks/rerank_bench.py).
 MEMORY_ARENA = False
 
+# Backends (crossrank.session): ONNX Runtime (CPU, CUDA) and OpenVINO (CPU; extra "openvino").
+# A model's default backend and precision follow the CPU's ISA (crossrank.isa's rule).
+BACKENDS = ("onnxruntime", "openvino")
+# Load-time precisions: the artifact's own (fp32, int8, fp16), or bf16 (an fp32 artifact computed
+# in bf16 by OpenVINO on a CPU with AVX-512 BF16 or AMX, with a passing certificate).
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+
 RUNTIME_FILE = "runtime.json"
 RUNTIME_FORMAT = 1
-TUNABLE = ("threads", "batch_tokens", "io_binding")
+TUNABLE = ("threads", "batch_tokens", "io_binding", "backend", "precision", "spinning")
 
 
 def physical_cores() -> int:
@@ -104,6 +113,14 @@ def check_spinning(spinning, allow_none: bool = True):
     return None if spinning is None and allow_none else check_choice(spinning, "spinning", SPINNING_MODES)
 
 
+def check_backend(backend, allow_none: bool = True):
+    return None if backend is None and allow_none else check_choice(backend, "backend", BACKENDS)
+
+
+def check_precision(precision, allow_none: bool = True):
+    return None if precision is None and allow_none else check_choice(precision, "precision", PRECISIONS)
+
+
 def default_settings(device: str) -> dict:
     """The tunable settings (runtime.json's) a model uses without runtime.json and without arguments."""
     check_device(device)
@@ -111,9 +128,11 @@ def default_settings(device: str) -> dict:
 
 
 def default_options(device: str) -> dict:
-    """Every session option's default for ``device``."""
+    """Every session option's default for ``device`` (backend and precision: ONNX Runtime and the
+    artifact's own precision, None here; a model replaces them by crossrank.isa's rule)."""
     return {**default_settings(device), "memory_arena": MEMORY_ARENA, "optimization": GRAPH_OPTIMIZATION,
-            "spinning": SPINNING, "profile_prefix": None}
+            "spinning": SPINNING, "profile_prefix": None, "backend": "onnxruntime", "precision": None,
+            "allow_low_fidelity": False}
 
 
 ORIGINS = ("argument", RUNTIME_FILE, "default")
@@ -129,10 +148,13 @@ class SessionOptions:
     MEMORY_ARENA). optimization: graph optimisation level at load, one of GRAPH_OPTIMIZATIONS.
     spinning: intra-op thread spinning, one of SPINNING_MODES. profile_prefix: write ONNX Runtime's
     per-operator profile to files starting with it (``Model.end_profiling()`` returns the file).
+    backend: one of BACKENDS. precision: one of PRECISIONS (the artifact's own, or bf16 on
+    OpenVINO). allow_low_fidelity: run a precision that has no passing fidelity certificate
+    (crossrank.certificate) instead of refusing it.
 
     A field left None is not chosen. ``resolve(folder, device)`` returns the options a model runs
     with: each field from, in order, this object, the artifact folder's runtime.json section for the
-    device (threads, batch_tokens, io_binding: what ``crossrank tune`` writes), the defaults above;
+    device (TUNABLE: what ``crossrank tune`` writes), the defaults above (or ``defaults``);
     ``origin`` then says where each value came from ("argument", "runtime.json" or "default").
     Values are checked when the object is made: a bad one raises InvalidArgumentError naming it.
     """
@@ -144,6 +166,9 @@ class SessionOptions:
     optimization: str | None = None
     spinning: str | None = None
     profile_prefix: str | None = None
+    backend: str | None = None
+    precision: str | None = None
+    allow_low_fidelity: bool | None = None
     origin: Mapping[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self):
@@ -153,6 +178,9 @@ class SessionOptions:
         check_bool(self.memory_arena, "memory_arena", allow_none=True)
         check_optimization(self.optimization)
         check_spinning(self.spinning)
+        check_backend(self.backend)
+        check_precision(self.precision)
+        check_bool(self.allow_low_fidelity, "allow_low_fidelity", allow_none=True)
         if self.profile_prefix is not None:
             if not isinstance(self.profile_prefix, (str, os.PathLike)):
                 raise ArgumentTypeError(f"profile_prefix must be a path (str) or None, got "
@@ -191,11 +219,12 @@ class SessionOptions:
             values[name] = value
         return SessionOptions(**values)
 
-    def resolve(self, folder: str | Path | None, device: str) -> "SessionOptions":
-        """Every option filled in (see the class docstring), with ``origin`` for each."""
+    def resolve(self, folder: str | Path | None, device: str, defaults: dict | None = None) -> "SessionOptions":
+        """Every option filled in (see the class docstring), with ``origin`` for each; ``defaults``
+        replaces some of the defaults (a model's ISA rule for backend and precision)."""
         check_device(device)
         tuned = runtime_settings(folder, device) if folder is not None else {}
-        default = default_options(device)
+        default = {**default_options(device), **(defaults or {})}
         chosen, origin = {}, {}
         for name, value in self.values().items():
             if value is not None:
@@ -209,11 +238,24 @@ class SessionOptions:
         return options
 
 
+    def with_defaults(self, **values) -> "SessionOptions":
+        """A copy where the options that came from the defaults take ``values`` instead (still
+        origin "default"): how a model applies a default that depends on its artifact and CPU."""
+        if not self.resolved:
+            raise InvalidArgumentError("with_defaults applies to resolved options (resolve them first)")
+        chosen = self.values()
+        chosen.update({k: v for k, v in values.items() if self.origin[k] == "default"})
+        options = SessionOptions(**chosen)
+        object.__setattr__(options, "origin", self.origin)
+        return options
+
+
 # -- runtime.json: read, validate, write ------------------------------------------------------
 
 # runtime.json's schema: a format, then per device a section of tunable settings (all optional)
 SECTION_FIELDS = {"threads": is_int(*THREADS_RANGE), "batch_tokens": is_int(*BATCH_TOKENS_RANGE),
-                  "io_binding": is_bool, "measured": is_object}
+                  "io_binding": is_bool, "backend": is_one_of(*BACKENDS), "precision": is_one_of(*PRECISIONS),
+                  "spinning": is_one_of(*SPINNING_MODES), "measured": is_object}
 
 
 def validate_runtime(document: Any, where: str = RUNTIME_FILE) -> dict:
@@ -243,7 +285,7 @@ def read_runtime(folder: str | Path) -> dict | None:
 
 
 def runtime_settings(folder: str | Path, device: str) -> dict:
-    """``{threads, batch_tokens, io_binding}`` (those present) for ``device`` from runtime.json;
+    """The TUNABLE settings (those present) for ``device`` from runtime.json;
     empty when the file or its section for that device is absent."""
     document = read_runtime(folder)
     if document is None:
@@ -263,7 +305,13 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
         section["measured"] = measured
     document[device] = section
     validate_runtime(document, str(path))
-    handle, tmp = tempfile.mkstemp(prefix=".runtime-", suffix=".json", dir=folder)
+    return write_json_atomically(path, document)
+
+
+def write_json_atomically(path: Path, document: dict) -> Path:
+    """Write ``document`` to ``path`` through a temporary file beside it (fsync, rename): a reader
+    sees the old file or the new one, never a part (runtime.json, certificates.json)."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(json.dumps(document, indent=2) + "\n")
@@ -277,10 +325,10 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
 
 
 __all__ = [
-    "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_QUEUE_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION",
+    "BACKENDS", "PRECISIONS", "check_backend", "check_precision", "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_QUEUE_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION",
     "MAX_ROWS", "MEMORY_ARENA", "SCHEDULER_WINDOW_BATCHES", "SPINNING", "SPINNING_MODES",
     "ORIGINS", "RUNTIME_FILE", "SessionOptions", "THREADS_RANGE", "check_batch_tokens", "check_device",
     "check_optimization", "check_spinning", "check_threads", "default_options", "default_settings", "physical_cores", "read_runtime",
     "runtime_settings",
-    "validate_runtime", "write_runtime",
+    "validate_runtime", "write_json_atomically", "write_runtime",
 ]

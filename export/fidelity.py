@@ -16,6 +16,7 @@ import numpy as np
 
 from crossrank.errors import InvalidArgumentError
 from crossrank.evaluation.metrics import spearman, top_k_agreement
+from crossrank.certificate import BARS as CERTIFICATE_BARS, meets_bar
 from crossrank.session import build_session
 
 SAMPLE_QUERIES = 12
@@ -24,15 +25,9 @@ RELEVANT_PER_QUERY = 5
 BATCH_SIZE = 16
 ALONE_ROWS = 32  # rows re-run alone (no padding, no batch mates) for the batch-invariance figure
 
-# Bars from the export issue; below a bar the export fails unless --allow-low-fidelity.
-BARS = {
-    ("cross", "fp32"): ("max_abs_diff", "<=", 1e-4),
-    ("bi", "fp32"): ("max_abs_diff", "<=", 1e-4),
-    ("cross", "int8"): ("spearman", ">=", 0.99),
-    ("bi", "int8"): ("mean_cosine", ">=", 0.995),
-    ("cross", "fp16"): ("spearman", ">=", 0.999),
-    ("bi", "fp16"): ("mean_cosine", ">=", 0.9999),
-}
+# The bars (crossrank.certificate.BARS: the export's per precision, and bf16's for certificates);
+# below a bar the export fails unless --allow-low-fidelity.
+BARS = CERTIFICATE_BARS
 
 
 @dataclass(frozen=True)
@@ -126,13 +121,15 @@ class _AloneCheck:
         return float(np.max(np.abs(np.asarray(self.alone, np.float64) - np.asarray(self.batched, np.float64))))
 
 
-def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int) -> dict:
-    """Run the PyTorch model and the ONNX graph on the same ids; return the agreement figures."""
+def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int, session=None) -> dict:
+    """Run the PyTorch model and the ONNX graph on the same ids; return the agreement figures.
+    session: the session to measure (default: ONNX Runtime on CPU; ``crossrank certify`` passes
+    another backend's or precision's, built by crossrank.session.build_session)."""
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
-    session = build_session(onnx_path, device="cpu")
+    session = build_session(onnx_path, device="cpu") if session is None else session
     torch.manual_seed(0)
     with torch.inference_mode():
         if source.kind == "cross":
@@ -199,7 +196,6 @@ def bi_figures(ref: np.ndarray, got: np.ndarray, n_queries: int, source: str) ->
 
 
 def check_bar(kind: str, precision: str, figures: dict) -> tuple[bool, str]:
-    metric, op, bar = BARS[(kind, precision)]
-    value = figures[metric]
-    ok = value <= bar if op == "<=" else value >= bar
-    return ok, f"{metric} = {value:.6g} (bar: {op} {bar:g})"
+    """(passed, a sentence): ``figures`` against the bar for ``precision``."""
+    passed, _, verdict = meets_bar(kind, precision, figures)
+    return passed, verdict

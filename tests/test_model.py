@@ -51,11 +51,13 @@ def test_each_option_says_where_it_came_from(tiny_cross):
     finally:
         (tiny_cross / RUNTIME_FILE).unlink()
     options = reranker.options
+    # backend and precision: the ISA rule's for an fp32 artifact on this CPU without a bf16 certificate
     assert options.resolved and options.values() == {**default_options("cpu"), "threads": 1, "batch_tokens": 1024,
-                                                     "spinning": "always"}
+                                                     "spinning": "always", "precision": "fp32"}
     assert dict(options.origin) == {"threads": "argument", "batch_tokens": RUNTIME_FILE, "io_binding": "default",
                                     "memory_arena": "default", "optimization": "default", "spinning": "argument",
-                                    "profile_prefix": "default"}
+                                    "profile_prefix": "default", "backend": "default", "precision": "default",
+                                    "allow_low_fidelity": "default"}
     # the session runs with them
     session = reranker.runner.session
     assert session.get_session_options().intra_op_num_threads == 1 and reranker.runner.batch_tokens == 1024

@@ -76,6 +76,7 @@ def test_export_force_replaces_an_artifact_atomically_and_only_a_pure_one(tiny_c
     out = tmp_path / "artifact"
     shutil.copytree(tiny_cross, out)
     (out / "runtime.json").write_text('{"format": 1}')  # crossrank's own (crossrank tune): may go
+    (out / "certificates.json").write_text('{"format": 1}')  # crossrank's own (crossrank certify): may go
     old = (out / "manifest.json").read_text()
     # A crash between "old artifact aside" and "new one in" leaves the old one restorable ...
     real_rename = os.rename

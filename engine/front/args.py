@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from crossrank.errors import InvalidArgumentError, MissingExtraError, check_int, int_range_text
 from crossrank.settings import BATCH_TOKENS_RANGE, THREADS_RANGE, WORKERS_RANGE
@@ -88,6 +88,16 @@ def int_list_type(low: int = 1, high: int | None = None, in_order: bool = False)
 
 int_list_arg = int_list_type()
 int_list_arg_in_order = int_list_type(in_order=True)
+
+
+def choice_list_type(what: str, choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated values, each one of ``choices`` (``what`` names them)."""
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not values or any(v not in choices for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} of {', '.join(choices)}, got {text!r}")
+        return values
+    return parse
 
 
 def env_default(name: str, default: str | None = None) -> str | None:

@@ -25,10 +25,12 @@ class Peer:
 
 
 def sentence_transformers(source: str | Path, kind: str, max_length: int, device: str = "cpu",
-                          threads: int | None = None, backend: str = "torch", file_name: str | None = None) -> Peer:
+                          threads: int | None = None, backend: str = "torch", file_name: str | None = None,
+                          dtype: str = "fp32") -> Peer:
     """sentence-transformers' CrossEncoder (kind "cross") or SentenceTransformer ("bi") on the
-    Hugging Face folder ``source``. backend: "torch" (fp32), or "onnx" with ``file_name`` (a graph
-    of the folder's ``onnx/``, e.g. its own dynamic int8 exports) on ``threads`` intra-op threads."""
+    Hugging Face folder ``source``. backend: "torch" (``dtype`` "fp32" or "bf16": ``model_kwargs=
+    {"torch_dtype": torch.bfloat16}``), or "onnx" with ``file_name`` (a graph of the folder's
+    ``onnx/``, e.g. its own dynamic int8 exports) on ``threads`` intra-op threads."""
     kwargs: dict[str, Any] = {}
     if backend == "torch":
         import torch
@@ -36,7 +38,9 @@ def sentence_transformers(source: str | Path, kind: str, max_length: int, device
         if threads:
             torch.set_num_threads(threads)
         kwargs["device"] = "cuda" if device == "cuda" else "cpu"
-        system = f"torch fp32, batch {ST_BATCH}"
+        if dtype == "bf16":
+            kwargs["model_kwargs"] = {"torch_dtype": torch.bfloat16}
+        system = f"torch {dtype}, batch {ST_BATCH}"
     else:
         import onnxruntime as ort
 
@@ -63,4 +67,37 @@ def sentence_transformers(source: str | Path, kind: str, max_length: int, device
     return Peer(f"sentence-transformers SentenceTransformer, {system}", embed, lambda query, documents: embed(documents))
 
 
-__all__ = ["Peer", "ST_BATCH", "sentence_transformers"]
+def openvino_on_onnx_export(folder: str | Path, max_length: int, threads: int) -> Peer:
+    """What sentence-transformers' ``backend="openvino"`` runs, without optimum-intel (which does
+    not install beside this project's optimum): the ``openvino`` runtime compiling the cross-encoder
+    folder's own ONNX export (``onnx/model.onnx``) at OpenVINO's default precision for this CPU
+    (bf16 where it has AMX / AVX-512 BF16), its tokenizer, batches of 32, sigmoid as CrossEncoder.
+    ``system`` says the precision OpenVINO chose."""
+    import openvino as ov
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    compiled = ov.Core().compile_model(str(folder / "onnx" / "model.onnx"), "CPU",
+                                       {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    inputs = {port.get_any_name() for port in compiled.inputs}
+    request = compiled.create_infer_request()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def score(pairs: list) -> np.ndarray:
+        logits = []
+        for start in range(0, len(pairs), ST_BATCH):
+            part = pairs[start:start + ST_BATCH]
+            feeds = tokenizer([q for q, _ in part], [d for _, d in part], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="np")
+            request.infer({k: v.astype(np.int64) for k, v in feeds.items() if k in inputs})
+            logits.append(request.get_output_tensor(0).data[:, 0].copy())
+        return 1.0 / (1.0 + np.exp(-np.concatenate(logits).astype(np.float64)))
+
+    def rank(query: str, documents: list[str]) -> list[dict]:
+        scores = score([(query, d) for d in documents])
+        return [{"corpus_id": int(i), "score": float(scores[i])} for i in np.argsort(-scores)]
+
+    return Peer(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), score, rank)  # e.g. "f32", "bf16"
+
+
+__all__ = ["Peer", "ST_BATCH", "openvino_on_onnx_export", "sentence_transformers"]
