@@ -13,8 +13,8 @@ from crossrank.artifact import Artifact, load_artifact
 from crossrank.embedder import Embedder, Embeddings
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
-                              MissingExtraError, MissingFileError, OutputExistsError, OverloadedError, RuntimeConfigError, UnknownIdError,
-                              UsageError)
+                              MissingExtraError, MissingFileError, OutputExistsError, OverloadedError, RuntimeConfigError,
+                              TokenBudgetError, UnknownIdError, UsageError)
 from crossrank.index import Candidates, Hits, Index
 from crossrank.model import Model
 from crossrank.pipeline import Hit, Pipeline, SearchHit, SearchResult
@@ -28,7 +28,7 @@ __all__ = [
     "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "Index", "IndexFormatError",
     "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "OutputExistsError", "OverloadedError", "Pipeline",
     "RankedDocument", "Ranking", "Reranker", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult",
-    "SessionOptions", "UnknownIdError", "UsageError", "load_artifact", "__version__",
+    "SessionOptions", "TokenBudgetError", "UnknownIdError", "UsageError", "load_artifact", "__version__",
     # the result types' earlier names, kept as aliases: Ranked = RankedDocument, RankedList = Ranking,
     # Hits = Candidates, Hit = SearchHit
     "Hit", "Hits", "Ranked", "RankedList",

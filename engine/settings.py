@@ -61,6 +61,14 @@ SPINNING_MODES = ("within-calls", "always", "never")
 # ONNX Runtime's CPU arena keeps the largest buffers it ever served, so with requests of varying
 # shapes RSS only grows: off by default (see the memory soak in benchmarks/rerank_bench.py).
 MEMORY_ARENA = False
+# Long texts are cut before they are tokenized (crossrank.tokenize.encode_prefixes): a text is read
+# up to CUT_CHARS_PER_TOKEN characters per token its window can hold, cut at a word boundary; when
+# that prefix holds fewer tokens than the window (much whitespace, very long words) it is read
+# again CUT_GROWTH times further, up to CUT_MAX_CHARS_PER_TOKEN characters per token. A 5 MB
+# document then costs what its window holds, and the ids are those of the whole text.
+CUT_CHARS_PER_TOKEN = 8
+CUT_GROWTH = 4
+CUT_MAX_CHARS_PER_TOKEN = 64
 
 RUNTIME_FILE = "runtime.json"
 RUNTIME_FORMAT = 1

@@ -59,6 +59,8 @@ workers_arg = int_arg(*WORKERS_RANGE, what="worker threads")
 port_arg = int_arg(0, 65535, what="a TCP port")
 positive_float_arg = number_arg(float, lambda v: 0 < v < float("inf"), "expected a number of milliseconds, got {text}",
                                 "expected a positive finite number, got {text}")
+seconds_arg = number_arg(float, lambda v: 0 < v < float("inf"), "expected seconds (a positive number), got {text}",
+                         "expected seconds (a positive finite number), got {text}")
 milliseconds_arg = number_arg(float, lambda v: 0 <= v < float("inf"),
                               "expected milliseconds (a number >= 0), got {text}",
                               "expected milliseconds (a number >= 0), got {text}")
