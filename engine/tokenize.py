@@ -20,7 +20,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from crossrank.errors import ArtifactError, InvalidArgumentError
-from crossrank.settings import CUT_CHARS_PER_TOKEN, CUT_GROWTH, CUT_MAX_CHARS_PER_TOKEN
+from crossrank.settings import CUT_CHARS_PER_TOKEN, CUT_GROWTH, CUT_MAX_CHARS_PER_TOKEN, CUT_MIN_CHARS
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -59,12 +59,14 @@ def encode_prefixes(tokenizer: Tokenizer, texts: list[str], keep: int | None,
     ``keep`` content tokens need: a text is cut to ``keep x CUT_CHARS_PER_TOKEN`` characters at a
     word boundary; when the prefix holds fewer than ``keep`` tokens that the cut cannot have
     changed, it is read again ``CUT_GROWTH`` times further, up to ``keep x
-    CUT_MAX_CHARS_PER_TOKEN`` characters. The first ``keep`` content tokens are then those of the
-    whole text (past the last step: of its longest prefix read). ``keep`` None: whole texts."""
+    CUT_MAX_CHARS_PER_TOKEN`` characters (at least CUT_MIN_CHARS). The first ``keep`` content tokens
+    are then those of the whole text (past the last step: of its longest prefix read). ``keep``
+    None: whole texts."""
     if keep is None or all(len(t) <= keep * CUT_CHARS_PER_TOKEN for t in texts):
         return tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
     encodings: list[Encoding | None] = [None] * len(texts)
-    pending, chars, most = list(range(len(texts))), keep * CUT_CHARS_PER_TOKEN, keep * CUT_MAX_CHARS_PER_TOKEN
+    most = max(keep * CUT_MAX_CHARS_PER_TOKEN, CUT_MIN_CHARS)
+    pending, chars = list(range(len(texts))), keep * CUT_CHARS_PER_TOKEN
     while pending:
         cuts = [_cut_at(texts[i], chars) for i in pending]
         done = tokenizer.encode_batch([texts[i][:cut] for i, cut in zip(pending, cuts)],

@@ -153,6 +153,7 @@ def build_app(config: ServeConfig, health_details: Callable[[], Awaitable[dict]]
     app.state.keys = load_api_keys(config.api_key_file) if keys is None else keys
     app.state.quotas = Quotas(config.key_tokens_per_second, config.key_max_concurrent, app.state.metrics)
     app.state.drain = Drain()
+    app.state.metrics.in_flight.set_function(lambda: app.state.drain.in_flight)
     app.include_router(router)
     app.add_exception_handler(HTTPException, http_error)
     document_api(app)

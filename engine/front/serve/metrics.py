@@ -70,6 +70,8 @@ class Metrics:
         self.key_tokens = Counter("crossrank_key_tokens", "Real tokens run per API key", ["key"], registry=r)
         self.key_refused = Counter("crossrank_key_refused", "Requests refused with 429 per API key and quota",
                                    ["key", "quota"], registry=r)
+        self.in_flight = Gauge("crossrank_requests_in_flight", "HTTP requests past the gate and not yet answered",
+                               registry=r)
         self.connections_closed = Counter("crossrank_connections_closed",
                                           "Connections closed or refused by the server's limits, by reason",
                                           ["reason"], registry=r)

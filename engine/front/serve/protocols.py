@@ -317,9 +317,10 @@ class SearchRequest:
 
 def parse_search(body: dict, max_documents: int) -> SearchRequest:
     """crossrank ``/v1/search``: {query, k?, top_n?, deadline_ms?} (top_n null or 0: all k). k is
-    the number of candidates reranked: at most ``max_documents``; deadline_ms at most an hour."""
+    the number of candidates reranked: at most ``max_documents`` (omitted: 100, or that cap if
+    lower); deadline_ms at most an hour."""
     query = _checked(check_query, body.get("query"), "query", name="query")
-    k = _checked(check_int, body.get("k", 100), "k", name="k")
+    k = _checked(check_int, body.get("k", min(SearchRequest.k, max_documents)), "k", name="k")
     if k > max_documents:
         raise _field(f"k {k} is more candidates than this server reranks per request ({max_documents}; crossrank "
                      f"serve --max-documents)", "k")
