@@ -13,23 +13,25 @@ from crossrank.artifact import Artifact, load_artifact
 from crossrank.embedder import Embedder, Embeddings
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
-                              MissingExtraError, MissingFileError, OutputExistsError, OverloadedError, RuntimeConfigError,
-                              TokenBudgetError, UnknownIdError, UsageError)
-from crossrank.index import Candidates, Hits, Index
+                              MissingExtraError, MissingFileError, NotOwnedError, OutputExistsError, OverloadedError,
+                              RuntimeConfigError, StoreError, TokenBudgetError, UnknownIdError, UsageError)
+from crossrank.index import Hits, Index, Neighbors
 from crossrank.model import Model
 from crossrank.pipeline import Hit, Pipeline, SearchHit, SearchResult
 from crossrank.reranker import Ranked, RankedDocument, RankedList, Ranking, Reranker
+from crossrank.retriever import Candidates, Hybrid, Retriever
 from crossrank.runner import RunTotals
 from crossrank.settings import SessionOptions
 from crossrank.version import __version__
 
 __all__ = [
     "ArgumentTypeError", "Artifact", "ArtifactError", "Candidates", "CrossrankError", "DatasetNotFound",
-    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "Index", "IndexFormatError",
-    "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "OutputExistsError", "OverloadedError", "Pipeline",
-    "RankedDocument", "Ranking", "Reranker", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult",
-    "SessionOptions", "TokenBudgetError", "UnknownIdError", "UsageError", "load_artifact", "__version__",
+    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "Hybrid", "Index",
+    "IndexFormatError", "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "Neighbors",
+    "NotOwnedError", "OutputExistsError", "OverloadedError", "Pipeline", "RankedDocument", "Ranking", "Reranker",
+    "Retriever", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult", "SessionOptions", "StoreError",
+    "TokenBudgetError", "UnknownIdError", "UsageError", "load_artifact", "__version__",
     # the result types' earlier names, kept as aliases: Ranked = RankedDocument, RankedList = Ranking,
-    # Hits = Candidates, Hit = SearchHit
+    # Hits = Neighbors (Index.search), Hit = SearchHit
     "Hit", "Hits", "Ranked", "RankedList",
 ]

@@ -56,6 +56,12 @@ Ranked = RankedDocument   # the earlier names, kept as aliases (docs/api.md)
 RankedList = Ranking
 
 
+def best_first(scores) -> np.ndarray:
+    """Positions of ``scores`` from the highest to the lowest, ties in input order: the one ranking
+    rule (``rerank``, cascades, ``crossrank select``)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
@@ -243,7 +249,7 @@ class Reranker(Model):
                                               raw_scores, deadline, cuts, token_budget)
         if deadline.spent_tokens:
             self._seconds_per_token = deadline.seconds_per_token
-        order = np.argsort(-scores[:scored], kind="stable").tolist() + list(range(scored, len(documents)))
+        order = best_first(scores[:scored]).tolist() + list(range(scored, len(documents)))
         ranked = [RankedDocument(i, float(scores[i]), documents[i] if return_documents else None)
                   for i in order[:top_n]]
         return Ranking(ranked, scored=scored, tokens=int(tokens.sum()))
@@ -275,7 +281,7 @@ class Reranker(Model):
         for docs in doc_lists:
             part = slice(start, start + len(docs))
             start += len(docs)
-            order = np.argsort(-scores[part], kind="stable")[: top_n]
+            order = best_first(scores[part])[: top_n]
             results.append(Ranking([RankedDocument(int(i), float(scores[part][i]),
                                                    docs[i] if return_documents else None) for i in order],
                                    scored=len(docs), tokens=int(tokens[part].sum())))
@@ -302,4 +308,5 @@ class Reranker(Model):
                                max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc)
 
 
-__all__ = ["LONG_DOCUMENT_MODES", "Ranked", "RankedDocument", "RankedList", "Ranking", "Reranker", "sigmoid"]
+__all__ = ["LONG_DOCUMENT_MODES", "Ranked", "RankedDocument", "RankedList", "Ranking", "Reranker", "best_first",
+           "sigmoid"]

@@ -16,19 +16,11 @@ from crossrank.evaluation.datasets import load_semanlink
 from crossrank.settings import CUT_MAX_CHARS_PER_TOKEN, CUT_MIN_CHARS
 from crossrank.tokenize import encode_prefixes
 
+from count_tokenizations import CountingTokenizer  # the tests' tokenizer counter
 
-class CountingTokenizer:
-    """Wraps a Rust tokenizer; records the characters it is asked to encode."""
 
-    def __init__(self, inner):
-        self.inner, self.characters = inner, 0
-
-    def encode_batch(self, texts, *args, **kwargs):
-        self.characters += sum(len(t) for t in texts)
-        return self.inner.encode_batch(texts, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+def characters(counter: CountingTokenizer) -> int:
+    return sum(len(text) for text in counter.texts)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +55,7 @@ def test_a_5_mb_document_is_tokenized_only_as_far_as_its_window(tiny_cross, long
     big = (" ".join(long_texts[:100]) * 20)[:5_000_000]
     counting = reranker.tokenizer.tokenizer = CountingTokenizer(reranker.tokenizer.tokenizer)
     ranked = reranker.rerank("knowledge graphs", [big, "a short one"])
-    assert counting.characters <= max(reranker.max_length * CUT_MAX_CHARS_PER_TOKEN, CUT_MIN_CHARS) + 100
+    assert characters(counting) <= max(reranker.max_length * CUT_MAX_CHARS_PER_TOKEN, CUT_MIN_CHARS) + 100
     plain = crossrank.Reranker(tiny_cross)
     window = plain.tokenizer.tokenizer.encode(big[:100_000], add_special_tokens=False).offsets[600][1]
     assert [(r.index, r.score) for r in ranked] == [(r.index, r.score) for r in
@@ -76,7 +68,7 @@ def test_the_embedder_reads_long_texts_only_as_far_as_its_window(bi_fp32, long_t
     counting = embedder.tokenizer.tokenizer = CountingTokenizer(inner)
     texts = [" ".join(long_texts[i: i + 4]) for i in range(0, 32, 4)]  # ~30,000 characters each
     rows = embedder.tokenizer.rows(texts)
-    assert counting.characters < sum(len(t) for t in texts) / 4
+    assert characters(counting) < sum(len(t) for t in texts) / 4
     whole = inner.encode_batch(texts, add_special_tokens=True)  # every character read, then truncated
     assert [r.tolist() for r in rows.ids] == [e.ids for e in whole]
 
@@ -86,9 +78,9 @@ def test_max_tokens_and_windows_bound_what_is_read(tiny_cross, long_texts):
     counting = reranker.tokenizer.tokenizer = CountingTokenizer(reranker.tokenizer.tokenizer)
     big = " ".join(long_texts[:60])
     for options in ({"max_chunks_per_doc": 2}, {"max_tokens_per_doc": 40}):
-        counting.characters = 0
+        counting.texts.clear()
         got = reranker.rerank("knowledge graphs", [big], **options)
-        assert counting.characters < len(big) / 4, options
+        assert characters(counting) < len(big) / 4, options
         prefix = reranker.rerank("knowledge graphs", [big[:100_000]], **options)  # holds more than 2 windows
         assert (got[0].score, got.tokens) == (prefix[0].score, prefix.tokens), options
 

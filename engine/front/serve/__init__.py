@@ -48,6 +48,14 @@ def add_serve(sub) -> None:
                    help="bi-encoder artifact folder for /v1/embeddings, /embed and /v1/search ($CROSSRANK_EMBEDDER)")
     p.add_argument("--index", default=env_default("INDEX"), metavar="DIR",
                    help="index folder (crossrank index build) for /v1/search; needs --embedder ($CROSSRANK_INDEX)")
+    p.add_argument("--store", default=env_default("STORE"), metavar="URL|DIR",
+                   help="first stage for /v1/search instead of --index: postgresql://USER@HOST/DB (pgvector), "
+                        "milvus://HOST:PORT, or an index folder; needs --embedder; passwords from the URL, PGPASSWORD "
+                        "or MILVUS_TOKEN, masked in logs ($CROSSRANK_STORE)")
+    p.add_argument("--table", default=env_default("TABLE"), metavar="NAME",
+                   help="the store's table or collection (default crossrank_documents) ($CROSSRANK_TABLE)")
+    p.add_argument("--hybrid", type=flag_bool, nargs="?", const=True, default=env_default("HYBRID", "0"), metavar="BOOL",
+                   help="fuse dense and lexical candidates (RRF, k=60) for /v1/search ($CROSSRANK_HYBRID)")
     p.add_argument("--host", default=env_default("HOST", "127.0.0.1"), help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port_arg, default=env_default("PORT", "8080"), help="TCP port (default 8080)")
     p.add_argument("--max-queue-tokens", type=positive_int_arg,
@@ -140,7 +148,8 @@ def add_security_arguments(p) -> None:
 
 
 def run_serve(args) -> int:
-    config = ServeConfig(reranker=args.reranker, embedder=args.embedder, index=args.index, host=args.host,
+    config = ServeConfig(reranker=args.reranker, embedder=args.embedder, index=args.index, store=args.store,
+                         table=args.table, hybrid=args.hybrid, host=args.host,
                          port=args.port, max_queue_tokens=args.max_queue_tokens, max_documents=args.max_documents,
                          max_request_bytes=args.max_request_bytes, shared=args.shared, workers=args.workers,
                          device=args.device, threads=args.threads, api_key_file=args.api_key_file,
@@ -157,9 +166,9 @@ def run_serve(args) -> int:
     keys = load_api_keys(config.api_key_file)
     check_exposure(args.host, keys, args.allow_unauthenticated)
     if ray_config is not None:
-        if os.environ.get(KEYS_ENV) and not config.api_key_file:
+        if os.environ.get(KEYS_ENV, "").strip():
             raise UsageError(f"with --ray, give the keys in --api-key-file (a path every node sees): {KEYS_ENV} stays "
-                             f"in this process")
+                             f"in this process, the replicas would not see them")
         with needs_extra("ray"):
             from crossrank.front.ray.serve import run_on_ray
         return run_on_ray(config, ray_config)

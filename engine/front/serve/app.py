@@ -29,9 +29,9 @@ from crossrank.front.serve.openapi import document_api
 from crossrank.front.serve.protocols import error_body, path_family
 from crossrank.front.serve.routes import router
 from crossrank.front.serve.security import Drain, Gatekeeper, KeyRing, Quotas, load_api_keys
-from crossrank.index import Index
 from crossrank.pipeline import Pipeline
 from crossrank.reranker import Reranker
+from crossrank.retriever import Retriever
 from crossrank.version import __version__
 
 log = logging.getLogger("crossrank.serve")
@@ -46,7 +46,7 @@ class Models:
         self.config, self.metrics = config, metrics
         self.reranker: Reranker | None = None
         self.embedder: Embedder | None = None
-        self.index: Index | None = None
+        self.index: Retriever | None = None  # the first stage: Index, a store, or Hybrid
         self.pipeline: Pipeline | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -65,13 +65,17 @@ class Models:
                 self.embedder = Embedder(c.embedder, device=c.device, threads=c.threads, **shared)
                 self.embedder.embed([WARMUP_QUERY])
                 self.metrics.watch_model("embedder", self.embedder)
-            if c.index:
-                self.index = Index.load(c.index, view=True, embedder=self.embedder)
+            if c.index or c.store:
+                from crossrank.stores import DEFAULT_TABLE, open_retriever
+
+                self.index = open_retriever(c.store or c.index, table=c.table or DEFAULT_TABLE, embedder=self.embedder,
+                                            hybrid=c.hybrid)
                 self.pipeline = Pipeline(self.embedder, self.index, self.reranker)
             self.loaded_at = time.time()
             self.ready.set()
             log.info("ready: %s", ", ".join(f"{k} {v}" for k, v in
-                                            (("reranker", c.reranker), ("embedder", c.embedder), ("index", c.index)) if v))
+                                            (("reranker", c.reranker), ("embedder", c.embedder),
+                                             ("first stage", c.first_stage_name())) if v))
         except BaseException as err:  # reported by /health and the serve command
             self.error = err
             log.error("loading the models failed: %s", err)
@@ -95,7 +99,8 @@ class Models:
         model = getattr(self, what)
         if model is None:
             part = "index" if what == "pipeline" else what
-            raise NotConfigured(f"this server has no {part}: start crossrank serve with {MODEL_FLAGS[part]}")
+            flag = "--index DIR or --store URL" if part == "index" else MODEL_FLAGS[part]
+            raise NotConfigured(f"this server has no {part}: start crossrank serve with {flag}")
         return model
 
     def model_info(self, what: str) -> dict | None:

@@ -261,12 +261,22 @@ async def health(request: Request):
     return {"status": "ok", **(await details() if details is not None else {})}
 
 
+def first_stage_id(config) -> str:
+    """The first stage as /info names it without --info-paths: a folder's name, or a store's kind and
+    table (no path, no host)."""
+    from crossrank.stores.common import DEFAULT_TABLE
+
+    where = config.store or config.index
+    name = f"{where.split('://')[0]} table {config.table or DEFAULT_TABLE}" if "://" in where else Path(where).name
+    return f"{name} (hybrid)" if config.hybrid else name
+
+
 @router.get("/info")
 async def info(request: Request):
     config, models = request.app.state.config, request.app.state.models
     index = None
-    if config.index:
-        index = {"path": config.index} if config.info_paths else {"id": Path(config.index).name}
+    if config.first_stage_name():
+        index = {"path": config.first_stage_name()} if config.info_paths else {"id": first_stage_id(config)}
         if models.index is not None:
             index["documents"] = len(models.index)
     return {"name": "crossrank", "version": __version__, "ready": models.ready.is_set(),
