@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Cost of one large request (benchmarks/request_cost.py, {args.reranker.name})", "",
              f"load average {results['machine']['load_average']} -> {results['load_average_after']}, "
              f"{results['machine']['cores']} cores", "",
-             "| request | status | server CPU s | wall s | peak RSS growth MB | input tokens |", "|---|---|---|---|---|---|",
+             "| request | status | server CPU s | wall s | peak RSS growth MB | input tokens |",
+             "|---|---|---|---|---|---|",
              f"| 1 x {args.document_mb:g} MB + 3 short | {b['status']} | {b['cpu_s']} | {b['wall_s']} | "
              f"{b['peak_rss_growth_mb']} | {b['input_tokens']} |",
              f"| {args.documents} x {args.document_kb:g} kB | {m['status']} | {m['cpu_s']} | {m['wall_s']} | "

@@ -476,8 +476,8 @@ def test_int8_server_meets_the_fidelity_bar(small_server, starter_int8, starter_
 
     def call(i):
         client = cohere.ClientV2(api_key="dummy", base_url=small_server.url)
-        results[i] = {r.index: r.relevance_score for r in client.rerank(model=small_server.model("reranker"),
-                                                                         query=rows[i][0], documents=rows[i][1]).results}
+        answer = client.rerank(model=small_server.model("reranker"), query=rows[i][0], documents=rows[i][1])
+        results[i] = {r.index: r.relevance_score for r in answer.results}
 
     for group in ((0, 1, 2), (3, 4, 5)):  # three at a time: within the small queue
         threads = [threading.Thread(target=call, args=(i,)) for i in group]
@@ -633,8 +633,9 @@ def test_a_request_is_tokenized_once(tiny_cross, bi_fp32, trec_rag):
         response = client.post(path, json=body)
         assert response.status_code == 200
         assert one_prefix_each(reranker_tokens.texts, [row["query"], *row["documents"]]), path
-    usage = client.post("/v2/rerank", json={"model": tiny_cross.name, "query": row["query"], "documents": row["documents"],
-                                            "max_tokens_per_doc": 32}).json()["meta"]["tokens"]["input_tokens"]
+    usage = client.post("/v2/rerank", json={"model": tiny_cross.name, "query": row["query"],
+                                            "documents": row["documents"], "max_tokens_per_doc": 32}
+                        ).json()["meta"]["tokens"]["input_tokens"]
     plain = crossrank.Reranker(tiny_cross)
     assert usage == plain.rerank(row["query"], row["documents"], max_tokens_per_doc=32).tokens
     embedder_tokens.texts.clear()

@@ -92,6 +92,11 @@ int_list_arg = int_list_type()
 int_list_arg_in_order = int_list_type(in_order=True)
 
 
+def names_arg(text: str) -> list[str]:
+    """An argparse ``type``: comma-separated names (empty parts dropped; "" gives none)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def env_default(name: str, default: str | None = None) -> str | None:
     """The environment variable CROSSRANK_<name> (a flag's default; a flag given on the command line wins)."""
     return os.environ.get(ENV_PREFIX + name, default)

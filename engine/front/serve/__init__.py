@@ -22,8 +22,8 @@ import os
 import sys
 
 from crossrank.errors import UsageError
-from crossrank.front.args import (env_default, flag_bool, needs_extra, port_arg, positive_int_arg, seconds_arg,
-                                  threads_arg, workers_arg)
+from crossrank.front.args import (env_default, flag_bool, names_arg, needs_extra, port_arg, positive_int_arg,
+                                  seconds_arg, threads_arg, workers_arg)
 from crossrank.front.ray.config import add_ray_arguments, ray_config_from_args
 from crossrank.front.serve.config import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S,
                                           DEFAULT_KEEP_ALIVE_TIMEOUT_S, DEFAULT_MAX_DOCUMENTS, DEFAULT_MAX_QUEUE_TOKENS,
@@ -88,8 +88,6 @@ def add_serve(sub) -> None:
 
 def add_security_arguments(p) -> None:
     """Credentials, quotas, cost and time limits, input checks, TLS (docs/serving.md "Security")."""
-    names = lambda text: [part.strip() for part in text.split(",") if part.strip()]  # noqa: E731
-    seconds = seconds_arg
     g = p.add_argument_group("credentials and quotas")
     g.add_argument("--api-key-file", default=env_default("API_KEY_FILE"), metavar="FILE",
                    help="API keys, one 'name:key' per line (optionally followed by tokens_per_second=N and "
@@ -114,26 +112,29 @@ def add_security_arguments(p) -> None:
                    help="real model tokens one request may run, counted before any runs; more: 413 "
                         f"(default {DEFAULT_MAX_REQUEST_TOKENS}). Long documents are read only as far as the "
                         "model's window needs")
-    g.add_argument("--header-timeout", type=seconds, default=env_default("HEADER_TIMEOUT", str(DEFAULT_HEADER_TIMEOUT_S)),
-                   metavar="S", help="a connection sends its request headers within S seconds of opening (or of its "
-                                     f"first byte after an answer), else 408 and closed (default {DEFAULT_HEADER_TIMEOUT_S:g})")
-    g.add_argument("--body-timeout", type=seconds, default=env_default("BODY_TIMEOUT", str(DEFAULT_BODY_TIMEOUT_S)),
+    g.add_argument("--header-timeout", type=seconds_arg,
+                   default=env_default("HEADER_TIMEOUT", str(DEFAULT_HEADER_TIMEOUT_S)), metavar="S",
+                   help="a connection sends its request headers within S seconds of opening (or of its first byte "
+                        f"after an answer), else 408 and closed (default {DEFAULT_HEADER_TIMEOUT_S:g})")
+    g.add_argument("--body-timeout", type=seconds_arg, default=env_default("BODY_TIMEOUT", str(DEFAULT_BODY_TIMEOUT_S)),
                    metavar="S", help="a request's body arrives within S seconds of its headers, else 408 "
                                      f"(default {DEFAULT_BODY_TIMEOUT_S:g})")
-    g.add_argument("--keep-alive-timeout", type=seconds,
+    g.add_argument("--keep-alive-timeout", type=seconds_arg,
                    default=env_default("KEEP_ALIVE_TIMEOUT", str(DEFAULT_KEEP_ALIVE_TIMEOUT_S)), metavar="S",
-                   help=f"an idle kept-alive connection is closed after S seconds (default {DEFAULT_KEEP_ALIVE_TIMEOUT_S:g})")
+                   help=f"an idle kept-alive connection is closed after S seconds "
+                        f"(default {DEFAULT_KEEP_ALIVE_TIMEOUT_S:g})")
     g.add_argument("--max-connections", type=positive_int_arg, default=env_default("MAX_CONNECTIONS"), metavar="N",
                    help="open connections; past them a new one gets 503 and is closed (default: the open-file "
                         "limit, raised to its hard limit, less 64)")
-    g.add_argument("--shutdown-grace", type=seconds, default=env_default("SHUTDOWN_GRACE", str(DEFAULT_SHUTDOWN_GRACE_S)),
-                   metavar="S", help="on SIGTERM, requests in flight get S seconds to finish while new ones get 503; "
-                                     f"then the server exits 0 (default {DEFAULT_SHUTDOWN_GRACE_S:g})")
+    g.add_argument("--shutdown-grace", type=seconds_arg,
+                   default=env_default("SHUTDOWN_GRACE", str(DEFAULT_SHUTDOWN_GRACE_S)), metavar="S",
+                   help="on SIGTERM, requests in flight get S seconds to finish while new ones get 503; then the "
+                        f"server exits 0 (default {DEFAULT_SHUTDOWN_GRACE_S:g})")
     g = p.add_argument_group("what is answered, to whom")
-    g.add_argument("--allowed-hosts", type=names, default=env_default("ALLOWED_HOSTS", ""), metavar="NAMES",
+    g.add_argument("--allowed-hosts", type=names_arg, default=env_default("ALLOWED_HOSTS", ""), metavar="NAMES",
                    help="comma-separated Host header names this server answers to (others: 400), e.g. "
                         "'127.0.0.1,localhost' against DNS rebinding (default: any)")
-    g.add_argument("--cors-origin", type=names, default=env_default("CORS_ORIGIN", ""), metavar="ORIGINS",
+    g.add_argument("--cors-origin", type=names_arg, default=env_default("CORS_ORIGIN", ""), metavar="ORIGINS",
                    help="comma-separated browser origins allowed to call the API (default: none, CORS off)")
     g.add_argument("--info-paths", type=flag_bool, default=env_default("INFO_PATHS", "0"), metavar="BOOL",
                    help="/info shows the artifacts' and the index's filesystem paths (default 0: names only)")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from crossrank.errors import ArgumentTypeError, InvalidArgumentError, MissingFileError, UsageError, check_bool, check_int, check_number
+from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, MissingFileError, UsageError, check_bool,
+                              check_int, check_number)
 from crossrank.settings import DEFAULT_MAX_QUEUE_TOKENS, WORKERS_RANGE, check_device, check_threads
 
 DEFAULT_MAX_DOCUMENTS = 1000            # documents (or texts) per request, candidates (k) per search; more: 413/422
@@ -55,7 +56,7 @@ class ServeConfig:
     openapi: bool = True                # /openapi.json (behind the keys when there are keys)
 
     def __post_init__(self):
-        for what in (*MODEL_FLAGS, "store", "table"):
+        for what in (*MODEL_FLAGS, "store", "table", "api_key_file"):
             path = getattr(self, what)
             if path is not None and not isinstance(path, (str, Path)):
                 raise ArgumentTypeError(f"{what} must be a str, got {type(path).__name__}")
@@ -72,9 +73,6 @@ class ServeConfig:
         check_int(self.workers, "workers", *WORKERS_RANGE)
         check_device(self.device)
         check_threads(self.threads)
-        if self.api_key_file is not None and not isinstance(self.api_key_file, (str, Path)):
-            raise ArgumentTypeError(f"api_key_file must be a file path (str), got {type(self.api_key_file).__name__}")
-        self.api_key_file = str(self.api_key_file) if self.api_key_file else None
         for flag in ("protect_metrics", "info_paths", "openapi"):
             check_bool(getattr(self, flag), flag)
         check_int(self.key_tokens_per_second, "key_tokens_per_second", allow_none=True)
@@ -125,5 +123,6 @@ def _names(value, field: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value if v.strip())
 
 
-__all__ = ["DEFAULT_BODY_TIMEOUT_S", "DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_KEEP_ALIVE_TIMEOUT_S", "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_QUEUE_TOKENS", "DEFAULT_MAX_REQUEST_BYTES",
+__all__ = ["DEFAULT_BODY_TIMEOUT_S", "DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_KEEP_ALIVE_TIMEOUT_S",
+           "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_QUEUE_TOKENS", "DEFAULT_MAX_REQUEST_BYTES",
            "DEFAULT_MAX_REQUEST_TOKENS", "DEFAULT_SHUTDOWN_GRACE_S", "MODEL_FLAGS", "ServeConfig"]

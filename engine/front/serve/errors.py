@@ -96,5 +96,5 @@ def error_reply(err: BaseException) -> ErrorReply:
     return ErrorReply(500, f"internal error: {type(err).__name__}: {err}")
 
 
-__all__ = ["BadRequest", "CLIENT_GONE", "ClientGone", "ErrorReply", "NotConfigured", "NotReady", "RequestTimeout", "ServeError",
-           "TooLarge", "UnknownModel", "error_reply"]
+__all__ = ["BadRequest", "CLIENT_GONE", "ClientGone", "ErrorReply", "NotConfigured", "NotReady", "RequestTimeout",
+           "ServeError", "TooLarge", "UnknownModel", "error_reply"]

@@ -57,8 +57,9 @@ OPENAI_EMBEDDINGS = _object(["object", "data", "model", "usage"], object=STRING,
     usage=_object(["prompt_tokens", "total_tokens"], prompt_tokens=INTEGER, total_tokens=INTEGER))
 SEARCH_RESULT = _object(["query", "hits", "candidates", "reranked", "timings_ms"], query=STRING, candidates=INTEGER,
                         reranked=BOOLEAN, timings_ms=OBJECT, scored={"type": ["integer", "null"]},
-                        hits=_array(_object(["id", "rank", "first_stage_rank"], rank=INTEGER, first_stage_rank=INTEGER,
-                                            score={"type": ["number", "null"]}, similarity={"type": ["number", "null"]})))
+                        hits=_array(_object(["id", "rank", "first_stage_rank"], rank=INTEGER,
+                                            first_stage_rank=INTEGER, score={"type": ["number", "null"]},
+                                            similarity={"type": ["number", "null"]})))
 
 
 def _requests(max_documents: int, rerankers: list[str], embedders: list[str]) -> dict:
@@ -90,7 +91,8 @@ def _requests(max_documents: int, rerankers: list[str], embedders: list[str]) ->
             "/v1/embeddings": openai, "/embeddings": openai, "/embed": tei_embed, "/v1/search": search}
 
 
-ANSWERS = {"/v1/rerank": COHERE_RANKING, "/v2/rerank": COHERE_RANKING, "/rerank": {"anyOf": [TEI_RANKING, COHERE_RANKING]},
+ANSWERS = {"/v1/rerank": COHERE_RANKING, "/v2/rerank": COHERE_RANKING,
+           "/rerank": {"anyOf": [TEI_RANKING, COHERE_RANKING]},
            "/v1/embeddings": OPENAI_EMBEDDINGS, "/embeddings": OPENAI_EMBEDDINGS, "/embed": _array(_array(NUMBER)),
            "/v1/search": SEARCH_RESULT, "/health": _object(["status"], status=STRING), "/info": OBJECT,
            "/v1/models": _object(["object", "data"], object=STRING, data=_array(_object(["id", "object"], id=STRING,

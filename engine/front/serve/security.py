@@ -300,10 +300,13 @@ class Gatekeeper:
             path = scope["path"]
             body = {"status": "draining", "message": message} if path == "/health" and status == 503 else None
             await send_refusal(send, p.path_family(path), status, message, headers, body)
-            endpoint = path if path in p.FAMILIES else "other"
+            endpoint = path if path in p.FAMILIES else "other"  # a bounded set of labels, whatever is asked
             self.metrics.requests.labels(endpoint, str(status)).inc()
-            log.info("%s %s %d %.1f ms refused: %s", scope["method"], endpoint, status,
-                     (time.perf_counter() - started) * 1e3, message)
+            key = scope.get("state", {}).get("api_key")
+            if key is not None:
+                self.metrics.key_requests.labels(key.name, str(status)).inc()
+            log.info("%s %s %d %.1f ms refused: %s%s", scope["method"], endpoint, status,
+                     (time.perf_counter() - started) * 1e3, message, f" key={key.name}" if key is not None else "")
             return
         self.drain.in_flight += 1
         try:
