@@ -445,6 +445,22 @@ def test_info_shows_no_filesystem_path(guarded, tiny_cross, plain):
     assert "/" not in info["models"]["embedder"]["source"] and info["index"]["id"] == plain["index_path"].name
 
 
+def test_metrics_and_openapi_flags(tiny_cross):
+    from starlette.testclient import TestClient
+
+    from crossrank.front.serve.app import build_app
+    from crossrank.front.serve.config import ServeConfig
+    from crossrank.front.serve.security import KeyRing, parse_keys
+
+    keys = KeyRing(parse_keys(f"alice:{KEYS['alice']}", "test"))
+    guarded = TestClient(build_app(ServeConfig(reranker=str(tiny_cross), protect_metrics=True), keys=keys))
+    assert guarded.get("/metrics").status_code == 401 and guarded.get("/health").status_code != 401
+    assert guarded.get("/metrics", headers=bearer("alice")).status_code == 200
+    assert guarded.get("/openapi.json", headers=bearer("alice")).json()["security"] == [{"bearer": []}]
+    closed = TestClient(build_app(ServeConfig(reranker=str(tiny_cross), openapi=False), keys=keys))
+    assert closed.get("/openapi.json", headers=bearer("alice")).status_code == 404
+
+
 def test_cors_is_off_unless_asked(tiny_cross):
     from starlette.testclient import TestClient
 
