@@ -26,9 +26,9 @@ from crossrank.front.args import (env_default, flag_bool, names_arg, needs_extra
                                   seconds_arg, threads_arg, workers_arg)
 from crossrank.front.ray.config import add_ray_arguments, ray_config_from_args
 from crossrank.front.serve.config import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S,
-                                          DEFAULT_KEEP_ALIVE_TIMEOUT_S, DEFAULT_MAX_DOCUMENTS, DEFAULT_MAX_QUEUE_TOKENS,
-                                          DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_TOKENS,
-                                          DEFAULT_SHUTDOWN_GRACE_S, ServeConfig)
+                                          DEFAULT_KEEP_ALIVE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_DOCUMENTS,
+                                          DEFAULT_MAX_QUEUE_TOKENS, DEFAULT_MAX_REQUEST_BYTES,
+                                          DEFAULT_MAX_REQUEST_TOKENS, DEFAULT_SHUTDOWN_GRACE_S, ServeConfig)
 
 
 def add_serve(sub) -> None:
@@ -124,8 +124,9 @@ def add_security_arguments(p) -> None:
                    help=f"an idle kept-alive connection is closed after S seconds "
                         f"(default {DEFAULT_KEEP_ALIVE_TIMEOUT_S:g})")
     g.add_argument("--max-connections", type=positive_int_arg, default=env_default("MAX_CONNECTIONS"), metavar="N",
-                   help="open connections; past them a new one gets 503 and is closed (default: the open-file "
-                        "limit, raised to its hard limit, less 64)")
+                   help="open connections; past them a new one gets 503 and is closed (default "
+                        f"{DEFAULT_MAX_CONNECTIONS}, or the open-file limit, raised to its hard limit, less 64 if "
+                        "lower)")
     g.add_argument("--shutdown-grace", type=seconds_arg,
                    default=env_default("SHUTDOWN_GRACE", str(DEFAULT_SHUTDOWN_GRACE_S)), metavar="S",
                    help="on SIGTERM, requests in flight get S seconds to finish while new ones get 503; then the "

@@ -21,6 +21,7 @@ DEFAULT_BODY_TIMEOUT_S = 30.0           # from the end of the headers to the end
 DEFAULT_HEADER_TIMEOUT_S = 10.0         # from a connection's opening to the end of its request headers: 408
 DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0      # an idle kept-alive connection is closed
 DEFAULT_SHUTDOWN_GRACE_S = 30.0         # SIGTERM: requests in flight get this long
+DEFAULT_MAX_CONNECTIONS = 10_000        # open connections (or the open-file limit less 64, if lower); more: 503
 MODEL_FLAGS = {"reranker": "--reranker ART", "embedder": "--embedder ART", "index": "--index DIR"}
 
 
@@ -124,5 +125,5 @@ def _names(value, field: str) -> tuple[str, ...]:
 
 
 __all__ = ["DEFAULT_BODY_TIMEOUT_S", "DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_KEEP_ALIVE_TIMEOUT_S",
-           "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_QUEUE_TOKENS", "DEFAULT_MAX_REQUEST_BYTES",
+           "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_QUEUE_TOKENS", "DEFAULT_MAX_REQUEST_BYTES",
            "DEFAULT_MAX_REQUEST_TOKENS", "DEFAULT_SHUTDOWN_GRACE_S", "MODEL_FLAGS", "ServeConfig"]

@@ -31,7 +31,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from crossrank.errors import InvalidArgumentError, MissingFileError, check_int, check_number
 from crossrank.front.serve.config import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_KEEP_ALIVE_TIMEOUT_S,
-                                          DEFAULT_SHUTDOWN_GRACE_S)
+                                          DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE_S)
 
 log = logging.getLogger("crossrank.serve")
 
@@ -40,9 +40,12 @@ WARN_EVERY_S = 10.0    # at most one log line per kind of closed connection per 
 
 
 def default_max_connections() -> int:
-    """Open connections allowed: the open-file limit less what the process needs besides."""
+    """Open connections allowed: DEFAULT_MAX_CONNECTIONS, or the open-file limit less what the
+    process needs besides, if lower."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(8, soft - FILES_KEPT) if soft != resource.RLIM_INFINITY else 65536
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(8, min(DEFAULT_MAX_CONNECTIONS, soft - FILES_KEPT))
 
 
 def raise_open_file_limit() -> int:
