@@ -14,8 +14,8 @@ from crossrank.embedder import Embedder, Embeddings
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, FidelityError, IndexFormatError,
                               InvalidArgumentError, MissingExtraError, MissingFileError, NotOwnedError,
-                              OutputExistsError, OverloadedError, RuntimeConfigError, StoreError, UnknownIdError,
-                              UsageError)
+                              OutputExistsError, OverloadedError, RuntimeConfigError, StoreError, TokenBudgetError,
+                              UnknownIdError, UsageError)
 from crossrank.index import Hits, Index, Neighbors
 from crossrank.model import Model
 from crossrank.pipeline import Hit, Pipeline, SearchHit, SearchResult
@@ -31,7 +31,7 @@ __all__ = [
     "IndexFormatError", "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "Neighbors",
     "NotOwnedError", "OutputExistsError", "OverloadedError", "Pipeline", "RankedDocument", "Ranking", "Reranker",
     "Retriever", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult", "SessionOptions", "StoreError",
-    "UnknownIdError", "UsageError", "load_artifact", "__version__",
+    "TokenBudgetError", "UnknownIdError", "UsageError", "load_artifact", "__version__",
     # the result types' earlier names, kept as aliases: Ranked = RankedDocument, RankedList = Ranking,
     # Hits = Neighbors (Index.search), Hit = SearchHit
     "Hit", "Hits", "Ranked", "RankedList",

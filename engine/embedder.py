@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from crossrank.errors import check_bool, check_texts
+from crossrank.errors import check_bool, check_int, check_texts, check_token_budget
 from crossrank.model import Model, session_options
 from crossrank.scheduler import run_async
 from crossrank.settings import SessionOptions
@@ -56,10 +56,14 @@ class Embedder(Model):
         """Real tokens (special tokens included) of each text as ``embed`` runs it (truncated)."""
         return self.tokenizer.rows(check_texts(texts, "texts")).lengths
 
-    def embed_with_usage(self, texts: Sequence[str], progress: bool = False) -> Embeddings:
-        """``embed``'s vectors and the real tokens that ran (one tokenization)."""
+    def embed_with_usage(self, texts: Sequence[str], progress: bool = False,
+                         token_budget: int | None = None) -> Embeddings:
+        """``embed``'s vectors and the real tokens that ran (one tokenization). token_budget:
+        refuse (TokenBudgetError) texts holding more real tokens, before they run (checked per
+        step of CHUNK_TEXTS texts, so what runs never exceeds it)."""
         texts = check_texts(texts, "texts")
         check_bool(progress, "progress")
+        token_budget = check_int(token_budget, "token_budget", allow_none=True)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         tokens = 0
         bar = None
@@ -71,6 +75,7 @@ class Embedder(Model):
             part = texts[start: start + CHUNK_TEXTS]
             rows = self.tokenizer.rows(part)
             tokens += int(rows.lengths.sum())
+            check_token_budget(tokens, token_budget, f"these {len(texts)} texts")
             out[start: start + len(part)], _ = self._run(rows)
             if bar is not None:
                 bar.update(len(part))

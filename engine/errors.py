@@ -11,6 +11,7 @@ the bad value and what would be accepted.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Sequence
 
@@ -73,6 +74,15 @@ class OverloadedError(CrossrankError, RuntimeError):
     def __init__(self, message: str, retry_after_s: float = 1.0):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class TokenBudgetError(InvalidArgumentError):
+    """A call would run more tokens than its ``token_budget``: refused before they ran (the
+    message names both figures)."""
+
+    def __init__(self, message: str, tokens: int, budget: int):
+        super().__init__(message)
+        self.tokens, self.budget = tokens, budget
 
 
 class MissingFileError(CrossrankError, FileNotFoundError):
@@ -143,9 +153,14 @@ def check_number(value, name: str, low: float = 0.0, allow_none: bool = False, f
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name} must be a number >= {low:g}{' or None' if allow_none else ''}, "
                                 f"got {_show(value)}")
-    if not (value >= low and (np.isfinite(value) or not finite)):
-        raise InvalidArgumentError(f"{name} must be a {'finite ' if finite else ''}number >= {low:g}, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)  # an integer too large for a float: OverflowError
+    except OverflowError:
+        number = math.nan
+    if not (number >= low and (math.isfinite(number) or not finite)):
+        raise InvalidArgumentError(f"{name} must be a {'finite ' if finite else ''}number >= {low:g}, "
+                                   f"got {value!r:.60}")
+    return number
 
 
 def check_bool(value, name: str, allow_none: bool = False):
@@ -214,6 +229,12 @@ def check_top_n(top_n, name: str = "top_n"):
 def check_deadline_ms(deadline_ms, name: str = "deadline_ms"):
     """Milliseconds >= 0 (inf: no limit), or None for no deadline."""
     return check_number(deadline_ms, name, low=0.0, allow_none=True, finite=False)
+
+
+def check_token_budget(tokens: int, budget: int | None, what: str) -> None:
+    """TokenBudgetError when ``tokens`` (of ``what``) exceed ``budget`` (None: no budget)."""
+    if budget is not None and tokens > budget:
+        raise TokenBudgetError(f"{what} holds {tokens} tokens, more than its token budget ({budget})", tokens, budget)
 
 
 def check_id(value, name: str):
@@ -314,9 +335,8 @@ __all__ = [
     "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
     "EmbedderMismatchError", "FidelityError", "IndexFormatError", "InvalidArgumentError", "MissingExtraError",
     "MissingFileError", "NotOwnedError", "OutputExistsError", "OverloadedError", "RuntimeConfigError", "StoreError",
-    "UnknownIdError",
-    "UnsupportedModelError", "UsageError",
+    "TokenBudgetError", "UnknownIdError", "UnsupportedModelError", "UsageError",
     "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
-    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "int_range_text",
-    "is_bool", "is_int", "is_object", "is_one_of", "is_type", "plain_file_name",
+    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_token_budget", "check_top_n",
+    "int_range_text", "is_bool", "is_int", "is_object", "is_one_of", "is_type", "plain_file_name",
 ]

@@ -20,7 +20,8 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_bool, check_choice, check_deadline_ms,
-                              check_int, check_queries, check_query, check_text, check_texts, check_top_n)
+                              check_int, check_queries, check_query, check_text, check_texts, check_token_budget,
+                              check_top_n)
 from crossrank.model import Model, session_options
 from crossrank.runner import Deadline
 from crossrank.scheduler import run_async
@@ -163,10 +164,9 @@ class Reranker(Model):
     # -- the three stages -------------------------------------------------------------------
     def _encode_pre(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str],
                     cuts: _Cuts = _Cuts()) -> Rows:
-        query_ids = self.tokenizer.encode_texts(queries)
-        doc_ids = self.tokenizer.encode_texts(documents) if documents else []
-        if cuts.max_tokens is not None:
-            doc_ids = [ids[: cuts.max_tokens] for ids in doc_ids]
+        query_ids = self.tokenizer.encode_texts(queries, keep=self.tokenizer.max_query_tokens)
+        keep = self.tokenizer.document_tokens(cuts.max_tokens, cuts.overlap, cuts.max_windows)
+        doc_ids = self.tokenizer.encode_texts(documents, keep=keep) if documents else []
         return self.tokenizer.pair_rows(query_ids, query_of_doc, doc_ids, chunk_overlap=cuts.overlap,
                                         max_windows=cuts.max_windows)
 
@@ -184,9 +184,12 @@ class Reranker(Model):
         return (best if raw else self.activation(best)), scored
 
     def _scores(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str], raw: bool,
-                deadline: Deadline | None = None, cuts: _Cuts = _Cuts()) -> tuple[np.ndarray, int, np.ndarray]:
+                deadline: Deadline | None = None, cuts: _Cuts = _Cuts(),
+                token_budget: int | None = None) -> tuple[np.ndarray, int, np.ndarray]:
         """Scores in input order, how many leading documents were scored (all, without a
-        deadline; the rest are nan), and the real tokens of each document's rows."""
+        deadline; the rest are nan), and the real tokens of each document's rows. With
+        ``token_budget``: TokenBudgetError before running rows past it (checked per step of
+        CHUNK_DOCUMENTS documents, so what runs never exceeds it)."""
         scores = np.full(len(documents), np.nan, dtype=np.float32)
         tokens = np.zeros(len(documents), dtype=np.int64)
         for start in range(0, len(documents), CHUNK_DOCUMENTS):
@@ -194,6 +197,7 @@ class Reranker(Model):
             rows = self._encode_pre(queries, query_of_doc[part], documents[part], cuts)
             n = len(documents[part])
             tokens[part] = np.bincount(rows.owner, weights=rows.lengths, minlength=n).astype(np.int64)
+            check_token_budget(int(tokens[: start + n].sum()), token_budget, f"this call's {len(documents)} pairs")
             logits, done = self._encode_core(rows, deadline)
             part_scores, scored = self._encode_post(rows, logits, done, n, raw)
             scores[start: start + scored] = part_scores[:scored]
@@ -217,7 +221,7 @@ class Reranker(Model):
     def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                return_documents: bool = True, raw_scores: bool = False,
                deadline_ms: float | None = None, *, max_tokens_per_doc: int | None = None,
-               max_chunks_per_doc: int | None = None) -> Ranking:
+               max_chunks_per_doc: int | None = None, token_budget: int | None = None) -> Ranking:
         """Documents ranked best first (ties keep input order), at most ``top_n``.
 
         deadline_ms: time allowed for this call. Candidates are then scored in the given
@@ -231,21 +235,26 @@ class Reranker(Model):
         as usual). max_chunks_per_doc: score each document by the best of its first that many
         overlapping windows (``chunk_overlap``; 1 = its first window, as "truncate"), whatever
         ``long_documents`` says. The result's ``tokens`` counts the real tokens of its pair rows.
+        token_budget: refuse (TokenBudgetError) a call whose pair rows hold more real tokens,
+        before they run. Long documents are read only as far as their window needs
+        (``crossrank.tokenize.encode_prefixes``).
         """
         started = self.clock()
         deadline_ms = check_deadline_ms(deadline_ms)
         if deadline_ms is None:
             return self.rerank_many([query], [documents], top_n, return_documents, raw_scores,
-                                    max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc)[0]
+                                    max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc,
+                                    token_budget=token_budget)[0]
         check_top_n(top_n)
         check_bool(return_documents, "return_documents")
         check_bool(raw_scores, "raw_scores")
         cuts = self._cuts(max_tokens_per_doc, max_chunks_per_doc)
+        token_budget = check_int(token_budget, "token_budget", allow_none=True)
         query = check_query(query)
         documents = check_texts(documents)
         deadline = Deadline(started + deadline_ms / 1e3, self.clock, self._seconds_per_token)
         scores, scored, tokens = self._scores([query], np.zeros(len(documents), dtype=np.int64), documents,
-                                              raw_scores, deadline, cuts)
+                                              raw_scores, deadline, cuts, token_budget)
         if deadline.spent_tokens:
             self._seconds_per_token = deadline.seconds_per_token
         order = best_first(scores[:scored]).tolist() + list(range(scored, len(documents)))
@@ -256,9 +265,11 @@ class Reranker(Model):
     def rerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[str]],
                     top_n: int | None = None, return_documents: bool = True,
                     raw_scores: bool = False, *, max_tokens_per_doc: int | None = None,
-                    max_chunks_per_doc: int | None = None) -> list[Ranking]:
-        """``rerank`` for several queries at once; their pairs share batches."""
+                    max_chunks_per_doc: int | None = None, token_budget: int | None = None) -> list[Ranking]:
+        """``rerank`` for several queries at once; their pairs share batches (``token_budget``:
+        for all of them)."""
         check_top_n(top_n)
+        token_budget = check_int(token_budget, "token_budget", allow_none=True)
         check_bool(return_documents, "return_documents")
         check_bool(raw_scores, "raw_scores")
         cuts = self._cuts(max_tokens_per_doc, max_chunks_per_doc)
@@ -273,7 +284,7 @@ class Reranker(Model):
                      for i, docs in enumerate(documents_per_query)]
         query_of_doc = np.repeat(np.arange(len(queries)), [len(d) for d in doc_lists])
         flat = [doc for docs in doc_lists for doc in docs]
-        scores, _, tokens = self._scores(queries, query_of_doc, flat, raw_scores, cuts=cuts)
+        scores, _, tokens = self._scores(queries, query_of_doc, flat, raw_scores, cuts=cuts, token_budget=token_budget)
         results, start = [], 0
         for docs in doc_lists:
             part = slice(start, start + len(docs))

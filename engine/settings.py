@@ -63,6 +63,16 @@ SPINNING_MODES = ("within-calls", "always", "never")
 # ONNX Runtime's CPU arena keeps the largest buffers it ever served, so with requests of varying
 # shapes RSS only grows: off by default (see the memory soak in benchmarks/rerank_bench.py).
 MEMORY_ARENA = False
+# Long texts are cut before they are tokenized (crossrank.tokenize.encode_prefixes): a text is read
+# up to CUT_CHARS_PER_TOKEN characters per token its window can hold, cut at a word boundary; when
+# that prefix holds fewer tokens than the window (much whitespace, very long words) it is read
+# again CUT_GROWTH times further, up to CUT_MAX_CHARS_PER_TOKEN characters per token (and at least
+# CUT_MIN_CHARS: a word longer than WordPiece's 100 characters stays one [UNK]). A 5 MB document
+# then costs what its window holds, and the ids are those of the whole text.
+CUT_CHARS_PER_TOKEN = 8
+CUT_GROWTH = 4
+CUT_MAX_CHARS_PER_TOKEN = 64
+CUT_MIN_CHARS = 4096
 
 # Backends (crossrank.session): ONNX Runtime (CPU, CUDA) and OpenVINO (CPU; extra "openvino").
 # A model's default backend and precision follow the CPU's ISA (crossrank.isa's rule).

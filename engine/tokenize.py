@@ -4,17 +4,23 @@ Pair rows are assembled with numpy from the pieces of the tokenizer's own pair t
 (``[CLS] q [SEP] d [SEP]`` for BERT, ``<s> q </s></s> d </s>`` for XLM-R), truncating only the
 document side, so the ids equal ``tokenizer.encode(query, document)`` with ``only_second``
 truncation.
+
+Long texts are never tokenized whole: ``encode_prefixes`` reads each text only as far as the
+tokens its window can hold (``crossrank.settings.CUT_CHARS_PER_TOKEN``), cut at a word boundary,
+and gives the same ids as the whole text would.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from crossrank.errors import ArtifactError, InvalidArgumentError
+from crossrank.settings import CUT_CHARS_PER_TOKEN, CUT_GROWTH, CUT_MAX_CHARS_PER_TOKEN, CUT_MIN_CHARS
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -23,6 +29,57 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception on a malformed file
         raise ArtifactError(f"{str(path)!r} is not a tokenizers file (tokenizer.json): {err}") from None
+
+
+def _cut_at(text: str, chars: int) -> int:
+    """Where to cut ``text`` to about ``chars`` characters: before a whitespace in its second half
+    (a word boundary), else at ``chars``; ``len(text)`` when it is no longer."""
+    if len(text) <= chars:
+        return len(text)
+    space = max(text.rfind(c, chars // 2, chars + 1) for c in (" ", "\n", "\t"))
+    return space if space > 0 else chars
+
+
+def _settled(text: str, cut: int, encoding: Encoding, keep: int) -> bool:
+    """Whether ``encoding`` (of ``text[:cut]``) holds the whole text's first ``keep`` content
+    tokens: that many end before the word and whitespace run at the cut, which the cut may have
+    changed (pre-tokenizers split at whitespace, so every token before them is the whole text's)."""
+    safe = cut
+    while safe > 0 and not text[safe].isspace() and not text[safe - 1].isspace():
+        safe -= 1  # a cut inside a word: that word's tokens may differ
+    while safe > 0 and text[safe - 1].isspace():
+        safe -= 1
+    ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+    return bisect_right(ends, safe) >= keep
+
+
+def encode_prefixes(tokenizer: Tokenizer, texts: list[str], keep: int | None,
+                    add_special_tokens: bool = False) -> list[Encoding]:
+    """``tokenizer.encode_batch(texts)``, reading each long text only as far as its first
+    ``keep`` content tokens need: a text is cut to ``keep x CUT_CHARS_PER_TOKEN`` characters at a
+    word boundary; when the prefix holds fewer than ``keep`` tokens that the cut cannot have
+    changed, it is read again ``CUT_GROWTH`` times further, up to ``keep x
+    CUT_MAX_CHARS_PER_TOKEN`` characters (at least CUT_MIN_CHARS). The first ``keep`` content tokens
+    are then those of the whole text (past the last step: of its longest prefix read). ``keep``
+    None: whole texts."""
+    if keep is None or all(len(t) <= keep * CUT_CHARS_PER_TOKEN for t in texts):
+        return tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+    encodings: list[Encoding | None] = [None] * len(texts)
+    most = max(keep * CUT_MAX_CHARS_PER_TOKEN, CUT_MIN_CHARS)
+    pending, chars = list(range(len(texts))), keep * CUT_CHARS_PER_TOKEN
+    while pending:
+        cuts = [_cut_at(texts[i], chars) for i in pending]
+        done = tokenizer.encode_batch([texts[i][:cut] for i, cut in zip(pending, cuts)],
+                                      add_special_tokens=add_special_tokens)
+        last = chars >= most
+        retry = []
+        for i, cut, encoding in zip(pending, cuts, done):
+            if last or cut == len(texts[i]) or _settled(texts[i], cut, encoding, keep):
+                encodings[i] = encoding
+            else:
+                retry.append(i)
+        pending, chars = retry, min(chars * CUT_GROWTH, most)
+    return encodings
 
 
 @dataclass(frozen=True)
@@ -91,9 +148,21 @@ class PairTokenizer:
         # A query may use at most half the window; the rest is the document's.
         self.max_query_tokens = (max_length - self.template.special_count) // 2
 
-    def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+    def encode_texts(self, texts: list[str], keep: int | None = None) -> list[np.ndarray]:
+        """Token ids of each text; with ``keep``, its first ``keep`` only, reading no further
+        than they need (``encode_prefixes``)."""
+        encodings = encode_prefixes(self.tokenizer, texts, keep)
+        return [np.asarray(e.ids[:keep], dtype=np.int64) for e in encodings]
+
+    def document_tokens(self, max_tokens: int | None, overlap: int | None, max_windows: int | None) -> int | None:
+        """The most tokens of a document ``pair_rows`` can use (a window, or ``max_windows``
+        overlapping ones; at most ``max_tokens``); None: all (every window of a long document)."""
+        window = self.max_length - self.template.special_count  # a query of no tokens leaves the most
+        if overlap is not None:
+            if max_windows is None:
+                return max_tokens
+            window += (max_windows - 1) * max(1, window - overlap)
+        return window if max_tokens is None else min(window, max_tokens)
 
     def document_budget(self, query_ids: np.ndarray) -> int:
         return self.max_length - self.template.special_count - len(query_ids)
@@ -135,7 +204,8 @@ class TextTokenizer:
         self.pad_id = _pad_id(self.tokenizer)
 
     def rows(self, texts: list[str]) -> Rows:
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        keep = self.max_length - self.tokenizer.num_special_tokens_to_add(False)
+        encodings = encode_prefixes(self.tokenizer, texts, keep, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         types = [np.asarray(e.type_ids, dtype=np.int64) for e in encodings]
         return Rows(ids, types, np.arange(len(texts), dtype=np.int64))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from starlette.testclient import TestClient
 
@@ -64,10 +65,12 @@ def main(argv=None) -> int:
     client = TestClient(app)
     row = load_trec_rag()[5]
     texts = [row["query"], *row["documents"]]
-    requests = [("reranker", "/v2/rerank", {"model": "m", "query": row["query"], "documents": row["documents"],
-                                            "max_tokens_per_doc": 32}, texts),
+    names = {name: Path(path).name for name, path in (("reranker", args.reranker), ("embedder", args.embedder)) if path}
+    requests = [("reranker", "/v2/rerank", {"model": names["reranker"], "query": row["query"],
+                                            "documents": row["documents"], "max_tokens_per_doc": 32}, texts),
                 ("reranker", "/rerank", {"query": row["query"], "texts": row["documents"]}, texts),
-                ("embedder", "/v1/embeddings", {"model": "m", "input": row["documents"]}, row["documents"])]
+                ("embedder", "/v1/embeddings", {"model": names.get("embedder"), "input": row["documents"]},
+                 row["documents"])]
     for model, path, body, sent in requests:
         if model not in counters:
             continue

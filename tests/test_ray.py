@@ -110,12 +110,12 @@ class TestServe:
             RayConfig(replicas=3, max_replicas=2)
 
     def test_cohere_through_serve_gets_what_the_single_process_server_returns(self, deployed, single_server,
-                                                                             trec_rag):
+                                                                             trec_rag, starter_fp32):
         via_ray = cohere.ClientV2(api_key="dummy", base_url=deployed)
         single = cohere.ClientV2(api_key="dummy", base_url=single_server.url)
         for row, top_n in ((trec_rag[0], None), (trec_rag[1], 5), (trec_rag[2], 1)):
-            got = via_ray.rerank(model="starter", query=row["query"], documents=row["documents"], top_n=top_n)
-            want = single.rerank(model="starter", query=row["query"], documents=row["documents"], top_n=top_n)
+            got = via_ray.rerank(model=starter_fp32.name, query=row["query"], documents=row["documents"], top_n=top_n)
+            want = single.rerank(model=starter_fp32.name, query=row["query"], documents=row["documents"], top_n=top_n)
             assert [(r.index, r.relevance_score) for r in got.results] == \
                    [(r.index, r.relevance_score) for r in want.results]
             assert got.meta == want.meta
@@ -129,10 +129,11 @@ class TestServe:
         assert info["models"]["reranker"]["shared"] is True
 
     def test_a_killed_replica_loses_no_retried_request_and_health_reports_it(self, deployed, single_server,
-                                                                            trec_rag):
+                                                                            trec_rag, starter_fp32):
         requests = [(row["query"], row["documents"][:LOAD_DOCUMENTS]) for row in trec_rag[10:10 + LOAD_REQUESTS * 2]]
         single = cohere.ClientV2(api_key="dummy", base_url=single_server.url)
-        want = [[(r.index, r.relevance_score) for r in single.rerank(model="m", query=q, documents=d).results]
+        model = starter_fp32.name  # the name a request's "model" gives: the artifact folder's
+        want = [[(r.index, r.relevance_score) for r in single.rerank(model=model, query=q, documents=d).results]
                 for q, d in requests]
         health = httpx.get(deployed + "/health", timeout=30).json()
         assert health["status"] == "ok" and health["deployment"]["replicas"] == {"RUNNING": 2}, health
@@ -150,7 +151,7 @@ class TestServe:
             for k in range(LOAD_REQUESTS):
                 n = (c * LOAD_REQUESTS + k) % len(requests)
                 try:
-                    response = co.rerank(model="m", query=requests[n][0], documents=requests[n][1],
+                    response = co.rerank(model=model, query=requests[n][0], documents=requests[n][1],
                                          request_options={"max_retries": 8})
                     with lock:
                         results[(c, k)] = (n, [(r.index, r.relevance_score) for r in response.results])

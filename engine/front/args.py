@@ -63,6 +63,8 @@ workers_arg = int_arg(*WORKERS_RANGE, what="worker threads")
 port_arg = int_arg(0, 65535, what="a TCP port")
 positive_float_arg = number_arg(float, lambda v: 0 < v < float("inf"), "expected a number of milliseconds, got {text}",
                                 "expected a positive finite number, got {text}")
+seconds_arg = number_arg(float, lambda v: 0 < v < float("inf"), "expected seconds (a positive number), got {text}",
+                         "expected seconds (a positive finite number), got {text}")
 milliseconds_arg = number_arg(float, lambda v: 0 <= v < float("inf"),
                               "expected milliseconds (a number >= 0), got {text}",
                               "expected milliseconds (a number >= 0), got {text}")
@@ -98,6 +100,11 @@ def choice_list_type(what: str, choices: Sequence[str]) -> Callable[[str], list[
             raise argparse.ArgumentTypeError(f"expected comma-separated {what} of {', '.join(choices)}, got {text!r}")
         return values
     return parse
+
+
+def names_arg(text: str) -> list[str]:
+    """An argparse ``type``: comma-separated names (empty parts dropped; "" gives none)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def env_default(name: str, default: str | None = None) -> str | None:

@@ -96,6 +96,9 @@ class CrossrankReplica:
         self._status: tuple[float, dict] | None = None
         self._status_lock = asyncio.Lock()
         self.crossrank_app = build_app(config, health_details=self.health_details)
+        if not self.crossrank_app.state.keys:
+            log.warning("replica %s has no API keys (api_key_file): every caller that reaches Serve's proxy is "
+                        "served", self.replica)
         models = self.crossrank_app.state.models
         await asyncio.to_thread(models.load)
         if models.error is not None:  # Serve reports the replica as failed to start and retries

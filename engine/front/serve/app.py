@@ -17,13 +17,18 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from crossrank.embedder import Embedder
 from crossrank.front.serve.config import MODEL_FLAGS, ServeConfig
 from crossrank.front.serve.errors import NotConfigured, NotReady
 from crossrank.front.serve.metrics import Metrics
+from crossrank.front.serve.openapi import document_api
+from crossrank.front.serve.protocols import error_body, path_family
 from crossrank.front.serve.routes import router
+from crossrank.front.serve.security import Drain, Gatekeeper, KeyRing, Quotas, load_api_keys
 from crossrank.pipeline import Pipeline
 from crossrank.reranker import Reranker
 from crossrank.retriever import Retriever
@@ -104,12 +109,15 @@ class Models:
         path = getattr(self.config, what)
         if path is None:
             return None
-        info: dict[str, Any] = {"id": Path(path).name, "path": str(path), "loaded": model is not None}
+        shown = self.config.info_paths  # else no filesystem path: names only
+        info: dict[str, Any] = {"id": Path(path).name, "loaded": model is not None}
+        if shown:
+            info["path"] = str(path)
         if model is not None:
             described = model.describe()
             m = described["manifest"]
             info.update(kind=m["kind"], precision=m["precision"], max_length=described["max_length"],
-                        source=m["source"], int8_recipe=m["int8_recipe"],
+                        source=m["source"] if shown else Path(m["source"]).name, int8_recipe=m["int8_recipe"],
                         settings={**described["options"], "origin": described["origin"]}, **described["sharing"])
             if what == "embedder":
                 info["dim"] = m["dim"]
@@ -126,17 +134,41 @@ async def lifespan(app: FastAPI):
     models.close()
 
 
-def build_app(config: ServeConfig, health_details: Callable[[], Awaitable[dict]] | None = None) -> FastAPI:
+async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """Starlette's own answers (an unknown path: 404, a wrong method: 405) in the path's envelope."""
+    return JSONResponse(error_body(path_family(request.url.path), err.status_code, str(err.detail)),
+                        status_code=err.status_code, headers=getattr(err, "headers", None))
+
+
+def build_app(config: ServeConfig, health_details: Callable[[], Awaitable[dict]] | None = None,
+              keys: KeyRing | None = None) -> FastAPI:
     """The app of one server. Its models load on a thread when it starts, unless whoever built it
     loaded them already (``app.state.models.load()``: a Ray Serve replica does, so that it is
     ready only once they are). ``health_details``: awaited by ``GET /health`` once the models are
-    ready, its keys added to the answer (a Ray replica adds its deployment's replica count)."""
-    app = FastAPI(title="crossrank", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    ready, its keys added to the answer (a Ray replica adds its deployment's replica count).
+    ``keys``: the API keys (default: ``config.api_key_file`` and CROSSRANK_API_KEYS). Every request
+    passes the gate first (``security.Gatekeeper``: drain, Host, keys, Content-Type); with
+    ``config.cors_origins``, CORS answers browsers from those origins."""
+    app = FastAPI(title="crossrank", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if config.openapi else None)
     app.state.config = config
     app.state.metrics = Metrics()
     app.state.models = Models(config, app.state.metrics)
     app.state.health_details = health_details
+    app.state.keys = load_api_keys(config.api_key_file) if keys is None else keys
+    app.state.quotas = Quotas(config.key_tokens_per_second, config.key_max_concurrent, app.state.metrics)
+    app.state.drain = Drain()
+    app.state.metrics.in_flight.set_function(lambda: app.state.drain.in_flight)
     app.include_router(router)
+    app.add_exception_handler(HTTPException, http_error)
+    document_api(app)
+    app.add_middleware(Gatekeeper, keys=app.state.keys, metrics=app.state.metrics, drain=app.state.drain,
+                       allowed_hosts=config.allowed_hosts, protect_metrics=config.protect_metrics)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"], max_age=600)
     return app
 
 

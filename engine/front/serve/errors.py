@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from crossrank.errors import CrossrankError, InvalidArgumentError, OverloadedError
+from crossrank.errors import CrossrankError, InvalidArgumentError, OverloadedError, TokenBudgetError
 
 
 class ServeError(CrossrankError):
     """A request the server refuses or cannot serve now; ``status`` is the HTTP status."""
 
     status = 500
+    headers: dict[str, str] = {}   # extra response headers (Retry-After, Connection: close, ...)
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
@@ -52,7 +53,26 @@ class NotConfigured(ServeError, LookupError):
     status = 404
 
 
-CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
+class UnknownModel(ServeError, LookupError):
+    """A request names a model this server does not serve (404, naming the ones it does)."""
+
+    status = 404
+
+
+class ClientGone(ServeError):
+    """The client closed the connection before its answer (499: nothing is sent; counted, logged)."""
+
+    status = 499  # nginx's status for a client that closed the connection before the answer
+
+
+class RequestTimeout(ServeError):
+    """The body did not arrive within ``--body-timeout`` (408; the connection is closed)."""
+
+    status = 408
+    headers = {"Connection": "close"}
+
+
+CLIENT_GONE = ClientGone.status
 
 
 @dataclass(frozen=True)
@@ -66,7 +86,9 @@ class ErrorReply:
 def error_reply(err: BaseException) -> ErrorReply:
     """The HTTP answer to a request that ended with ``err`` (the one place errors become statuses)."""
     if isinstance(err, ServeError):
-        return ErrorReply(err.status, str(err), err.param)
+        return ErrorReply(err.status, str(err), err.param, dict(err.headers))
+    if isinstance(err, TokenBudgetError):
+        return ErrorReply(413, f"{err} (crossrank serve --max-request-tokens)")
     if isinstance(err, OverloadedError):
         return ErrorReply(429, str(err), headers={"Retry-After": str(math.ceil(err.retry_after_s))})
     if isinstance(err, InvalidArgumentError):  # the core's checks name the argument
@@ -74,5 +96,5 @@ def error_reply(err: BaseException) -> ErrorReply:
     return ErrorReply(500, f"internal error: {type(err).__name__}: {err}")
 
 
-__all__ = ["BadRequest", "CLIENT_GONE", "ErrorReply", "NotConfigured", "NotReady", "ServeError", "TooLarge",
-           "error_reply"]
+__all__ = ["BadRequest", "CLIENT_GONE", "ClientGone", "ErrorReply", "NotConfigured", "NotReady", "RequestTimeout",
+           "ServeError", "TooLarge", "UnknownModel", "error_reply"]

@@ -1,6 +1,7 @@
 """Prometheus metrics of one server (a registry of its own, so several apps can live in a process).
 
-Per endpoint: requests by status, latency, documents per request, 429s. Per model: tokens
+Per endpoint: requests by status, latency, documents per request, 429s. Per API key (its name):
+requests by status, tokens, refusals by quota. Connections closed by a limit, by reason. Per model: tokens
 submitted, and from its totals (``Model.stats()``) batches, rows, real and computed tokens
 (padding = 1 - real / computed); with sharing on, from its shared queue: rows and requests per
 batch, padding per batch, queue depth in tokens and requests.
@@ -62,6 +63,18 @@ class Metrics:
                                   ["model"], registry=r)
         self.queue_requests = Gauge("crossrank_queue_requests", "Requests waiting in a model's shared queue",
                                     ["model"], registry=r)
+        # per API key, by its name (crossrank.front.serve.security): requests by status, tokens run,
+        # refusals by quota; and connections the HTTP layer closed or refused (crossrank.front.serve.http)
+        self.key_requests = Counter("crossrank_key_requests", "Requests per API key (by its name) and status",
+                                    ["key", "status"], registry=r)
+        self.key_tokens = Counter("crossrank_key_tokens", "Real tokens run per API key", ["key"], registry=r)
+        self.key_refused = Counter("crossrank_key_refused", "Requests refused with 429 per API key and quota",
+                                   ["key", "quota"], registry=r)
+        self.in_flight = Gauge("crossrank_requests_in_flight", "HTTP requests past the gate and not yet answered",
+                               registry=r)
+        self.connections_closed = Counter("crossrank_connections_closed",
+                                          "Connections closed or refused by the server's limits, by reason",
+                                          ["reason"], registry=r)
         self._totals = _ModelTotals()
         r.register(self._totals)
 

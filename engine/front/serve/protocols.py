@@ -27,6 +27,20 @@ from crossrank.front.serve.errors import BadRequest, TooLarge
 
 COHERE, TEI, OPENAI = "cohere", "tei", "openai"
 ENCODING_FORMATS = ("float", "base64")
+# The family whose envelope answers an error on each path (/rerank: TEI unless its body has
+# "documents"; a path not listed: Cohere's plain {"message"}).
+FAMILIES = {"/v1/rerank": COHERE, "/v2/rerank": COHERE, "/rerank": TEI, "/v1/embeddings": OPENAI,
+            "/embeddings": OPENAI, "/embed": TEI, "/v1/search": COHERE, "/v1/models": OPENAI, "/info": COHERE,
+            "/health": COHERE, "/metrics": COHERE, "/openapi.json": COHERE}
+# What a request body may hold: JSON nested at most this deep, numbers of at most this many characters
+# (an int64 has 19 digits; Python refuses ints past 4,300), deadlines of at most an hour.
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 40
+MAX_DEADLINE_MS = 3_600_000
+
+
+def path_family(path: str) -> str:
+    return FAMILIES.get(path, COHERE)
 
 
 def _field(message: str, name: str):
@@ -41,16 +55,47 @@ def _checked(check, *args, name: str, **kwargs):
         raise _field(str(err), name) from None
 
 
+def _number(kind):
+    def parse(text: str):
+        if len(text) > MAX_NUMBER_CHARS:
+            raise BadRequest(f"body holds a number of {len(text)} characters ({text[:12]}...): this server reads "
+                             f"numbers of at most {MAX_NUMBER_CHARS}")
+        value = kind(text)
+        if not math.isfinite(value):
+            raise BadRequest(f"body holds the number {text}, too large for a float")
+        return value
+    return parse
+
+
+def _no_constant(name: str):
+    raise BadRequest(f"body holds {name}, which is not JSON (JSON has no NaN or Infinity)")
+
+
+def _check_depth(value) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"body is JSON nested deeper than this server reads ({MAX_JSON_DEPTH} levels)")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
 def parse_body(raw: bytes) -> dict:
-    """The JSON object of a request body (422 when it is not valid JSON or not an object)."""
+    """The JSON object of a request body: 422 when it is not valid JSON or not an object, nests
+    deeper than MAX_JSON_DEPTH, holds a number longer than MAX_NUMBER_CHARS or out of a float's
+    range, or NaN / Infinity."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_number(int), parse_float=_number(float), parse_constant=_no_constant)
     except UnicodeDecodeError as err:
         raise BadRequest(f"body is not UTF-8 text: {err}") from None
     except json.JSONDecodeError as err:
         raise BadRequest(f"body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise BadRequest(f"body is JSON nested deeper than this server reads ({MAX_JSON_DEPTH} levels)") from None
     if not isinstance(body, dict):
         raise BadRequest(f"body must be a JSON object, got {type(body).__name__} {json.dumps(body)[:60]}")
+    _check_depth(body)
     return body
 
 
@@ -96,11 +141,12 @@ def _document_text(document, i: int, rank_fields: list[str] | None) -> str:
         raise _field(f"{name} must be a string or an object with a \"text\" string, got "
                      f"{type(document).__name__} {json.dumps(document)[:60]}", name)
     if rank_fields:
-        parts = []
-        for key in rank_fields:
-            if key in document:
-                value = document[key]
-                parts.append(f"{key}: {value if isinstance(value, str) else json.dumps(value)}")
+        missing = [key for key in rank_fields if key not in document]
+        if missing:
+            raise _field(f"{name} has no {missing[0]!r} key, which rank_fields names (keys: {sorted(document)[:8]})",
+                         name)
+        parts = [f"{key}: {value if isinstance(value, str) else json.dumps(value)}"
+                 for key, value in ((key, document[key]) for key in rank_fields)]
         return _checked(check_text, "\n".join(parts), f"{name} (rank_fields)", name=name)
     if "text" not in document:
         raise _field(f"{name} has no \"text\" key (keys: {sorted(document)[:8]}); give the text to rank, "
@@ -117,6 +163,8 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     """Cohere v1 (also Jina: documents as strings or {"text", ...} objects, rank_fields,
     return_documents, default true) or Cohere v2 (documents as strings only)."""
     model = _optional_model(body)
+    if version == 2 and model is None:
+        raise _field("model is required by Cohere's v2 rerank API: send the name GET /v1/models lists", "model")
     query = _checked(check_query, body.get("query"), "query", name="query")
     documents = body.get("documents")
     if not isinstance(documents, list):
@@ -267,12 +315,20 @@ class SearchRequest:
     deadline_ms: float | None = None
 
 
-def parse_search(body: dict) -> SearchRequest:
-    """crossrank ``/v1/search``: {query, k?, top_n?, deadline_ms?} (top_n null or 0: all k)."""
+def parse_search(body: dict, max_documents: int) -> SearchRequest:
+    """crossrank ``/v1/search``: {query, k?, top_n?, deadline_ms?} (top_n null or 0: all k). k is
+    the number of candidates reranked: at most ``max_documents`` (omitted: 100, or that cap if
+    lower); deadline_ms at most an hour."""
     query = _checked(check_query, body.get("query"), "query", name="query")
-    k = _checked(check_int, body.get("k", 100), "k", name="k")
+    k = _checked(check_int, body.get("k", min(SearchRequest.k, max_documents)), "k", name="k")
+    if k > max_documents:
+        raise _field(f"k {k} is more candidates than this server reranks per request ({max_documents}; crossrank "
+                     f"serve --max-documents)", "k")
     top_n = _checked(check_int, body.get("top_n", 10), "top_n", 0, allow_none=True, name="top_n") or None
     deadline = _checked(check_deadline_ms, body.get("deadline_ms"), "deadline_ms", name="deadline_ms")
+    if deadline is not None and deadline > MAX_DEADLINE_MS:
+        raise _field(f"deadline_ms {body['deadline_ms']!r:.40} is more than this server waits ({MAX_DEADLINE_MS} ms); "
+                     f"omit it for no deadline", "deadline_ms")
     return SearchRequest(query, k, top_n, deadline)
 
 
@@ -291,10 +347,14 @@ def search_response(result) -> dict:
 
 # -- errors ---------------------------------------------------------------------------------------
 
-TEI_ERROR_TYPES = {413: "Validation", 422: "Validation", 429: "Overloaded", 503: "Unhealthy", 500: "Backend",
-                   499: "Cancelled", 404: "Validation"}
-OPENAI_ERROR_TYPES = {413: "invalid_request_error", 422: "invalid_request_error", 404: "invalid_request_error",
-                      429: "rate_limit_exceeded", 503: "service_unavailable", 500: "server_error"}
+TEI_ERROR_TYPES = {400: "Validation", 401: "Unauthorized", 404: "Validation", 405: "Validation", 408: "Validation",
+                   413: "Validation", 415: "Validation", 422: "Validation", 429: "Overloaded", 499: "Cancelled",
+                   500: "Backend", 503: "Unhealthy"}
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+                      405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+                      415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_exceeded",
+                      503: "service_unavailable", 500: "server_error"}
+OPENAI_ERROR_CODES = {401: "invalid_api_key"}
 
 
 def error_body(family: str, status: int, message: str, param: str | None = None) -> dict:
@@ -302,7 +362,7 @@ def error_body(family: str, status: int, message: str, param: str | None = None)
     ``{error: {message, type, param, code}}``, TEI ``{error, error_type}``."""
     if family == OPENAI:
         return {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "server_error"),
-                          "param": param, "code": None}}
+                          "param": param, "code": OPENAI_ERROR_CODES.get(status)}}
     if family == TEI:
         return {"error": message, "error_type": TEI_ERROR_TYPES.get(status, "Backend")}
     return {"message": message}

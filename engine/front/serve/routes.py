@@ -23,9 +23,12 @@ from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from crossrank.front.serve import protocols as p
-from crossrank.front.serve.errors import CLIENT_GONE, ErrorReply, TooLarge, error_reply
+from crossrank.front.serve.errors import CLIENT_GONE, ClientGone, ErrorReply, RequestTimeout, TooLarge, error_reply
+from crossrank.front.serve.names import check_model, served_names
+from crossrank.front.serve.security import request_key
 from crossrank.scheduler import run_async
 from crossrank.version import __version__
 
@@ -62,19 +65,28 @@ def _json(payload: Any) -> bytes:
 
 # -- HTTP plumbing (on the event loop) -------------------------------------------------------------
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, at most ``limit`` bytes (TooLarge beyond, from Content-Length or while reading)."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, at most ``limit`` bytes (TooLarge beyond, from Content-Length or while reading),
+    whole within ``timeout_s`` seconds (RequestTimeout, 408: a slow or lying client); ClientGone when
+    the client closes the connection first."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"body has {declared} bytes, more than this server accepts ({limit}; crossrank serve "
                        f"--max-request-bytes)", "body")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body has more than {limit} bytes, more than this server accepts (crossrank serve "
-                           f"--max-request-bytes)", "body")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"body has more than {limit} bytes, more than this server accepts (crossrank "
+                                   f"serve --max-request-bytes)", "body")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s ({size} bytes of "
+                             f"{declared or 'an unknown number'}; crossrank serve --body-timeout)", "body") from None
+    except ClientDisconnect:
+        raise ClientGone("the client closed the connection before its body arrived") from None
     return b"".join(chunks)
 
 
@@ -102,11 +114,13 @@ async def handle(request: Request, endpoint: str, family: str, job: Job) -> Resp
     log one line and record the metrics."""
     state = request.app.state
     call = Call(state.config, state.models, state.metrics, family)
+    key = request_key(request)
     started = time.perf_counter()
-    outcome, reply = None, None
+    outcome, reply, lease = None, None, None
     try:
         call.models.check_ready()
-        raw = await read_body(request, call.config.max_request_bytes)
+        lease = state.quotas.admit(key)
+        raw = await read_body(request, call.config.max_request_bytes, call.config.body_timeout)
         outcome = await until_disconnect(request, run_async(job, call, raw))
         if outcome is None:
             reply = ErrorReply(CLIENT_GONE, "the client closed the connection; its queued rows were dropped")
@@ -114,14 +128,19 @@ async def handle(request: Request, endpoint: str, family: str, job: Job) -> Resp
         reply = error_reply(err)
         if reply.status == 500:  # a bug: answer 500, keep the traceback in the log
             log.error("%s %s failed", request.method, request.url.path, exc_info=err)
-    _record(call, request, endpoint, reply.status if reply else 200, time.perf_counter() - started, outcome)
+    finally:
+        if lease is not None:
+            lease.release(outcome.tokens if outcome else 0)
+    _record(call, request, endpoint, reply.status if reply else 200, time.perf_counter() - started, outcome, key)
     if reply is None:
         return Response(outcome.body, media_type="application/json")
     return JSONResponse(p.error_body(call.family, reply.status, reply.message, reply.param),
                         status_code=reply.status, headers=reply.headers)
 
 
-def _record(call: Call, request: Request, endpoint: str, status: int, seconds: float, outcome: Outcome | None):
+def _record(call: Call, request: Request, endpoint: str, status: int, seconds: float, outcome: Outcome | None,
+            key=None):
+    """Metrics and the request's log line (the API key by its name, never the key)."""
     metrics = call.metrics
     if status == 429:
         metrics.overloaded.labels(endpoint).inc()
@@ -129,8 +148,11 @@ def _record(call: Call, request: Request, endpoint: str, status: int, seconds: f
     metrics.latency.labels(endpoint).observe(seconds)
     if outcome is not None:
         metrics.documents.labels(endpoint).observe(outcome.documents)
-    log.info("%s %s %d %.1f ms documents=%d tokens=%d", request.method, request.url.path, status, seconds * 1e3,
-             outcome.documents if outcome else 0, outcome.tokens if outcome else 0)
+    if key is not None:
+        metrics.key_requests.labels(key.name, str(status)).inc()
+    log.info("%s %s %d %.1f ms documents=%d tokens=%d%s", request.method, request.url.path, status, seconds * 1e3,
+             outcome.documents if outcome else 0, outcome.tokens if outcome else 0,
+             f" key={key.name}" if key is not None else "")
 
 
 # -- jobs (on a thread of their own, never on the event loop) --------------------------------------
@@ -138,9 +160,11 @@ def _record(call: Call, request: Request, endpoint: str, status: int, seconds: f
 def run_rerank(call: Call, request: p.RerankRequest) -> Outcome:
     """Rerank a parsed request (tokenized once, in the core; its token count comes back with it)."""
     reranker = call.models.need("reranker")
+    check_model(call.config, "reranker", request.model)
     ranked = reranker.rerank(request.query, request.texts, top_n=request.top_n, return_documents=False,
                              raw_scores=request.raw_scores, max_tokens_per_doc=request.max_tokens_per_doc,
-                             max_chunks_per_doc=request.max_chunks_per_doc)
+                             max_chunks_per_doc=request.max_chunks_per_doc,
+                             token_budget=call.config.max_request_tokens)
     call.metrics.tokens.labels("reranker").inc(ranked.tokens)
     return Outcome(_json(p.rerank_response(request, ranked, ranked.tokens)), len(request.texts), ranked.tokens)
 
@@ -164,9 +188,10 @@ def tei_or_cohere_rerank_job(call: Call, raw: bytes) -> Outcome:
 
 def run_embed(call: Call, embedder, request: p.EmbedRequest) -> Outcome:
     """Embed a parsed request (tokenized once, in the core; its token count comes back with it)."""
-    vectors, tokens = embedder.embed_with_usage(request.texts)
+    check_model(call.config, "embedder", request.model)
+    vectors, tokens = embedder.embed_with_usage(request.texts, token_budget=call.config.max_request_tokens)
     call.metrics.tokens.labels("embedder").inc(tokens)
-    name = Path(call.config.embedder).name
+    name = served_names(call.config, "embedder")[0]
     return Outcome(_json(p.embed_response(request, vectors, tokens, name)), len(request.texts), tokens)
 
 
@@ -183,7 +208,7 @@ def tei_embed_job(call: Call, raw: bytes) -> Outcome:
 
 
 def search_job(call: Call, raw: bytes) -> Outcome:
-    request = p.parse_search(p.parse_body(raw))
+    request = p.parse_search(p.parse_body(raw), call.config.max_documents)
     pipeline = call.models.need("pipeline")
     result = pipeline.search(request.query, k=request.k, top_n=request.top_n, deadline_ms=request.deadline_ms)
     return Outcome(_json(p.search_response(result)), result.candidates)
@@ -236,13 +261,27 @@ async def health(request: Request):
     return {"status": "ok", **(await details() if details is not None else {})}
 
 
+def first_stage_id(config) -> str:
+    """The first stage as /info names it without --info-paths: a folder's name, or a store's kind and
+    table (no path, no host)."""
+    from crossrank.stores.common import DEFAULT_TABLE
+
+    where = config.store or config.index
+    name = f"{where.split('://')[0]} table {config.table or DEFAULT_TABLE}" if "://" in where else Path(where).name
+    return f"{name} (hybrid)" if config.hybrid else name
+
+
 @router.get("/info")
 async def info(request: Request):
     config, models = request.app.state.config, request.app.state.models
+    index = None
+    if config.first_stage_name():
+        index = {"path": config.first_stage_name()} if config.info_paths else {"id": first_stage_id(config)}
+        if models.index is not None:
+            index["documents"] = len(models.index)
     return {"name": "crossrank", "version": __version__, "ready": models.ready.is_set(),
             "models": {what: models.model_info(what) for what in ("reranker", "embedder")},
-            "index": ({"path": config.first_stage_name(), "documents": len(models.index)} if models.index is not None
-                      else ({"path": config.first_stage_name()} if config.first_stage_name() else None)),
+            "index": index,
             "limits": {"max_queue_tokens": config.max_queue_tokens, "max_documents": config.max_documents,
                        "max_request_bytes": config.max_request_bytes},
             "shared": config.shared, "device": config.device}
@@ -252,8 +291,8 @@ async def info(request: Request):
 async def list_models(request: Request):
     config, models = request.app.state.config, request.app.state.models
     created = int(models.loaded_at or time.time())
-    data = [{"id": Path(path).name, "object": "model", "created": created, "owned_by": "crossrank", "kind": kind}
-            for kind, path in (("reranker", config.reranker), ("embedder", config.embedder)) if path]
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "crossrank", "kind": kind}
+            for kind in ("reranker", "embedder") for name in served_names(config, kind)]
     return {"object": "list", "data": data}
 
 
