@@ -92,22 +92,11 @@ def st_onnx_folder(folder: Path) -> Path:
     return folder
 
 
-def pair_lengths(reranker: crossrank.Reranker, pairs) -> np.ndarray:
-    queries = sorted({q for q, _ in pairs})
-    index = {q: i for i, q in enumerate(queries)}
-    rows = reranker.tokenizer.pair_rows(reranker.tokenizer.encode_texts(queries),
-                                        np.array([index[q] for q, _ in pairs]),
-                                        reranker.tokenizer.encode_texts([d for _, d in pairs]))
-    return rows.lengths
-
-
 def rerank_systems(paths, threads: int) -> dict[str, tuple]:
     """name -> (score(pairs) -> np.ndarray, rank(query, docs), crossrank.Reranker or None)."""
     import onnxruntime as ort
     import torch
     from sentence_transformers import CrossEncoder
-
-    from crossrank.runner import BatchRunner
 
     torch.set_num_threads(threads)
     systems = {}
@@ -127,9 +116,8 @@ def rerank_systems(paths, threads: int) -> dict[str, tuple]:
             (PREVIOUS_INT8, "cross_int8_previous", PREVIOUS_BATCH_TOKENS, "always"),
             (CROSSRANK_INT8, "cross_int8", None, None),
             ("crossrank int8, spinning within calls", "cross_int8", None, "within-calls")):
-        model = crossrank.Reranker(paths[key], threads=threads, batch_tokens=batch_tokens)
-        if spinning is not None:
-            model.runner = BatchRunner(model.artifact.model_path, model.runner.settings, spinning=spinning)
+        model = crossrank.Reranker(paths[key], options=crossrank.SessionOptions(
+            threads=threads, batch_tokens=batch_tokens, spinning=spinning))
         out[name] = (lambda ps, m=model: m.score(ps), lambda q, ds, m=model: m.rerank(q, ds, top_n=10), model)
     return out
 
@@ -162,7 +150,7 @@ def bench_rerankers(paths, workload, threads, gemm, rounds: int, latency_runs: i
                 start = time.perf_counter()
                 rank(*request100)
                 lat100[name].append((time.perf_counter() - start) * 1e3)
-    lengths = pair_lengths(systems[CROSSRANK_INT8][2], pairs)
+    lengths = systems[CROSSRANK_INT8][2].token_lengths(pairs)
     flops = encoder_flops(lengths, **MINILM)
     reference = scores[ST_TORCH]
     results = []

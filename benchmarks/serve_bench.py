@@ -234,7 +234,7 @@ def run(args) -> dict:
             "onnxruntime": __import__("onnxruntime").__version__,
             "artifact": str(artifact), "precision": manifest["precision"],
             "int8_recipe": (manifest.get("quantization") or {}).get("name"),
-            "threads": reranker.runner.settings.threads, "batch_tokens": reranker.runner.batch_tokens,
+            "threads": reranker.options.threads, "batch_tokens": reranker.options.batch_tokens,
             "rounds": args.rounds, "workers": cores, "load_average_at_end": os.getloadavg(), "levels": levels,
             "targets": targets(levels)}
 

@@ -81,22 +81,30 @@ class OutputExistsError(CrossrankError, FileExistsError):
     """An output path exists and would be replaced without permission (``--force``)."""
 
 
+class MissingExtraError(CrossrankError, ImportError):
+    """An optional part of crossrank is not installed; the message names the extra that installs it."""
+
+
 # -- checks --------------------------------------------------------------------------------------
 
 def _show(value: Any) -> str:
     return f"{type(value).__name__} {value!r:.60}"
 
 
+def int_range_text(low: int | None, high: int | None) -> str:
+    """How the integers in [low, high] are named in messages ("a positive integer", ...)."""
+    if low is not None and high is not None:
+        return f"an integer in [{low}, {high}]"
+    if low == 1:
+        return "a positive integer"
+    return "an integer" + (f" >= {low}" if low is not None else "")
+
+
 def check_int(value, name: str, low: int | None = 1, high: int | None = None, allow_none: bool = False):
     """An integer (Python or numpy, never bool or float) within [low, high]; returns a Python int."""
     if value is None and allow_none:
         return None
-    if low is not None and high is not None:
-        accepted = f"an integer in [{low}, {high}]"
-    elif low == 1:
-        accepted = "a positive integer"
-    else:
-        accepted = "an integer" + (f" >= {low}" if low is not None else "")
+    accepted = int_range_text(low, high)
     if allow_none:
         accepted += " or None"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -268,9 +276,10 @@ def plain_file_name(name) -> str | None:
 
 __all__ = [
     "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
-    "EmbedderMismatchError", "IndexFormatError", "InvalidArgumentError", "MissingFileError", "OutputExistsError",
+    "EmbedderMismatchError", "IndexFormatError", "InvalidArgumentError", "MissingExtraError", "MissingFileError",
+    "OutputExistsError",
     "OverloadedError", "RuntimeConfigError", "UnknownIdError", "UsageError",
     "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
-    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "is_int",
+    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "int_range_text", "is_int",
     "is_one_of", "is_type", "plain_file_name",
 ]

@@ -60,7 +60,7 @@ class _IdsAndSimilarities(NamedTuple):
     similarities: np.ndarray  # float32, 1 - cosine distance (1 = same direction)
 
 
-class Hits(_IdsAndSimilarities):
+class Candidates(_IdsAndSimilarities):
     """First-stage results for one query, best first: ``ids, similarities = index.search(...)``.
 
     ``keys`` (attribute, uint64) are the hits' keys in the document store, so that
@@ -71,6 +71,9 @@ class Hits(_IdsAndSimilarities):
         hits = super().__new__(cls, ids, similarities)
         hits.keys = np.zeros(0, dtype=np.uint64) if keys is None else np.asarray(keys, dtype=np.uint64)
         return hits
+
+
+Hits = Candidates  # the earlier name, kept as an alias (docs/api.md)
 
 
 def embedder_identity(embedder) -> dict:
@@ -291,18 +294,18 @@ class Index:
                 f"{str(self.embedder_info.get('sha256'))[:16]}...), or search with vectors")
         return self._check_vectors(self.embedder.embed(texts), len(texts))
 
-    def search(self, query, k: int = 100, exact: bool = False) -> Hits:
+    def search(self, query, k: int = 100, exact: bool = False) -> Candidates:
         """The k nearest documents to a query text or a [dim] vector, best first.
 
         exact=True scans every vector (brute force) instead of walking the HNSW graph.
         """
         return self.search_vectors(self._query_vectors(query, single=True), k, exact)[0]
 
-    def search_many(self, queries, k: int = 100, exact: bool = False) -> list[Hits]:
+    def search_many(self, queries, k: int = 100, exact: bool = False) -> list[Candidates]:
         """``search`` for a list of texts or an [n, dim] array; texts are embedded in one call."""
         return self.search_vectors(self._query_vectors(queries, single=False), k, exact)
 
-    def search_vectors(self, vectors: np.ndarray, k: int, exact: bool = False) -> list[Hits]:
+    def search_vectors(self, vectors: np.ndarray, k: int, exact: bool = False) -> list[Candidates]:
         """``search`` for an [n, dim] float array of query vectors."""
         k = check_int(k, "k")
         vectors = self._query_vectors(np.asarray(vectors), single=False)
@@ -311,9 +314,9 @@ class Index:
         with self._lock.reading():
             return self._search_locked(vectors, k, exact)
 
-    def _search_locked(self, vectors: np.ndarray, k: int, exact: bool) -> list[Hits]:
+    def _search_locked(self, vectors: np.ndarray, k: int, exact: bool) -> list[Candidates]:
         if len(self) == 0:
-            return [Hits([], np.zeros(0, dtype=np.float32)) for _ in range(len(vectors))]
+            return [Candidates([], np.zeros(0, dtype=np.float32)) for _ in range(len(vectors))]
         matches = self._vectors.search(vectors, min(k, len(self)), exact=exact)
         keys = np.atleast_2d(matches.keys)
         distances = np.atleast_2d(matches.distances)
@@ -327,7 +330,7 @@ class Index:
                 raise IndexFormatError(f"vector key {missing[0]} has no document in the store "
                                        f"{self._store.path or '(memory)'}: the index is inconsistent")
             similarities = (1.0 - distances[row, : len(row_keys)]).astype(np.float32)
-            results.append(Hits([id_of[int(key)] for key in row_keys], similarities, row_keys))
+            results.append(Candidates([id_of[int(key)] for key in row_keys], similarities, row_keys))
         return results
 
     # -- reading back ----------------------------------------------------------------------
@@ -342,7 +345,7 @@ class Index:
         of the index (``Pipeline`` searches and fetches the candidates' texts in one)."""
         return self._lock.reading()
 
-    def fetch_documents(self, hits: Sequence[Hits]) -> list[list[str]]:
+    def fetch_documents(self, hits: Sequence[Candidates]) -> list[list[str]]:
         """The texts of every hit of several search results, in one store query (by key). Hold
         ``reading()`` around the search and the fetch when another thread may remove documents."""
         flat = np.concatenate([h.keys for h in hits]) if hits else np.zeros(0, dtype=np.uint64)

@@ -19,16 +19,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+from crossrank.embedder import Embedder
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_deadline_ms, check_int,
                               check_queries, check_query, check_top_n)
 from crossrank.index import Index, check_embedder
+from crossrank.reranker import Reranker
 from crossrank.scheduler import run_async
 
 STAGES = ("embed", "search", "fetch", "rerank", "total")
 
 
 @dataclass(frozen=True)
-class Hit:
+class SearchHit:
     """One result. ``rank`` is its final 1-based place; ``first_stage_rank`` its place among the
     k candidates by ``similarity`` (1 - cosine distance). ``stage_scores`` holds each reranking
     stage's score (after the artifact's activation; None where that stage did not score it, nan
@@ -53,7 +55,7 @@ class SearchResult:
     """
 
     query: str
-    hits: list[Hit]
+    hits: list[SearchHit]
     candidates: int                  # how many the first stage returned (<= k)
     reranked: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -69,7 +71,11 @@ class SearchResult:
         return asdict(self)
 
 
-def check_cascade(rerankers, depths) -> tuple[list, list]:
+Hit = SearchHit  # the earlier name, kept as an alias (docs/api.md)
+
+
+def check_cascade(rerankers: Sequence[Reranker], depths: Sequence[int | None] | None
+                  ) -> tuple[list[Reranker], list[int | None]]:
     """(rerankers, depths) as lists; depths[i] = candidates stage i reranks (None: all of them)."""
     if isinstance(rerankers, (str, bytes)) or not isinstance(rerankers, Sequence) or not rerankers:
         raise ArgumentTypeError(f"rerankers must be a non-empty list of Rerankers, got {rerankers!r:.80}")
@@ -96,7 +102,8 @@ class Pipeline:
     The embedder must be the artifact that built the index (checked: EmbedderMismatchError).
     """
 
-    def __init__(self, embedder, index: Index, reranker=None, *, rerankers=None, depths=None):
+    def __init__(self, embedder: Embedder, index: Index, reranker: Reranker | None = None, *,
+                 rerankers: Sequence[Reranker] | None = None, depths: Sequence[int | None] | None = None):
         if index.embedder_info:
             check_embedder({"dim": index.dim, "embedder": index.embedder_info}, embedder,
                            index.path or "(in memory)")
@@ -112,7 +119,7 @@ class Pipeline:
         self.index = index
 
     @property
-    def reranker(self):
+    def reranker(self) -> Reranker | None:
         """The last (or only) reranking stage's Reranker; None for first-stage search."""
         return self.rerankers[-1] if self.rerankers else None
 
@@ -190,7 +197,7 @@ class Pipeline:
                 stage_scores = tuple(scores[q][i])
                 last_score = next((s for s in reversed(stage_scores) if s is not None and not math.isnan(s)),
                                   stage_scores[0] if stage_scores else None)
-                chosen.append(Hit(hits.ids[i], docs[i], float(hits.similarities[i]), last_score, rank, i + 1,
+                chosen.append(SearchHit(hits.ids[i], docs[i], float(hits.similarities[i]), last_score, rank, i + 1,
                                   stage_scores))
             results.append(SearchResult(query, chosen, len(hits.ids), bool(self.rerankers), dict(timings),
                                         len(queries), scored[q], stages[q]))

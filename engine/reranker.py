@@ -1,8 +1,10 @@
 """Reranker: scores (query, document) pairs with an exported cross-encoder.
 
 The hot path is split in three stages (as in infinity): ``_encode_pre`` tokenizes and assembles
-rows, ``_encode_core`` runs them through the one BatchRunner path, ``_encode_post`` applies the
-activation and restores input order (in chunk mode: the best window per document).
+rows, ``_encode_core`` runs them through the model's executor (``crossrank.model.Model``),
+``_encode_post`` applies the activation and restores input order (in chunk mode: the best window
+per document). A call tokenizes its texts once; the result says how many tokens ran
+(``Ranking.tokens``), so a server reports usage without tokenizing again.
 
 ``rerank(..., deadline_ms=N)`` runs the same path with two differences: the rows run in the
 caller's (first-stage) order instead of sorted by length, and a Deadline stops it before a batch
@@ -17,32 +19,40 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from crossrank.artifact import check_graph, load_artifact
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_bool, check_choice, check_deadline_ms,
                               check_int, check_queries, check_query, check_text, check_texts, check_top_n)
-from crossrank.runner import BatchRunner, Deadline
-from crossrank.scheduler import Scheduler, run_async
-from crossrank.settings import MEMORY_ARENA, resolve_settings
+from crossrank.model import Model, session_options
+from crossrank.runner import Deadline
+from crossrank.scheduler import run_async
+from crossrank.settings import SessionOptions
 from crossrank.tokenize import PairTokenizer, Rows
 
 LONG_DOCUMENT_MODES = ("truncate", "chunk")
 CHUNK_DOCUMENTS = 4096  # documents tokenized per step: memory stays bounded for huge requests
 
 
-class Ranked(NamedTuple):
+class RankedDocument(NamedTuple):
+    """One reranked document: its position in the caller's list, its score, its text."""
+
     index: int              # position of the document in the caller's list
     score: float
     document: str | None    # None when return_documents=False
 
 
-class RankedList(list):
-    """What ``rerank`` returns: a list of Ranked, best first, plus ``scored``, the number of
-    documents that were scored. Below a deadline, the documents left unscored follow the scored
-    ones in the caller's order, with score nan."""
+class Ranking(list):
+    """What ``rerank`` returns: a list of RankedDocument, best first, plus ``scored``, the number
+    of documents that were scored, and ``tokens``, the real tokens (special tokens included) of
+    the pair rows the call ran or, under a deadline, submitted. Below a deadline, the documents
+    left unscored follow the scored ones in the caller's order, with score nan."""
 
-    def __init__(self, ranked=(), scored: int = 0):
+    def __init__(self, ranked=(), scored: int = 0, tokens: int = 0):
         super().__init__(ranked)
         self.scored = scored
+        self.tokens = tokens
+
+
+Ranked = RankedDocument   # the earlier names, kept as aliases (docs/api.md)
+RankedList = Ranking
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -52,7 +62,31 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 ACTIVATIONS = {"sigmoid": sigmoid, "identity": lambda x: x}
 
 
-class Reranker:
+def _group_pairs(pairs) -> tuple[list[str], np.ndarray, list[str]]:
+    """(distinct queries, query index of each pair, documents) of checked (query, document) pairs."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise ArgumentTypeError(f"pairs must be a list of (query, document) tuples, got {type(pairs).__name__}")
+    query_index: dict[str, int] = {}
+    query_of_doc, documents = [], []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ArgumentTypeError(f"pairs[{i}] must be a (query, document) pair, got {pair!r:.80}")
+        query = check_query(pair[0], f"pairs[{i}][0]")
+        query_of_doc.append(query_index.setdefault(query, len(query_index)))
+        documents.append(check_text(pair[1], f"pairs[{i}][1]"))
+    return list(query_index), np.asarray(query_of_doc, dtype=np.int64), documents
+
+
+class _Cuts(NamedTuple):
+    """How a call cuts its documents: at ``max_tokens`` tokens, then into windows (None: truncate;
+    else overlapping by ``overlap`` tokens, at most ``max_windows``)."""
+
+    max_tokens: int | None = None
+    overlap: int | None = None
+    max_windows: int | None = None
+
+
+class Reranker(Model):
     """A cross-encoder artifact on ONNX Runtime.
 
     path: artifact folder from ``crossrank export --kind cross``. device: "cpu" or "cuda".
@@ -61,32 +95,33 @@ class Reranker:
     long_documents: "truncate" (default) keeps a document's first window; "chunk" scores
     overlapping windows (``chunk_overlap`` tokens, default min(64, a quarter of the
     window)) and keeps the best. io_binding: bind inputs on the device (default: on for CUDA).
-    shared: run every call through one worker thread that merges concurrent callers' pairs into
-    shared batches (``crossrank.scheduler``; ``self.scheduler``), with at most ``max_queue_tokens``
-    tokens queued (beyond: OverloadedError) and ``workers`` threads running its batches (default 1;
-    see ``crossrank.scheduler.Scheduler``). The async variants (``arerank``, ``ascore``,
-    ``arerank_many``) work either way and never run the model on the event loop.
+    memory_arena: ONNX Runtime's CPU arena (default off). options: a ``SessionOptions`` with
+    these and the other session options (graph optimisation, spinning, profiling); an option given
+    both as a keyword and in ``options`` must agree. shared: run every call through one queue
+    whose worker threads merge concurrent callers' pairs into shared batches
+    (``crossrank.scheduler``), with at most ``max_queue_tokens`` tokens queued (beyond:
+    OverloadedError) and ``workers`` threads running its batches (default 1). The async variants
+    (``arerank``, ``ascore``, ``arerank_many``) work either way and never run the model on the
+    event loop.
 
-    threads, batch_tokens and io_binding left as None come from ``runtime.json`` in the artifact
-    folder when it has a section for ``device`` (written by ``crossrank tune``), else the defaults
-    (crossrank.settings); ``settings_origin`` says which. ``clock`` (attribute, default
-    ``time.perf_counter``) times deadlines; tests replace it.
+    Options left unset come from ``runtime.json`` in the artifact folder when it has a section for
+    ``device`` (written by ``crossrank tune``), else the defaults (crossrank.settings);
+    ``options.origin`` says which. ``clock`` (attribute, default ``time.perf_counter``) times
+    deadlines; tests replace it.
     """
+
+    kind = "cross"
+    min_length = 8
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  max_length: int | None = None, batch_tokens: int | None = None,
                  long_documents: str = "truncate", chunk_overlap: int | None = None, io_binding: bool | None = None,
-                 memory_arena: bool = MEMORY_ARENA, shared: bool = False, max_queue_tokens: int | None = None,
-                 workers: int = 1):
-        settings, self.settings_origin = resolve_settings(path, device, threads, batch_tokens, io_binding)
+                 memory_arena: bool | None = None, shared: bool = False, max_queue_tokens: int | None = None,
+                 workers: int = 1, *, options: SessionOptions | None = None):
+        options = session_options(options, threads=threads, batch_tokens=batch_tokens, io_binding=io_binding,
+                                  memory_arena=memory_arena)
         check_choice(long_documents, "long_documents", LONG_DOCUMENT_MODES)
-        if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
-            raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
-                                       "shared=True")
-        self.artifact = load_artifact(path, expect_kind="cross")
-        limit = self.artifact.max_length
-        self.max_length = check_int(max_length, "max_length", 8, limit, allow_none=True) or limit
-        self.tokenizer = PairTokenizer(self.artifact.tokenizer_path, self.max_length)
+        super().__init__(path, device, max_length, options, shared, max_queue_tokens, workers)
         most = self.tokenizer.max_query_tokens  # windows then still advance by at least half
         if chunk_overlap is None:
             chunk_overlap = min(64, most // 2)
@@ -94,25 +129,35 @@ class Reranker:
         self.long_documents = long_documents
         self.chunk_overlap = chunk_overlap
         self.activation = ACTIVATIONS[self.artifact.manifest["activation"]]
-        self.runner = BatchRunner(self.artifact.model_path, settings, memory_arena=memory_arena)
-        check_graph(self.artifact, self.runner.session)
-        self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens, name="reranker",
-                                   workers=workers) if shared else None
-        self.device = device
         self.clock: Callable[[], float] = time.perf_counter
         self._seconds_per_token: float | None = None  # measured by the last deadline call
 
+    def _load_tokenizer(self) -> PairTokenizer:
+        return PairTokenizer(self.artifact.tokenizer_path, self.max_length)
+
+    def describe(self) -> dict:
+        """``Model.describe()`` plus ``long_documents`` and ``chunk_overlap``."""
+        return {**super().describe(), "long_documents": self.long_documents, "chunk_overlap": self.chunk_overlap}
+
+    def _cuts(self, max_tokens_per_doc, max_chunks_per_doc) -> _Cuts:
+        max_tokens = check_int(max_tokens_per_doc, "max_tokens_per_doc", 1, allow_none=True)
+        max_windows = check_int(max_chunks_per_doc, "max_chunks_per_doc", 1, allow_none=True)
+        if max_windows is None and self.long_documents == "truncate":
+            return _Cuts(max_tokens)
+        return _Cuts(max_tokens, self.chunk_overlap, max_windows)
+
     # -- the three stages -------------------------------------------------------------------
-    def _encode_pre(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str]) -> Rows:
+    def _encode_pre(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str],
+                    cuts: _Cuts = _Cuts()) -> Rows:
         query_ids = self.tokenizer.encode_texts(queries)
         doc_ids = self.tokenizer.encode_texts(documents) if documents else []
-        overlap = self.chunk_overlap if self.long_documents == "chunk" else None
-        return self.tokenizer.pair_rows(query_ids, query_of_doc, doc_ids, chunk_overlap=overlap)
+        if cuts.max_tokens is not None:
+            doc_ids = [ids[: cuts.max_tokens] for ids in doc_ids]
+        return self.tokenizer.pair_rows(query_ids, query_of_doc, doc_ids, chunk_overlap=cuts.overlap,
+                                        max_windows=cuts.max_windows)
 
     def _encode_core(self, rows: Rows, deadline: Deadline | None = None) -> tuple[np.ndarray, np.ndarray]:
-        runner = self.runner if self.scheduler is None else self.scheduler
-        return runner.run(rows, self.tokenizer.pad_id, order="length" if deadline is None else "input",
-                          deadline=deadline)
+        return self._run(rows, deadline)
 
     def _encode_post(self, rows: Rows, logits: np.ndarray, done: np.ndarray, n_documents: int,
                      raw: bool) -> tuple[np.ndarray, int]:
@@ -125,39 +170,40 @@ class Reranker:
         return (best if raw else self.activation(best)), scored
 
     def _scores(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str], raw: bool,
-                deadline: Deadline | None = None) -> tuple[np.ndarray, int]:
-        """Scores in input order and how many leading documents were scored (all, without a
-        deadline; the rest are nan)."""
+                deadline: Deadline | None = None, cuts: _Cuts = _Cuts()) -> tuple[np.ndarray, int, np.ndarray]:
+        """Scores in input order, how many leading documents were scored (all, without a
+        deadline; the rest are nan), and the real tokens of each document's rows."""
         scores = np.full(len(documents), np.nan, dtype=np.float32)
+        tokens = np.zeros(len(documents), dtype=np.int64)
         for start in range(0, len(documents), CHUNK_DOCUMENTS):
             part = slice(start, start + CHUNK_DOCUMENTS)
-            rows = self._encode_pre(queries, query_of_doc[part], documents[part])
+            rows = self._encode_pre(queries, query_of_doc[part], documents[part], cuts)
+            n = len(documents[part])
+            tokens[part] = np.bincount(rows.owner, weights=rows.lengths, minlength=n).astype(np.int64)
             logits, done = self._encode_core(rows, deadline)
-            part_scores, scored = self._encode_post(rows, logits, done, len(documents[part]), raw)
+            part_scores, scored = self._encode_post(rows, logits, done, n, raw)
             scores[start: start + scored] = part_scores[:scored]
-            if start + scored < min(start + CHUNK_DOCUMENTS, len(documents)):
-                return scores, start + scored
-        return scores, len(documents)
+            if scored < n:
+                return scores, start + scored, tokens
+        return scores, len(documents), tokens
 
     # -- public API -------------------------------------------------------------------------
+    def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Real tokens (special tokens included) of each row ``score(pairs)`` would run: one per
+        pair, truncated to the window (in chunk mode: one per window)."""
+        queries, query_of_doc, documents = _group_pairs(pairs)
+        return self._encode_pre(queries, query_of_doc, documents, self._cuts(None, None)).lengths
+
     def score(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False) -> np.ndarray:
         """Scores of (query, document) pairs in input order, float32."""
-        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
-            raise ArgumentTypeError(f"pairs must be a list of (query, document) tuples, got {type(pairs).__name__}")
+        queries, query_of_doc, documents = _group_pairs(pairs)
         check_bool(raw_scores, "raw_scores")
-        query_index: dict[str, int] = {}
-        query_of_doc, documents = [], []
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise ArgumentTypeError(f"pairs[{i}] must be a (query, document) pair, got {pair!r:.80}")
-            query = check_query(pair[0], f"pairs[{i}][0]")
-            query_of_doc.append(query_index.setdefault(query, len(query_index)))
-            documents.append(check_text(pair[1], f"pairs[{i}][1]"))
-        return self._scores(list(query_index), np.asarray(query_of_doc, dtype=np.int64), documents, raw_scores)[0]
+        return self._scores(queries, query_of_doc, documents, raw_scores, cuts=self._cuts(None, None))[0]
 
     def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                return_documents: bool = True, raw_scores: bool = False,
-               deadline_ms: float | None = None) -> RankedList:
+               deadline_ms: float | None = None, *, max_tokens_per_doc: int | None = None,
+               max_chunks_per_doc: int | None = None) -> Ranking:
         """Documents ranked best first (ties keep input order), at most ``top_n``.
 
         deadline_ms: time allowed for this call. Candidates are then scored in the given
@@ -166,33 +212,42 @@ class Reranker:
         The result's ``scored`` says how many documents were scored. A batch's time is estimated
         from the time per token measured so far (before the first batch: this Reranker's previous
         deadline call), so a Reranker's very first deadline call may overrun by one batch.
+
+        max_tokens_per_doc: keep each document's first that many tokens (then the window cuts it
+        as usual). max_chunks_per_doc: score each document by the best of its first that many
+        overlapping windows (``chunk_overlap``; 1 = its first window, as "truncate"), whatever
+        ``long_documents`` says. The result's ``tokens`` counts the real tokens of its pair rows.
         """
         started = self.clock()
         deadline_ms = check_deadline_ms(deadline_ms)
         if deadline_ms is None:
-            return RankedList(self.rerank_many([query], [documents], top_n, return_documents, raw_scores)[0],
-                              scored=len(documents))
+            return self.rerank_many([query], [documents], top_n, return_documents, raw_scores,
+                                    max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc)[0]
         check_top_n(top_n)
         check_bool(return_documents, "return_documents")
         check_bool(raw_scores, "raw_scores")
+        cuts = self._cuts(max_tokens_per_doc, max_chunks_per_doc)
         query = check_query(query)
         documents = check_texts(documents)
         deadline = Deadline(started + deadline_ms / 1e3, self.clock, self._seconds_per_token)
-        scores, scored = self._scores([query], np.zeros(len(documents), dtype=np.int64), documents, raw_scores,
-                                      deadline)
+        scores, scored, tokens = self._scores([query], np.zeros(len(documents), dtype=np.int64), documents,
+                                              raw_scores, deadline, cuts)
         if deadline.spent_tokens:
             self._seconds_per_token = deadline.seconds_per_token
         order = np.argsort(-scores[:scored], kind="stable").tolist() + list(range(scored, len(documents)))
-        ranked = [Ranked(i, float(scores[i]), documents[i] if return_documents else None) for i in order[:top_n]]
-        return RankedList(ranked, scored=scored)
+        ranked = [RankedDocument(i, float(scores[i]), documents[i] if return_documents else None)
+                  for i in order[:top_n]]
+        return Ranking(ranked, scored=scored, tokens=int(tokens.sum()))
 
     def rerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[str]],
                     top_n: int | None = None, return_documents: bool = True,
-                    raw_scores: bool = False) -> list[RankedList]:
+                    raw_scores: bool = False, *, max_tokens_per_doc: int | None = None,
+                    max_chunks_per_doc: int | None = None) -> list[Ranking]:
         """``rerank`` for several queries at once; their pairs share batches."""
         check_top_n(top_n)
         check_bool(return_documents, "return_documents")
         check_bool(raw_scores, "raw_scores")
+        cuts = self._cuts(max_tokens_per_doc, max_chunks_per_doc)
         one = not isinstance(queries, (str, bytes)) and isinstance(queries, Sequence) and len(queries) == 1
         queries = [check_query(queries[0])] if one else check_queries(queries)
         if isinstance(documents_per_query, (str, bytes)) or not isinstance(documents_per_query, Sequence):
@@ -204,14 +259,15 @@ class Reranker:
                      for i, docs in enumerate(documents_per_query)]
         query_of_doc = np.repeat(np.arange(len(queries)), [len(d) for d in doc_lists])
         flat = [doc for docs in doc_lists for doc in docs]
-        scores = self._scores(queries, query_of_doc, flat, raw_scores)[0]
+        scores, _, tokens = self._scores(queries, query_of_doc, flat, raw_scores, cuts=cuts)
         results, start = [], 0
         for docs in doc_lists:
-            part = scores[start: start + len(docs)]
+            part = slice(start, start + len(docs))
             start += len(docs)
-            order = np.argsort(-part, kind="stable")[: top_n]
-            results.append(RankedList([Ranked(int(i), float(part[i]), docs[i] if return_documents else None)
-                                       for i in order], scored=len(docs)))
+            order = np.argsort(-scores[part], kind="stable")[: top_n]
+            results.append(Ranking([RankedDocument(int(i), float(scores[part][i]),
+                                                   docs[i] if return_documents else None) for i in order],
+                                   scored=len(docs), tokens=int(tokens[part].sum())))
         return results
 
     async def ascore(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False) -> np.ndarray:
@@ -220,25 +276,19 @@ class Reranker:
 
     async def arerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                       return_documents: bool = True, raw_scores: bool = False,
-                      deadline_ms: float | None = None) -> RankedList:
+                      deadline_ms: float | None = None, *, max_tokens_per_doc: int | None = None,
+                      max_chunks_per_doc: int | None = None) -> Ranking:
         """``rerank`` for asyncio callers (on a thread of its own; cancelling drops queued pairs)."""
-        return await run_async(self.rerank, query, documents, top_n, return_documents, raw_scores, deadline_ms)
+        return await run_async(self.rerank, query, documents, top_n, return_documents, raw_scores, deadline_ms,
+                               max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc)
 
     async def arerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[str]],
                            top_n: int | None = None, return_documents: bool = True,
-                           raw_scores: bool = False) -> list[RankedList]:
+                           raw_scores: bool = False, *, max_tokens_per_doc: int | None = None,
+                           max_chunks_per_doc: int | None = None) -> list[Ranking]:
         """``rerank_many`` for asyncio callers."""
-        return await run_async(self.rerank_many, queries, documents_per_query, top_n, return_documents, raw_scores)
-
-    def close(self) -> None:
-        """Stop the shared worker thread, if any (calls still queued fail with UsageError)."""
-        if self.scheduler is not None:
-            self.scheduler.close()
-
-    @property
-    def padding_fraction(self) -> float:
-        """Share of computed tokens that were padding, over this Reranker's life."""
-        return self.runner.stats.padding_fraction
+        return await run_async(self.rerank_many, queries, documents_per_query, top_n, return_documents, raw_scores,
+                               max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc)
 
 
-__all__ = ["LONG_DOCUMENT_MODES", "Ranked", "RankedList", "Reranker", "sigmoid"]
+__all__ = ["LONG_DOCUMENT_MODES", "Ranked", "RankedDocument", "RankedList", "Ranking", "Reranker", "sigmoid"]

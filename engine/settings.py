@@ -1,8 +1,8 @@
 """The one place runtime defaults live, and ``runtime.json``: per-machine settings of an artifact.
 
-A model's runtime settings come from, in order: the constructor's arguments, the artifact
-folder's ``runtime.json`` section for the device (written by ``crossrank tune``), then the
-defaults below. ``resolve_settings`` applies that order and says where each value came from.
+A model's session options (``SessionOptions``) come from, in order: the constructor's arguments,
+the artifact folder's ``runtime.json`` section for the device (written by ``crossrank tune``), then
+the defaults below. ``SessionOptions.resolve`` applies that order and says where each value came from.
 
 ``runtime.json`` is not listed in the manifest (it is per machine, not part of the model): loading
 checks the manifest's files only, and ``tune`` never touches the manifest. Format (one section per
@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
-from crossrank.errors import InvalidArgumentError, RuntimeConfigError, check_bool, check_choice, check_int
+from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, RuntimeConfigError, check_bool, check_choice,
+                              check_int)
 
 DEVICES = ("cpu", "cuda")
 # Token budget per model call (rows x padded length). cpu: 512. The per-row int8 reranker on the
@@ -39,6 +41,7 @@ MAX_ROWS = 256                      # rows per model call, whatever the budget
 # takes at a time, round-robin across requests, to sort by length and cut into batches.
 DEFAULT_MAX_QUEUE_TOKENS = 1 << 20
 SCHEDULER_WINDOW_BATCHES = 4
+WORKERS_RANGE = (1, 64)             # scheduler threads per shared model
 THREADS_RANGE = (1, 1024)
 BATCH_TOKENS_RANGE = (16, 1 << 22)
 # ONNX Runtime graph optimisation at load. The export already ran the transformer fusions
@@ -80,19 +83,6 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """What a model's session and batch planner run with."""
-
-    device: str
-    threads: int
-    batch_tokens: int
-    io_binding: bool
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k in TUNABLE}
-
-
 def check_device(device) -> str:
     return check_choice(device, "device", DEVICES)
 
@@ -105,30 +95,118 @@ def check_batch_tokens(batch_tokens, allow_none: bool = True):
     return check_int(batch_tokens, "batch_tokens", *BATCH_TOKENS_RANGE, allow_none=allow_none)
 
 
+def check_optimization(optimization, allow_none: bool = True):
+    return None if optimization is None and allow_none else \
+        check_choice(optimization, "optimization", GRAPH_OPTIMIZATIONS)
+
+
+def check_spinning(spinning, allow_none: bool = True):
+    return None if spinning is None and allow_none else check_choice(spinning, "spinning", SPINNING_MODES)
+
+
 def default_settings(device: str) -> dict:
-    """What a model uses without runtime.json and without arguments."""
+    """The tunable settings (runtime.json's) a model uses without runtime.json and without arguments."""
     check_device(device)
-    return {"threads": physical_cores(), "batch_tokens": DEFAULT_BATCH_TOKENS[device],
-            "io_binding": device == "cuda"}
+    return {"threads": physical_cores(), "batch_tokens": DEFAULT_BATCH_TOKENS[device], "io_binding": device == "cuda"}
 
 
-def resolve_settings(folder: str | Path | None, device: str, threads=None, batch_tokens=None,
-                     io_binding=None) -> tuple[RuntimeSettings, dict[str, str]]:
-    """The settings to run with and where each came from ("argument", "runtime.json", "default")."""
-    check_device(device)
-    explicit = {"threads": check_threads(threads), "batch_tokens": check_batch_tokens(batch_tokens),
-                "io_binding": check_bool(io_binding, "io_binding", allow_none=True)}
-    tuned = runtime_settings(folder, device) if folder is not None else {}
-    default = default_settings(device)
-    chosen, origin = {}, {}
-    for key in TUNABLE:
-        if explicit[key] is not None:
-            chosen[key], origin[key] = explicit[key], "argument"
-        elif key in tuned:
-            chosen[key], origin[key] = tuned[key], RUNTIME_FILE
-        else:
-            chosen[key], origin[key] = default[key], "default"
-    return RuntimeSettings(device=device, **chosen), origin
+def default_options(device: str) -> dict:
+    """Every session option's default for ``device``."""
+    return {**default_settings(device), "memory_arena": MEMORY_ARENA, "optimization": GRAPH_OPTIMIZATION,
+            "spinning": SPINNING, "profile_prefix": None}
+
+
+ORIGINS = ("argument", RUNTIME_FILE, "default")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How a model's ONNX Runtime session and batch planner run: the one options object that
+    ``Reranker``, ``Embedder``, ``BatchRunner`` and ``crossrank.session.build_session`` agree on.
+
+    threads: intra-op threads. batch_tokens: token budget per model call (rows x padded length).
+    io_binding: bind inputs on the device (CUDA). memory_arena: ONNX Runtime's CPU arena (see
+    MEMORY_ARENA). optimization: graph optimisation level at load, one of GRAPH_OPTIMIZATIONS.
+    spinning: intra-op thread spinning, one of SPINNING_MODES. profile_prefix: write ONNX Runtime's
+    per-operator profile to files starting with it (``Model.end_profiling()`` returns the file).
+
+    A field left None is not chosen. ``resolve(folder, device)`` returns the options a model runs
+    with: each field from, in order, this object, the artifact folder's runtime.json section for the
+    device (threads, batch_tokens, io_binding: what ``crossrank tune`` writes), the defaults above;
+    ``origin`` then says where each value came from ("argument", "runtime.json" or "default").
+    Values are checked when the object is made: a bad one raises InvalidArgumentError naming it.
+    """
+
+    threads: int | None = None
+    batch_tokens: int | None = None
+    io_binding: bool | None = None
+    memory_arena: bool | None = None
+    optimization: str | None = None
+    spinning: str | None = None
+    profile_prefix: str | None = None
+    origin: Mapping[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        check_threads(self.threads)
+        check_batch_tokens(self.batch_tokens)
+        check_bool(self.io_binding, "io_binding", allow_none=True)
+        check_bool(self.memory_arena, "memory_arena", allow_none=True)
+        check_optimization(self.optimization)
+        check_spinning(self.spinning)
+        if self.profile_prefix is not None:
+            if not isinstance(self.profile_prefix, (str, os.PathLike)):
+                raise ArgumentTypeError(f"profile_prefix must be a path (str) or None, got "
+                                        f"{type(self.profile_prefix).__name__}")
+            object.__setattr__(self, "profile_prefix", os.fspath(self.profile_prefix))
+        object.__setattr__(self, "origin", MappingProxyType(dict(self.origin)))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.init)
+
+    def values(self) -> dict:
+        """Every option's value (None where not chosen), without the origins."""
+        return {name: getattr(self, name) for name in self.names()}
+
+    def chosen(self) -> dict:
+        """The options given (not None)."""
+        return {name: value for name, value in self.values().items() if value is not None}
+
+    @property
+    def resolved(self) -> bool:
+        return set(self.origin) == set(self.names())
+
+    def merged(self, **given) -> "SessionOptions":
+        """These options plus keyword ones (None: not given). An option given both ways with two
+        different values is an InvalidArgumentError (it would be ambiguous which one runs)."""
+        values = self.values()
+        for name, value in given.items():
+            if value is None:
+                continue
+            if name not in values:
+                raise ArgumentTypeError(f"unknown session option {name!r}; known: {', '.join(self.names())}")
+            if values[name] is not None and values[name] != value:
+                raise InvalidArgumentError(f"{name} is given twice: {name}={value!r} and options.{name}="
+                                           f"{values[name]!r}; give it once")
+            values[name] = value
+        return SessionOptions(**values)
+
+    def resolve(self, folder: str | Path | None, device: str) -> "SessionOptions":
+        """Every option filled in (see the class docstring), with ``origin`` for each."""
+        check_device(device)
+        tuned = runtime_settings(folder, device) if folder is not None else {}
+        default = default_options(device)
+        chosen, origin = {}, {}
+        for name, value in self.values().items():
+            if value is not None:
+                chosen[name], origin[name] = value, "argument"
+            elif name in tuned:
+                chosen[name], origin[name] = tuned[name], RUNTIME_FILE
+            else:
+                chosen[name], origin[name] = default[name], "default"
+        options = SessionOptions(**chosen)
+        object.__setattr__(options, "origin", MappingProxyType(origin))
+        return options
 
 
 # -- runtime.json: read, validate, write ------------------------------------------------------
@@ -225,7 +303,8 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
 __all__ = [
     "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_QUEUE_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION",
     "MAX_ROWS", "MEMORY_ARENA", "SCHEDULER_WINDOW_BATCHES", "SPINNING", "SPINNING_MODES",
-    "RUNTIME_FILE", "RuntimeSettings", "THREADS_RANGE", "check_batch_tokens", "check_device", "check_threads",
-    "default_settings", "physical_cores", "read_runtime", "resolve_settings", "runtime_settings",
+    "ORIGINS", "RUNTIME_FILE", "SessionOptions", "THREADS_RANGE", "check_batch_tokens", "check_device",
+    "check_optimization", "check_spinning", "check_threads", "default_options", "default_settings", "physical_cores", "read_runtime",
+    "runtime_settings",
     "validate_runtime", "write_runtime",
 ]

@@ -14,6 +14,16 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from crossrank.errors import ArtifactError, InvalidArgumentError
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A Rust ``tokenizers`` file; ArtifactError naming the file when it is not one."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception on a malformed file
+        raise ArtifactError(f"{str(path)!r} is not a tokenizers file (tokenizer.json): {err}") from None
+
 
 @dataclass(frozen=True)
 class PairTemplate:
@@ -30,12 +40,14 @@ class PairTemplate:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
-def _template(tokenizer: Tokenizer) -> PairTemplate:
+def _template(tokenizer: Tokenizer, path: str | Path) -> PairTemplate:
     pair = tokenizer.encode("a", "b", add_special_tokens=True)
     seq = pair.sequence_ids
     ids, types = np.asarray(pair.ids, dtype=np.int64), pair.type_ids
     a_pos = [i for i, s in enumerate(seq) if s == 0]
     b_pos = [i for i, s in enumerate(seq) if s == 1]
+    if not a_pos or not b_pos:
+        raise ArtifactError(f"{str(path)!r} encodes no (query, document) pair: its tokenizer has no pair template")
     return PairTemplate(
         prefix=ids[: a_pos[0]], middle=ids[a_pos[-1] + 1: b_pos[0]], suffix=ids[b_pos[-1] + 1:],
         first_type=types[a_pos[0]], second_type=types[b_pos[0]],
@@ -67,14 +79,15 @@ class PairTokenizer:
     """(query, document) pairs -> rows of ids for a cross-encoder with a window of max_length."""
 
     def __init__(self, tokenizer_path: str | Path, max_length: int):
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer = load_tokenizer(tokenizer_path)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.template = _template(self.tokenizer)
+        self.template = _template(self.tokenizer, tokenizer_path)
         self.max_length = max_length
         self.pad_id = _pad_id(self.tokenizer)
         if max_length <= self.template.special_count + 2:
-            raise ValueError(f"max_length {max_length} leaves no room for text")
+            raise InvalidArgumentError(f"max_length {max_length} leaves no room for text: this tokenizer's pair "
+                                       f"template takes {self.template.special_count} special tokens")
         # A query may use at most half the window; the rest is the document's.
         self.max_query_tokens = (max_length - self.template.special_count) // 2
 
@@ -86,9 +99,10 @@ class PairTokenizer:
         return self.max_length - self.template.special_count - len(query_ids)
 
     def pair_rows(self, query_ids: list[np.ndarray], query_of_doc: np.ndarray, doc_ids: list[np.ndarray],
-                  chunk_overlap: int | None = None) -> Rows:
+                  chunk_overlap: int | None = None, max_windows: int | None = None) -> Rows:
         """One row per document (truncated), or with ``chunk_overlap`` one row per window of a
-        long document (windows overlap by that many tokens; ``owner`` maps rows to documents)."""
+        long document (windows overlap by that many tokens, at most ``max_windows`` of them, the
+        first ones; ``owner`` maps rows to documents)."""
         t = self.template
         query_ids = [q[: self.max_query_tokens] for q in query_ids]
         heads = [np.concatenate([t.prefix, q, t.middle]) for q in query_ids]
@@ -101,7 +115,7 @@ class PairTokenizer:
             else:
                 stride = max(1, budget - chunk_overlap)
                 starts = range(0, max(len(doc) - chunk_overlap, 1), stride)
-                windows = [doc[s: s + budget] for s in starts]
+                windows = [doc[s: s + budget] for s in starts][:max_windows]
             for window in windows:
                 tail = np.concatenate([window, t.suffix])
                 ids.append(np.concatenate([heads[qi], tail]))
@@ -114,7 +128,7 @@ class TextTokenizer:
     """Single texts -> rows of ids with special tokens, truncated to max_length (bi-encoders)."""
 
     def __init__(self, tokenizer_path: str | Path, max_length: int):
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer = load_tokenizer(tokenizer_path)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         self.max_length = max_length

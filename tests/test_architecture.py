@@ -168,3 +168,74 @@ def test_import_crossrank_loads_only_core_modules():
     loaded, heavy = (json.loads(line) for line in result.stdout.splitlines())
     assert not heavy, f"import crossrank loaded {heavy}"
     assert loaded and all(layer(m) == "core" for m in loaded), [m for m in loaded if layer(m) != "core"]
+
+
+# -- the models' public face: what the rest of the house may read of a model ----------------------
+# A model's session, executor, tokenizer and manifest dict are the core's business: outside the core,
+# code uses the public face (crossrank.model.Model: options, describe(), token_lengths(), stats(),
+# results that carry their token counts). Read from the AST, so no front module is imported.
+
+MODEL_INTERNALS = {"runner", "scheduler", "tokenizer", "settings_origin", "session"}
+MODEL_MODULES = ("model.py", "reranker.py", "embedder.py", "runner.py", "scheduler.py", "tokenize.py")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.endswith("__")
+
+
+def private_model_names(root: Path = ROOT) -> set[str]:
+    """Methods and ``self.`` attributes with a private name (``_x``) in the core's model classes."""
+    names = set()
+    for file_name in MODEL_MODULES:
+        path = root / "engine" / file_name
+        if not path.is_file():
+            continue
+        for cls in (n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)):
+            for node in ast.walk(cls):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _private(node.name):
+                    names.add(node.name)
+                elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                        and node.value.id == "self" and _private(node.attr):
+                    names.add(node.attr)
+    return names
+
+
+def outside_core_files(root: Path = ROOT) -> list[Path]:
+    """Every module of crossrank that is not core (front, integrations, evaluation) and the benchmarks."""
+    engine = root / "engine"
+    return sorted([p for p in engine.rglob("*.py") if p.parent != engine or p.name == "__main__.py"]
+                  + list((root / "benchmarks").glob("*.py")))
+
+
+def model_reach_ins(root: Path = ROOT) -> list[str]:
+    """``path:line: .attr`` for each read of a model internal outside the core: ``.runner``,
+    ``.scheduler``, ``.tokenizer``, ``.settings_origin``, ``.session``, ``.artifact.manifest`` or a
+    private name of the model classes (on anything but ``self``/``cls``)."""
+    private = private_model_names(root)
+    found = set()
+    for path in outside_core_files(root):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Attribute) or (isinstance(node.value, ast.Name)
+                                                       and node.value.id in ("self", "cls")):
+                continue
+            manifest = node.attr == "manifest" and isinstance(node.value, ast.Attribute) \
+                and node.value.attr == "artifact"
+            if node.attr in MODEL_INTERNALS or node.attr in private or manifest:
+                found.add(f"{path.relative_to(root)}:{node.lineno}: .{'artifact.' if manifest else ''}{node.attr}")
+    return sorted(found)
+
+
+def test_nothing_outside_the_core_reads_a_model_internal():
+    found = model_reach_ins()
+    assert not found, "use the model's public face (crossrank.model.Model) instead:\n" + "\n".join(found)
+
+
+def test_the_reach_in_rule_sees_a_reach_in(tmp_path):
+    (tmp_path / "engine" / "front").mkdir(parents=True)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "engine" / "reranker.py").write_text("class Reranker:\n    def _scores(self):\n        self._cache = 1\n")
+    (tmp_path / "engine" / "front" / "x.py").write_text(
+        "def f(model, self):\n    model.runner.stats = 0\n    self.tokenizer = 1\n    return model._cache\n")
+    (tmp_path / "benchmarks" / "b.py").write_text("print(model.artifact.manifest['kind'], args.artifact)\n")
+    assert model_reach_ins(tmp_path) == ["benchmarks/b.py:1: .artifact.manifest", "engine/front/x.py:2: .runner",
+                                         "engine/front/x.py:4: ._cache"]

@@ -37,7 +37,8 @@ import crossrank
 from crossrank.errors import InvalidArgumentError, OutputExistsError
 from crossrank.front.cli import main
 from crossrank.front.ray.data import JOB_FILE, score_dataset
-from crossrank.front.serve.config import RayConfig, ServeConfig, deployment_options
+from crossrank.front.ray.config import RayConfig, deployment_options  # the ray wing's (issue 19: was serve.config)
+from crossrank.front.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_YAML = ROOT / "deploy" / "ray-serve.yaml"
@@ -296,7 +297,8 @@ def test_score_dataset_refuses_what_it_did_not_create_and_names_bad_input(starte
 
 def test_serve_command_line_needs_ray_for_replica_flags(starter_fp32, capsys):
     assert main(["serve", "--reranker", str(starter_fp32), "--replicas", "2"]) == 2
-    assert "--replicas, --max-replicas, --max-ongoing-requests and --address lay out replicas on Ray: add --ray" \
+    # one name for the cluster address in every command: --ray-address (issue 19: serve said --address)
+    assert "--replicas, --max-replicas, --max-ongoing-requests and --ray-address lay out replicas on Ray: add --ray" \
            in capsys.readouterr().err
 
 

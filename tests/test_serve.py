@@ -580,3 +580,89 @@ def test_serve_command_line_errors(capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         main(["serve", "--reranker", str(tmp_path)])
     assert "TCP port" in capsys.readouterr().err
+
+
+# -- the routes alone, in process (issue 19) -------------------------------------------------------
+
+class CountingTokenizer:
+    """Wraps a Rust tokenizer; records every text it is asked to encode."""
+
+    def __init__(self, inner):
+        self.inner, self.texts = inner, []
+
+    def encode_batch(self, texts, *args, **kwargs):
+        self.texts.extend(texts)
+        return self.inner.encode_batch(texts, *args, **kwargs)
+
+    def encode(self, text, *args, **kwargs):
+        self.texts.append(text)
+        return self.inner.encode(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_request_is_tokenized_once(tiny_cross, bi_fp32, trec_rag):
+    """Tokenizations per request: every text of a /rerank or /v1/embeddings request goes through
+    the tokenizer exactly once (the core's count comes back with the result), usage included."""
+    from collections import Counter
+
+    from starlette.testclient import TestClient
+
+    from crossrank.front.serve.app import build_app
+    from crossrank.front.serve.config import ServeConfig
+
+    app = build_app(ServeConfig(reranker=str(tiny_cross), embedder=str(bi_fp32), shared=False))
+    models = app.state.models
+    models.load()
+    reranker_tokens = models.reranker.tokenizer.tokenizer = CountingTokenizer(models.reranker.tokenizer.tokenizer)
+    embedder_tokens = models.embedder.tokenizer.tokenizer = CountingTokenizer(models.embedder.tokenizer.tokenizer)
+    row = trec_rag[5]
+    client = TestClient(app)
+    for path, body in (("/v2/rerank", {"model": "m", "query": row["query"], "documents": row["documents"],
+                                       "max_tokens_per_doc": 32}),
+                       ("/rerank", {"query": row["query"], "texts": row["documents"]})):
+        reranker_tokens.texts.clear()
+        response = client.post(path, json=body)
+        assert response.status_code == 200
+        assert Counter(reranker_tokens.texts) == Counter([row["query"], *row["documents"]]), path
+    usage = client.post("/v2/rerank", json={"model": "m", "query": row["query"], "documents": row["documents"],
+                                            "max_tokens_per_doc": 32}).json()["meta"]["tokens"]["input_tokens"]
+    plain = crossrank.Reranker(tiny_cross)
+    assert usage == plain.rerank(row["query"], row["documents"], max_tokens_per_doc=32).tokens
+    embedder_tokens.texts.clear()
+    embedded = client.post("/v1/embeddings", json={"model": "m", "input": row["documents"][:5]}).json()
+    assert Counter(embedder_tokens.texts) == Counter(row["documents"][:5])
+    assert embedded["usage"]["prompt_tokens"] == int(models.embedder.token_lengths(row["documents"][:5]).sum())
+
+
+def test_one_mapping_from_errors_to_answers():
+    from crossrank.errors import CrossrankError, OverloadedError
+    from crossrank.front.serve.errors import (BadRequest, NotConfigured, NotReady, ServeError, TooLarge,
+                                              error_reply)
+    from crossrank.front.serve.protocols import error_body
+
+    for err, status in ((BadRequest("bad top_n", param="top_n"), 422), (TooLarge("too big", "body"), 413),
+                        (NotReady("loading"), 503), (NotConfigured("no embedder"), 404)):
+        assert isinstance(err, ServeError) and isinstance(err, CrossrankError)
+        reply = error_reply(err)
+        assert (reply.status, reply.message, reply.headers) == (status, str(err), {})
+    assert error_reply(BadRequest("bad top_n", param="top_n")).param == "top_n"
+    overloaded = error_reply(OverloadedError("queue full", retry_after_s=2.2))
+    assert (overloaded.status, overloaded.headers) == (429, {"Retry-After": "3"})
+    assert error_reply(crossrank.InvalidArgumentError("k must be ...")).status == 422
+    assert error_reply(KeyError("x")).status == 500 and "KeyError" in error_reply(KeyError("x")).message
+    assert error_body("tei", 429, "full") == {"error": "full", "error_type": "Overloaded"}
+    assert error_body("openai", 404, "no", "model")["error"] == {"message": "no", "type": "invalid_request_error",
+                                                                 "param": "model", "code": None}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("port", 70000, r"port must be an integer in \[0, 65535\]"), ("max_documents", 0, "max_documents must be"),
+    ("max_request_bytes", "8M", "max_request_bytes must be"), ("workers", 65, r"workers must be an integer in \[1, 64\]"),
+    ("device", "tpu", "device 'tpu' is not one of"), ("threads", 0, "threads must be"), ("shared", "yes", "shared must be")])
+def test_serve_config_checks_itself(field, value, message):
+    from crossrank.front.serve.config import ServeConfig
+
+    with pytest.raises(crossrank.InvalidArgumentError, match=message):
+        ServeConfig(reranker="x", **{field: value})

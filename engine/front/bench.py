@@ -28,14 +28,15 @@ import numpy as np
 from crossrank.artifact import load_artifact, sha256_file
 from crossrank.embedder import Embedder
 from crossrank.errors import InvalidArgumentError, OutputExistsError
-from crossrank.front.args import add_workload_arguments, int_list_arg, positive_int_arg
+from crossrank.front.args import (add_workload_arguments, batch_tokens_arg, int_list_arg, int_list_type,
+                                  positive_int_arg, threads_arg)
 from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gflops, machine_name, measure_latency,
                                      measure_throughput, peak_rss_mb)
 from crossrank.front.workload import load_workload, request_of_size, spread
 from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
-from crossrank.runner import RunStats
 from crossrank.session import require_device
+from crossrank.settings import BATCH_TOKENS_RANGE
 
 VS_CHOICES = ("sentence-transformers",)
 DEFAULT_SIZES = {"cross": (20, 100), "bi": (1, 20)}
@@ -79,10 +80,10 @@ def add_bench(sub) -> None:
                         "the default with --workload is own)")
     p.add_argument("--runs", type=positive_int_arg, default=None, metavar="N",
                    help="timed runs per request size (default: about 200 pairs' worth, 3 to 20)")
-    p.add_argument("--threads", type=positive_int_arg, default=None, help="intra-op threads (default: runtime.json, else physical cores)")
-    p.add_argument("--batch-tokens", type=positive_int_arg, default=None, metavar="N",
+    p.add_argument("--threads", type=threads_arg, default=None, help="intra-op threads (default: runtime.json, else physical cores)")
+    p.add_argument("--batch-tokens", type=batch_tokens_arg, default=None, metavar="N",
                    help="token budget per model call (default: runtime.json, else the device default)")
-    p.add_argument("--budgets", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--budgets", type=int_list_type(*BATCH_TOKENS_RANGE), default=None, metavar="N,N,...",
                    help="batch token budgets for the throughput-vs-budget curve (default with --report: "
                         f"{','.join(map(str, REPORT_BUDGETS))}; else none)")
     p.add_argument("--encoder-shape", type=_encoder_shape, default=None, metavar="L,H,I",
@@ -188,24 +189,8 @@ class _Model:
     def lengths(self, requests: list[dict]) -> np.ndarray:
         """Real token lengths of every item (pair rows / text rows)."""
         if self.kind == "bi":
-            return self.model.tokenizer.rows([d for r in requests for d in r["documents"]]).lengths
-        tokenizer = self.model.tokenizer
-        queries = [r["query"] for r in requests]
-        owner = np.repeat(np.arange(len(requests)), [len(r["documents"]) for r in requests])
-        rows = tokenizer.pair_rows(tokenizer.encode_texts(queries), owner,
-                                   tokenizer.encode_texts([d for r in requests for d in r["documents"]]))
-        return rows.lengths
-
-    def reset_stats(self) -> None:
-        self.model.runner.stats = RunStats()
-
-    @property
-    def settings(self) -> dict:
-        return self.model.runner.settings.as_dict()
-
-    @property
-    def settings_origin(self) -> dict:
-        return dict(self.model.settings_origin)
+            return self.model.token_lengths([d for r in requests for d in r["documents"]])
+        return self.model.token_lengths([(r["query"], d) for r in requests for d in r["documents"]])
 
 
 def _runs_for(size: int, runs: int | None) -> int:
@@ -257,7 +242,7 @@ def _budget_curve(artifact, args, requests: list[dict], budgets, progress: _Prog
         progress.phase(f"budget {budget}")
         model = _Model(artifact, args.device, args.threads, budget)
         model.run(subset[:1])
-        model.reset_stats()
+        model.model.reset_stats()
         rate, seconds = measure_throughput(lambda: model.run(subset), count)
         progress.add(count)
         points.append({"batch_tokens": budget, "items_per_s": rate, "seconds": seconds,
@@ -342,7 +327,7 @@ def run_bench(args) -> int:
     budgets = args.budgets if args.budgets is not None else (list(REPORT_BUDGETS) if args.report else [])
 
     model = _Model(artifact, args.device, args.threads, args.batch_tokens)
-    origin = model.settings_origin
+    options = model.model.options
     unit = model.unit
     chunks = _chunks(measured, CHUNK_ITEMS)
     n_items = sum(len(r["documents"]) for r in measured)
@@ -355,7 +340,7 @@ def run_bench(args) -> int:
     try:
         lengths = model.lengths(measured)
         model.run(measured[:1])  # warm-up
-        model.reset_stats()
+        model.model.reset_stats()
         progress.phase("throughput")
 
         def run_all():
@@ -368,9 +353,8 @@ def run_bench(args) -> int:
         latency = _latency(model, measured if sizes == "own" else requests, sizes, args.runs, progress)
         curve = _budget_curve(artifact, args, measured, budgets, progress) if budgets else []
         peak = peak_rss_mb()
-        settings = model.settings
         model = None  # free the session (and its memory) before sentence-transformers loads
-        vs = (_vs_sentence_transformers(artifact, source, args, chunks, requests, sizes, settings["threads"], progress)
+        vs = (_vs_sentence_transformers(artifact, source, args, chunks, requests, sizes, options.threads, progress)
               if args.vs else None)
     finally:
         progress.close()
@@ -384,7 +368,7 @@ def run_bench(args) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_name(),
         "artifact": str(artifact.path), "kind": artifact.kind, "precision": artifact.precision,
-        "device": args.device, "settings": settings, "settings_from": origin,
+        "device": args.device, "settings": options.values(), "settings_from": dict(options.origin),
         "workload": workload_name, "requests": len(measured), "unit": unit, "items": n_items,
         "mean_tokens": float(lengths.mean()) if len(lengths) else 0.0,
         "throughput": {"items_per_s": rate, "seconds": seconds, "padding_fraction": padding},

@@ -15,7 +15,7 @@ from pathlib import Path
 from crossrank.artifact import load_artifact
 from crossrank.errors import CrossrankError, InvalidArgumentError, MissingFileError
 from crossrank.evaluation.datasets import read_jsonl
-from crossrank.front.args import add_device_argument
+from crossrank.front.args import add_device_argument, needs_extra
 from crossrank.front.bench import add_bench
 from crossrank.front.ray import add_score_dataset
 from crossrank.front.search import add_search_commands
@@ -55,12 +55,8 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    try:
+    with needs_extra("export"):
         from crossrank.export import export_model
-    except ImportError as err:
-        print(f"crossrank export needs the 'export' extra (pip install 'crossrank[export]'): {err}",
-              file=sys.stderr)
-        return 2
     manifest = export_model(
         args.src, args.out, kind=args.kind, precision=args.precision, force=args.force,
         allow_low_fidelity=args.allow_low_fidelity, max_length=args.max_length,

@@ -20,14 +20,13 @@ from typing import Callable
 
 from crossrank.artifact import MANIFEST, load_artifact
 from crossrank.errors import InvalidArgumentError, RuntimeConfigError
-from crossrank.front.args import add_workload_arguments, count_arg, int_list_arg, positive_float_arg, positive_int_arg
+from crossrank.front.args import add_workload_arguments, count_arg, int_list_type, positive_float_arg, positive_int_arg
 from crossrank.front.measure import machine_name, measure_latency, measure_throughput
 from crossrank.front.workload import load_workload, request_of_size, spread
 from crossrank.reranker import Reranker
-from crossrank.runner import RunStats
 from crossrank.session import require_device
-from crossrank.settings import (BATCH_TOKENS_RANGE, RUNTIME_FILE, default_settings, physical_cores, read_runtime,
-                                write_runtime)
+from crossrank.settings import (BATCH_TOKENS_RANGE, RUNTIME_FILE, THREADS_RANGE, default_settings, physical_cores,
+                                read_runtime, write_runtime)
 
 DEFAULT_SWEEP_BATCH_TOKENS = (256, 512, 1024, 2048, 4096)
 REFERENCE_DOCUMENTS = 20  # the reference request: one query with 20 candidates
@@ -77,7 +76,7 @@ def _fresh_throughput(path: str | Path, device: str, settings: dict, pairs: list
     """(Reranker, pairs/s of one bulk ``score(pairs)``) on a new Reranker after a warm-up call."""
     reranker = Reranker(path, device=device, **settings)
     reranker.score(pairs[:8])  # warm-up: first-call allocations, thread pool start
-    reranker.runner.stats = RunStats()
+    reranker.reset_stats()
     return reranker, measure_throughput(lambda: reranker.score(pairs), len(pairs))[0]
 
 
@@ -232,9 +231,9 @@ def add_tune(sub) -> None:
     p.add_argument("--latency-budget-ms", type=positive_float_arg, default=None, metavar="N",
                    help="p95 limit for 1 query x 20 documents (default: none, highest throughput wins)")
     add_workload_arguments(p, 8, "scored per setting")
-    p.add_argument("--threads", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--threads", type=int_list_type(*THREADS_RANGE), default=None, metavar="N,N,...",
                    help="thread counts to try (default 1..physical cores)")
-    p.add_argument("--batch-tokens", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--batch-tokens", type=int_list_type(*BATCH_TOKENS_RANGE), default=None, metavar="N,N,...",
                    help="batch token budgets to try (default "
                         f"{','.join(map(str, DEFAULT_SWEEP_BATCH_TOKENS))})")
     p.add_argument("--runs", type=positive_int_arg, default=7, metavar="N",
@@ -260,9 +259,6 @@ def run_tune(args) -> int:
     except RuntimeConfigError as err:
         raise RuntimeConfigError(f"{err} -- fix or delete {artifact.path / RUNTIME_FILE}, then tune again") from None
     require_device(args.device)
-    low, high = BATCH_TOKENS_RANGE
-    if args.batch_tokens and not all(low <= b <= high for b in args.batch_tokens):
-        raise InvalidArgumentError(f"--batch-tokens values must be in [{low}, {high}], got {args.batch_tokens}")
     cores = physical_cores()
     if args.threads and max(args.threads) > 4 * cores:
         raise InvalidArgumentError(f"--threads {max(args.threads)} is far above this machine's {cores} physical cores")

@@ -16,10 +16,10 @@ instead of serving another model.
 
 Three ways in:
 
-- ``crossrank serve --ray [--replicas N] [--max-replicas M] [--address auto]`` (``run_on_ray``);
+- ``crossrank serve --ray [--replicas N] [--max-replicas M] [--ray-address auto]`` (``run_on_ray``);
 - ``serve run``/``serve deploy`` a config file whose application names ``import_path:
   crossrank.front.ray.serve:app_builder`` with the ``crossrank serve`` settings as ``args``
-  (``engine/front/ray/serve_config.yaml`` is a documented one);
+  (``deploy/ray-serve.yaml`` is a documented one);
 - Python: ``serve.run(build_application(ServeConfig(reranker=...), RayConfig(replicas=2)))``.
 """
 
@@ -38,9 +38,10 @@ import ray
 from ray import serve
 
 from crossrank.artifact import sha256_file
-from crossrank.errors import ArtifactError, InvalidArgumentError, MissingFileError, UsageError
+from crossrank.errors import ArtifactError, InvalidArgumentError, MissingFileError
+from crossrank.front.ray.config import RayConfig, deployment_options
 from crossrank.front.serve.app import build_app
-from crossrank.front.serve.config import RayConfig, ServeConfig, deployment_options
+from crossrank.front.serve.config import ServeConfig
 
 log = logging.getLogger("crossrank.ray")
 
@@ -134,10 +135,7 @@ def build_application(config: ServeConfig, ray_config: RayConfig | None = None) 
     """The Serve application (``serve.run(app, name=APP_NAME, route_prefix="/")``). With an index,
     each replica memory-maps it from the shared path (one copy in each node's page cache)."""
     ray_config = ray_config or RayConfig()
-    if not config.reranker and not config.embedder:
-        raise UsageError("a crossrank Serve application needs a model: reranker and/or embedder")
-    if config.index and not config.embedder:
-        raise UsageError("index needs embedder (the artifact that built the index) to embed queries")
+    config.require_models()
     deployment = serve.deployment(CrossrankReplica, name=DEPLOYMENT_NAME, **deployment_options(config, ray_config))
     return deployment.bind(config, manifest_digests(config))
 

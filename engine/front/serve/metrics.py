@@ -1,9 +1,9 @@
 """Prometheus metrics of one server (a registry of its own, so several apps can live in a process).
 
 Per endpoint: requests by status, latency, documents per request, 429s. Per model: tokens
-submitted, and from the runner's totals batches, rows, real and computed tokens (padding = 1 -
-real / computed); with sharing on, from the scheduler: rows and requests per batch, padding per
-batch, queue depth in tokens and requests.
+submitted, and from its totals (``Model.stats()``) batches, rows, real and computed tokens
+(padding = 1 - real / computed); with sharing on, from its shared queue: rows and requests per
+batch, padding per batch, queue depth in tokens and requests.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FRACTION_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 
-class _RunnerTotals:
-    """Collector of each model's BatchRunner totals (covers sharing on and off alike)."""
+class _ModelTotals:
+    """Collector of each model's totals (``Model.stats()``: sharing on and off alike)."""
 
     def __init__(self):
         self.models: dict[str, object] = {}
@@ -30,8 +30,8 @@ class _RunnerTotals:
             "computed_tokens": CounterMetricFamily("crossrank_model_computed_tokens",
                                                    "Tokens computed (rows x padded length)", labels=["model"]),
         }
-        for name, runner in self.models.items():
-            stats = runner.stats
+        for name, model in self.models.items():
+            stats = model.stats()
             for key, family in families.items():
                 family.add_metric([name], getattr(stats, key))
         yield from families.values()
@@ -62,17 +62,16 @@ class Metrics:
                                   ["model"], registry=r)
         self.queue_requests = Gauge("crossrank_queue_requests", "Requests waiting in a model's shared queue",
                                     ["model"], registry=r)
-        self._totals = _RunnerTotals()
+        self._totals = _ModelTotals()
         r.register(self._totals)
 
     def watch_model(self, name: str, model) -> None:
-        """Export a Reranker's or Embedder's runner totals and, when shared, its scheduler's batches."""
-        self._totals.models[name] = model.runner
-        scheduler = getattr(model, "scheduler", None)
-        if scheduler is None:
+        """Export a Reranker's or Embedder's totals and, when shared, its queue and batches."""
+        self._totals.models[name] = model
+        if not model.shared:
             return
-        self.queue_tokens.labels(name).set_function(lambda: scheduler.queued_tokens)
-        self.queue_requests.labels(name).set_function(lambda: scheduler.queued_requests)
+        self.queue_tokens.labels(name).set_function(lambda: model.queued_tokens)
+        self.queue_requests.labels(name).set_function(lambda: model.queued_requests)
 
         def on_batch(report) -> None:
             self.batch_rows.labels(name).observe(report.rows)
@@ -81,7 +80,7 @@ class Metrics:
             self.batch_padding.labels(name).observe(padding)
             self.batch_seconds.labels(name).observe(report.seconds)
 
-        scheduler.add_listener(on_batch)
+        model.add_batch_listener(on_batch)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

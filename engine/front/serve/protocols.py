@@ -16,29 +16,17 @@ import base64
 import json
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from crossrank.errors import (InvalidArgumentError, check_bool, check_choice, check_deadline_ms, check_int, check_query,
                               check_text, check_texts)
+from crossrank.front.serve.errors import BadRequest, TooLarge
 
 COHERE, TEI, OPENAI = "cohere", "tei", "openai"
 ENCODING_FORMATS = ("float", "base64")
-
-
-class BadRequest(Exception):
-    """A request the server refuses: HTTP ``status`` (413 or 422), a message naming the field."""
-
-    def __init__(self, message: str, status: int = 422, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
-
-
-class TooLarge(BadRequest):
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message, 413, param)
 
 
 def _field(message: str, name: str):
@@ -97,7 +85,7 @@ class RerankRequest:
     max_tokens_per_doc: int | None = None
     model: str | None = None
     version: int = 1                     # Cohere API version (1 or 2)
-    extra: dict = field(default_factory=dict)
+    max_chunks_per_doc: int | None = None  # Cohere v1: best of the first N windows of each document
 
 
 def _document_text(document, i: int, rank_fields: list[str] | None) -> str:
@@ -145,9 +133,10 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
         _checked(check_texts, rank_fields, "rank_fields", name="rank_fields")
     return_documents = body.get("return_documents", True)
     _checked(check_bool, return_documents, "return_documents", name="return_documents")
-    _positive_or_none(body, "max_chunks_per_doc")
+    max_chunks = _positive_or_none(body, "max_chunks_per_doc")
     texts = [_document_text(d, i, rank_fields) for i, d in enumerate(documents)]
-    return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1)
+    return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1,
+                         max_chunks_per_doc=max_chunks)
 
 
 def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:

@@ -1,0 +1,150 @@
+"""The public face of a model: what Reranker and Embedder share, and all that code outside the
+core may use of them.
+
+A model is an artifact folder (manifest checked on load) run on ONNX Runtime: a tokenizer, the
+session options it runs with (``SessionOptions``, each value with its origin), and an executor
+(``crossrank.runner.Executor``) that runs its token rows: a ``BatchRunner`` on the caller's thread
+or, with ``shared=True``, a ``Scheduler`` whose worker threads merge concurrent callers' rows.
+
+The face: ``options``, ``describe()`` (manifest summary, options with origins, sharing),
+``token_lengths(...)`` (the real tokens of each row the model would run), ``stats()`` /
+``reset_stats()`` / ``padding_fraction``, the shared queue's depth and batch listeners,
+``end_profiling()`` and ``close()``. The session, executor and tokenizer stay the core's
+business (tests/test_architecture.py checks that nothing outside the core reads them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from crossrank.artifact import check_graph, load_artifact
+from crossrank.errors import ArgumentTypeError, InvalidArgumentError, UsageError, check_bool, check_int
+from crossrank.runner import BatchRunner, Deadline, Executor, RunTotals
+from crossrank.scheduler import BatchReport, Scheduler
+from crossrank.settings import SessionOptions
+from crossrank.tokenize import Rows
+
+
+def session_options(options: SessionOptions | None, **given) -> SessionOptions:
+    """``options`` (a SessionOptions or None) with the constructor's keyword options merged in."""
+    if options is not None and not isinstance(options, SessionOptions):
+        raise ArgumentTypeError(f"options must be a crossrank.SessionOptions, got {type(options).__name__}")
+    return (options or SessionOptions()).merged(**given)
+
+
+class Model:
+    """The base of Reranker and Embedder (see the module docstring).
+
+    path: artifact folder. device: "cpu" or "cuda". max_length: token window, at most the
+    manifest's (default: the manifest's). options: ``SessionOptions`` (resolved here against the
+    folder's runtime.json and the defaults). shared: run every call through one queue whose
+    ``workers`` threads merge concurrent callers' rows into shared batches, with at most
+    ``max_queue_tokens`` tokens queued (beyond: OverloadedError).
+    """
+
+    kind: ClassVar[str]          # the artifact kind this model runs: "cross" or "bi"
+    min_length: ClassVar[int]    # the smallest max_length that leaves room for text
+
+    def __init__(self, path: str | Path, device: str, max_length: int | None, options: SessionOptions,
+                 shared: bool, max_queue_tokens: int | None, workers: int):
+        self.options: SessionOptions = options.resolve(path, device)
+        if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
+            raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
+                                       "shared=True")
+        self.artifact = load_artifact(path, expect_kind=self.kind)
+        limit = self.artifact.max_length
+        self.max_length: int = check_int(max_length, "max_length", self.min_length, limit, allow_none=True) or limit
+        self.tokenizer = self._load_tokenizer()
+        self.runner = BatchRunner(self.artifact.model_path, device, self.options)
+        check_graph(self.artifact, self.runner.session)
+        name = {"cross": "reranker", "bi": "embedder"}[self.kind]
+        self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens, name=name,
+                                   workers=workers) if shared else None
+        self.executor: Executor = self.runner if self.scheduler is None else self.scheduler
+        self.device = device
+
+    def _load_tokenizer(self):
+        raise NotImplementedError
+
+    def _run(self, rows: Rows, deadline: Deadline | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs of the rows (row order) and the mask of those run, through the executor."""
+        return self.executor.run(rows, self.tokenizer.pad_id, order="length" if deadline is None else "input",
+                                 deadline=deadline)
+
+    # -- what it is ---------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """The artifact folder."""
+        return self.artifact.path
+
+    @property
+    def precision(self) -> str:
+        return self.artifact.precision
+
+    @property
+    def shared(self) -> bool:
+        """Whether calls go through the shared queue (``shared=True``)."""
+        return self.scheduler is not None
+
+    def describe(self) -> dict[str, Any]:
+        """What this model is and how it runs, as plain JSON-ready values: ``kind``, ``path``,
+        ``device``, ``max_length`` (the window it runs with), ``manifest`` (``Artifact.summary()``),
+        ``options`` (every session option's value), ``origin`` (where each came from: "argument",
+        "runtime.json" or "default") and ``sharing`` (``shared``, ``max_queue_tokens`` and
+        ``workers``; the latter two None when not shared)."""
+        return {"kind": self.kind, "path": str(self.path), "device": self.device, "max_length": self.max_length,
+                "manifest": self.artifact.summary(), "options": self.options.values(),
+                "origin": dict(self.options.origin),
+                "sharing": {"shared": self.shared,
+                            "max_queue_tokens": self.scheduler.max_queue_tokens if self.shared else None,
+                            "workers": self.scheduler.workers if self.shared else None}}
+
+    def token_lengths(self, *items) -> np.ndarray:
+        """Real tokens (special tokens included) of each row the model would run for ``items``."""
+        raise NotImplementedError
+
+    # -- what it did --------------------------------------------------------------------------------
+    def stats(self) -> RunTotals:
+        """Totals since the model was built (or ``reset_stats``): model calls, rows, real and
+        computed tokens; shared or not, every call counts."""
+        return self.runner.stats.snapshot()
+
+    def reset_stats(self) -> None:
+        self.runner.stats.reset()
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of computed tokens that were padding, over the totals of ``stats()``."""
+        return self.stats().padding_fraction
+
+    @property
+    def queued_tokens(self) -> int:
+        """Real tokens waiting in the shared queue (0 when not shared)."""
+        return self.scheduler.queued_tokens if self.shared else 0
+
+    @property
+    def queued_requests(self) -> int:
+        """Calls waiting in the shared queue (0 when not shared)."""
+        return self.scheduler.queued_requests if self.shared else 0
+
+    def add_batch_listener(self, listener: Callable[[BatchReport], None]) -> None:
+        """Call ``listener(BatchReport)`` after every shared batch (on a worker thread)."""
+        if not self.shared:
+            raise UsageError("batch listeners watch the shared queue: build the model with shared=True")
+        self.scheduler.add_listener(listener)
+
+    def end_profiling(self) -> Path:
+        """Stop ONNX Runtime's profiler (options.profile_prefix) and return the profile's file."""
+        if self.options.profile_prefix is None:
+            raise UsageError("this model was built without profiling: pass SessionOptions(profile_prefix=...)")
+        return Path(self.runner.session.end_profiling())
+
+    def close(self) -> None:
+        """Stop the shared worker threads, if any (calls still queued fail with UsageError)."""
+        self.executor.close()
+
+
+__all__ = ["Model", "session_options"]
