@@ -10,6 +10,8 @@ bench, tune; ``crossrank.integrations``: RAG framework adapters).
 """
 
 from crossrank.artifact import Artifact, load_artifact
+from crossrank.calibration import Calibration, CalibrationError
+from crossrank.cascade import Cascade
 from crossrank.embedder import Embedder, Embeddings
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
@@ -18,17 +20,18 @@ from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, 
 from crossrank.index import Candidates, Hits, Index
 from crossrank.model import Model
 from crossrank.pipeline import Hit, Pipeline, SearchHit, SearchResult
-from crossrank.reranker import Ranked, RankedDocument, RankedList, Ranking, Reranker
-from crossrank.runner import RunTotals
+from crossrank.reranker import Evidence, Ranked, RankedDocument, RankedList, Ranking, Reranker, Window
+from crossrank.runner import CoreBudget, RunTotals
 from crossrank.settings import SessionOptions
 from crossrank.version import __version__
 
 __all__ = [
-    "ArgumentTypeError", "Artifact", "ArtifactError", "Candidates", "CrossrankError", "DatasetNotFound",
-    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "Index", "IndexFormatError",
+    "ArgumentTypeError", "Artifact", "ArtifactError", "Calibration", "CalibrationError", "Candidates", "Cascade",
+    "CoreBudget", "CrossrankError", "DatasetNotFound",
+    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "Evidence", "Index", "IndexFormatError",
     "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "OutputExistsError", "OverloadedError", "Pipeline",
     "RankedDocument", "Ranking", "Reranker", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult",
-    "SessionOptions", "UnknownIdError", "UsageError", "load_artifact", "__version__",
+    "SessionOptions", "UnknownIdError", "UsageError", "Window", "load_artifact", "__version__",
     # the result types' earlier names, kept as aliases: Ranked = RankedDocument, RankedList = Ranking,
     # Hits = Candidates, Hit = SearchHit
     "Hit", "Hits", "Ranked", "RankedList",

@@ -9,6 +9,7 @@ import numpy as np
 
 from crossrank.errors import check_bool, check_texts
 from crossrank.model import Model, session_options
+from crossrank.runner import CoreBudget
 from crossrank.scheduler import run_async
 from crossrank.settings import SessionOptions
 from crossrank.tokenize import TextTokenizer
@@ -30,7 +31,8 @@ class Embedder(Model):
     Options as for ``Reranker`` (threads, batch_tokens, io_binding, memory_arena, or a
     ``SessionOptions``; ``max_length``). shared: concurrent callers' texts share batches through
     one queue (``crossrank.scheduler``), at most ``max_queue_tokens`` tokens queued (beyond:
-    OverloadedError), ``workers`` threads running its batches. ``aembed`` is the asyncio variant
+    OverloadedError), ``workers`` threads running its batches. core_budget: a ``CoreBudget`` shared
+    with other models (model calls take turns on the cores). ``aembed`` is the asyncio variant
     (the model never runs on the event loop).
     """
 
@@ -40,10 +42,11 @@ class Embedder(Model):
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  max_length: int | None = None, batch_tokens: int | None = None,
                  io_binding: bool | None = None, memory_arena: bool | None = None, shared: bool = False,
-                 max_queue_tokens: int | None = None, workers: int = 1, *, options: SessionOptions | None = None):
+                 max_queue_tokens: int | None = None, workers: int = 1, *, options: SessionOptions | None = None,
+                 core_budget: CoreBudget | None = None):
         options = session_options(options, threads=threads, batch_tokens=batch_tokens, io_binding=io_binding,
                                   memory_arena=memory_arena)
-        super().__init__(path, device, max_length, options, shared, max_queue_tokens, workers)
+        super().__init__(path, device, max_length, options, shared, max_queue_tokens, workers, core_budget)
         self.dim = int(self.artifact.manifest["dim"])
 
     def _load_tokenizer(self) -> TextTokenizer:

@@ -22,7 +22,7 @@ import numpy as np
 
 from crossrank.artifact import check_graph, load_artifact
 from crossrank.errors import ArgumentTypeError, InvalidArgumentError, UsageError, check_bool, check_int
-from crossrank.runner import BatchRunner, Deadline, Executor, RunTotals
+from crossrank.runner import BatchRunner, CoreBudget, Deadline, Executor, RunTotals
 from crossrank.scheduler import BatchReport, Scheduler
 from crossrank.settings import SessionOptions
 from crossrank.tokenize import Rows
@@ -42,14 +42,15 @@ class Model:
     manifest's (default: the manifest's). options: ``SessionOptions`` (resolved here against the
     folder's runtime.json and the defaults). shared: run every call through one queue whose
     ``workers`` threads merge concurrent callers' rows into shared batches, with at most
-    ``max_queue_tokens`` tokens queued (beyond: OverloadedError).
+    ``max_queue_tokens`` tokens queued (beyond: OverloadedError). core_budget: a ``CoreBudget``
+    shared with other models, each model call taking one of its slots (None: calls run at once).
     """
 
     kind: ClassVar[str]          # the artifact kind this model runs: "cross" or "bi"
     min_length: ClassVar[int]    # the smallest max_length that leaves room for text
 
     def __init__(self, path: str | Path, device: str, max_length: int | None, options: SessionOptions,
-                 shared: bool, max_queue_tokens: int | None, workers: int):
+                 shared: bool, max_queue_tokens: int | None, workers: int, core_budget: CoreBudget | None = None):
         self.options: SessionOptions = options.resolve(path, device)
         if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
             raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
@@ -58,7 +59,7 @@ class Model:
         limit = self.artifact.max_length
         self.max_length: int = check_int(max_length, "max_length", self.min_length, limit, allow_none=True) or limit
         self.tokenizer = self._load_tokenizer()
-        self.runner = BatchRunner(self.artifact.model_path, device, self.options)
+        self.runner = BatchRunner(self.artifact.model_path, device, self.options, core_budget=core_budget)
         check_graph(self.artifact, self.runner.session)
         name = {"cross": "reranker", "bi": "embedder"}[self.kind]
         self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens, name=name,
@@ -94,13 +95,15 @@ class Model:
         ``device``, ``max_length`` (the window it runs with), ``manifest`` (``Artifact.summary()``),
         ``options`` (every session option's value), ``origin`` (where each came from: "argument",
         "runtime.json" or "default") and ``sharing`` (``shared``, ``max_queue_tokens`` and
-        ``workers``; the latter two None when not shared)."""
+        ``workers``, None when not shared; ``core_budget_slots``, None without a CoreBudget)."""
+        budget = self.runner.core_budget
         return {"kind": self.kind, "path": str(self.path), "device": self.device, "max_length": self.max_length,
                 "manifest": self.artifact.summary(), "options": self.options.values(),
                 "origin": dict(self.options.origin),
                 "sharing": {"shared": self.shared,
                             "max_queue_tokens": self.scheduler.max_queue_tokens if self.shared else None,
-                            "workers": self.scheduler.workers if self.shared else None}}
+                            "workers": self.scheduler.workers if self.shared else None,
+                            "core_budget_slots": budget.slots if budget is not None else None}}
 
     def token_lengths(self, *items) -> np.ndarray:
         """Real tokens (special tokens included) of each row the model would run for ``items``."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +26,7 @@ from typing import Any, Mapping
 
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, RuntimeConfigError, check_bool, check_choice,
                               check_int)
+from crossrank.locks import write_text_atomically
 
 DEVICES = ("cpu", "cuda")
 # Token budget per model call (rows x padded length). cpu: 512. The per-row int8 reranker on the
@@ -287,16 +287,7 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
         section["measured"] = measured
     document[device] = section
     validate_runtime(document, str(path))
-    handle, tmp = tempfile.mkstemp(prefix=".runtime-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(json.dumps(document, indent=2) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
     return path
 
 

@@ -64,11 +64,14 @@ def _pad_id(tokenizer: Tokenizer) -> int:
 
 @dataclass
 class Rows:
-    """Token rows ready for batching; ``owner[i]`` is the input item row i belongs to."""
+    """Token rows ready for batching; ``owner[i]`` is the input item row i belongs to. Pair rows
+    also say which of their document's tokens they hold: ``spans[i]`` = (first, end) token
+    positions in the document (end excluded; windows of one document tile it from 0)."""
 
     ids: list[np.ndarray]
     types: list[np.ndarray]
     owner: np.ndarray
+    spans: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -95,6 +98,12 @@ class PairTokenizer:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
+    def encode_with_offsets(self, texts: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Ids of each text and each token's (start, end) character offsets in it ([n, 2] int64)."""
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        return ([np.asarray(e.ids, dtype=np.int64) for e in encodings],
+                [np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) for e in encodings])
+
     def document_budget(self, query_ids: np.ndarray) -> int:
         return self.max_length - self.template.special_count - len(query_ids)
 
@@ -107,21 +116,22 @@ class PairTokenizer:
         query_ids = [q[: self.max_query_tokens] for q in query_ids]
         heads = [np.concatenate([t.prefix, q, t.middle]) for q in query_ids]
         head_types = [np.full(len(h), t.first_type, dtype=np.int64) for h in heads]
-        ids, types, owner = [], [], []
+        ids, types, owner, spans = [], [], [], []
         for doc_index, (qi, doc) in enumerate(zip(query_of_doc, doc_ids)):
             budget = self.document_budget(query_ids[qi])
             if chunk_overlap is None or len(doc) <= budget:
-                windows = [doc[:budget]]
+                starts = [0]
             else:
                 stride = max(1, budget - chunk_overlap)
-                starts = range(0, max(len(doc) - chunk_overlap, 1), stride)
-                windows = [doc[s: s + budget] for s in starts][:max_windows]
-            for window in windows:
+                starts = list(range(0, max(len(doc) - chunk_overlap, 1), stride))[:max_windows]
+            for start in starts:
+                window = doc[start: start + budget]
                 tail = np.concatenate([window, t.suffix])
                 ids.append(np.concatenate([heads[qi], tail]))
                 types.append(np.concatenate([head_types[qi], np.full(len(tail), t.second_type, dtype=np.int64)]))
                 owner.append(doc_index)
-        return Rows(ids, types, np.asarray(owner, dtype=np.int64))
+                spans.append((start, start + len(window)))
+        return Rows(ids, types, np.asarray(owner, dtype=np.int64), np.asarray(spans, dtype=np.int64).reshape(-1, 2))
 
 
 class TextTokenizer:

@@ -284,7 +284,7 @@ def test_deadline_counts_the_time_spent_waiting_behind_others(tiny_cross):
 def test_cancelled_future_drops_its_rows(tiny_cross):
     reranker = crossrank.Reranker(tiny_cross, shared=True, batch_tokens=256)
     gate = Gate(reranker)
-    rows = reranker._encode_pre([QUERY], np.zeros(400, dtype=np.int64), (DOCS * 10))
+    rows = reranker._encode_pre([QUERY], np.zeros(400, dtype=np.int64), (DOCS * 10))[0]
     future = reranker.scheduler.submit(rows)
     assert gate.entered.wait(30)
     assert future.cancel()

@@ -2,27 +2,116 @@
 
 ``ServeConfig`` checks itself when it is made, so every way in (flags, CROSSRANK_* variables, a
 Ray Serve YAML's args, Python) gets the same checks and the same messages.
+
+Several models in one process: ``reranker`` and ``embedder`` each take one artifact folder, a
+``NAME=FOLDER`` entry, a list of them, a comma-separated string of them (an environment
+variable) or a mapping of name -> folder; a folder without a name is named by its folder (e.g.
+``starter-reranker-int8``). ``cascade`` takes ``NAME=SPEC`` entries, SPEC being served rerankers'
+names with depths, ``fast=L4@50>starter@10``. After the checks each of the three is a dict of
+name -> folder (or spec), in the order given: the first of each kind is its default model. Names
+are unique across the three.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from crossrank.errors import ArgumentTypeError, MissingFileError, UsageError, check_bool, check_int
+from crossrank.errors import ArgumentTypeError, InvalidArgumentError, MissingFileError, UsageError, check_bool, check_choice, check_int
 from crossrank.settings import DEFAULT_MAX_QUEUE_TOKENS, WORKERS_RANGE, check_device, check_threads
 
 DEFAULT_MAX_DOCUMENTS = 1000            # documents (or texts) per request; more: 413
 DEFAULT_MAX_REQUEST_BYTES = 8 << 20     # request body; more: 413
-MODEL_FLAGS = {"reranker": "--reranker ART", "embedder": "--embedder ART", "index": "--index DIR"}
+MODEL_FLAGS = {"reranker": "--reranker [NAME=]ART", "embedder": "--embedder [NAME=]ART", "index": "--index DIR"}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+NAME_RULE = "1 to 100 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+# How the models of one server share the machine's cores: "shared" = one budget of model calls
+# for all of them (CoreBudget: calls take turns, first come first served), "per-model" = each model's
+# scheduler runs its calls whenever they come and the operating system shares the cores.
+CORE_SHARING = ("shared", "per-model")
+DEFAULT_CORE_SHARING = "shared"
+
+
+def _entries(value: Any, what: str) -> list[tuple[str | None, str]]:
+    """(name or None, text) of each entry of a model setting (see the module docstring)."""
+    if value is None:
+        return []
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for entry in value:
+            if isinstance(entry, Path):
+                entry = str(entry)
+            if not isinstance(entry, str) or not entry.strip():
+                raise ArgumentTypeError(f"{what} entries must be folder paths or NAME=FOLDER strings, got {entry!r:.60}")
+            name, sep, text = entry.partition("=")
+            items.append((name.strip(), text.strip()) if sep and "/" not in name else (None, entry.strip()))
+    else:
+        raise ArgumentTypeError(f"{what} must be a folder path, NAME=FOLDER, a list of them or a mapping of name -> "
+                                f"folder, got {type(value).__name__}")
+    for name, text in items:
+        if not isinstance(text, (str, Path)) or not str(text).strip():
+            raise ArgumentTypeError(f"{what} {name!r}: expected a folder path (or spec), got {text!r:.60}")
+    return [(name, str(text)) for name, text in items]
+
+
+def named(value: Any, what: str, taken: dict[str, str]) -> dict[str, str]:
+    """A model setting as {name: folder or spec}; names checked (``NAME_RULE``) and unique among
+    ``taken`` (name -> the setting it belongs to), which gains them."""
+    out = {}
+    for name, text in _entries(value, what):
+        if name is None:
+            name = Path(text.rstrip("/")).name
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise InvalidArgumentError(f"{what} name {name!r:.60} is not a model name ({NAME_RULE}); give one as "
+                                       f"NAME={text}")
+        if name in taken:
+            raise InvalidArgumentError(f"model name {name!r} is given twice ({taken[name]} and {what}): names must be "
+                                       f"unique; give one as NAME=FOLDER")
+        taken[name] = what
+        out[name] = text
+    return out
+
+
+def parse_cascade(name: str, spec: str, rerankers: dict[str, str]) -> list[tuple[str, int | None]]:
+    """The stages of a cascade spec ``A@50>B@10`` as (reranker name, depth); a depth may be left out
+    on the first stage (every document). Names must be served rerankers; depths may not grow."""
+    stages = []
+    for number, part in enumerate(spec.split(">"), start=1):
+        stage, _, depth_text = part.strip().partition("@")
+        if stage not in rerankers:
+            raise InvalidArgumentError(f"cascade {name}={spec}: stage {number} {stage!r} is not a served reranker "
+                                       f"(served: {', '.join(rerankers) or 'none'}); a cascade is NAME@DEPTH>NAME@DEPTH "
+                                       f"of --reranker names")
+        if not depth_text and number > 1:
+            raise InvalidArgumentError(f"cascade {name}={spec}: stage {number} ({stage}) needs a depth, e.g. "
+                                       f"{stage}@10 (how many of the previous stage's best it reranks)")
+        try:
+            depth = check_int(int(depth_text), "depth") if depth_text else None
+        except ValueError:
+            raise InvalidArgumentError(f"cascade {name}={spec}: stage {number} depth {depth_text!r} is not a "
+                                       f"positive integer") from None
+        if stages and stages[-1][1] is not None and depth > stages[-1][1]:
+            raise InvalidArgumentError(f"cascade {name}={spec}: depths must not grow ({stage}@{depth} after "
+                                       f"{stages[-1][0]}@{stages[-1][1]})")
+        stages.append((stage, depth))
+    return stages
 
 
 @dataclass
 class ServeConfig:
-    """Each field is a flag of ``crossrank serve`` and a CROSSRANK_* environment variable."""
+    """Each field is a flag of ``crossrank serve`` and a CROSSRANK_* environment variable.
+    ``reranker``, ``embedder`` and ``cascade``: see the module docstring (dicts once checked)."""
 
-    reranker: str | None = None
-    embedder: str | None = None
+    reranker: Any = None
+    embedder: Any = None
     index: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
@@ -33,14 +122,21 @@ class ServeConfig:
     workers: int = 1                    # scheduler threads per model (with --threads 1: one per core)
     device: str = "cpu"
     threads: int | None = None
+    cascade: Any = None
+    core_sharing: str = DEFAULT_CORE_SHARING
 
     def __post_init__(self):
-        for what in MODEL_FLAGS:
-            path = getattr(self, what)
-            if path is not None and not isinstance(path, (str, Path)):
-                raise ArgumentTypeError(f"{what} must be a folder path (str), got {type(path).__name__}")
-            if path is not None:
-                setattr(self, what, str(path))
+        taken: dict[str, str] = {}
+        self.reranker = named(self.reranker, "reranker", taken)
+        self.embedder = named(self.embedder, "embedder", taken)
+        self.cascade = named(self.cascade, "cascade", taken)
+        for name, spec in self.cascade.items():
+            parse_cascade(name, spec, self.reranker)
+        if self.index is not None and not isinstance(self.index, (str, Path)):
+            raise ArgumentTypeError(f"index must be a folder path (str), got {type(self.index).__name__}")
+        if self.index is not None:
+            self.index = str(self.index)
+        check_choice(self.core_sharing, "core_sharing", CORE_SHARING)
         if not isinstance(self.host, str) or not self.host:
             raise ArgumentTypeError(f"host must be an address (str), got {self.host!r:.60}")
         check_int(self.port, "port", 0, 65535)
@@ -60,14 +156,16 @@ class ServeConfig:
                              "(or CROSSRANK_RERANKER / CROSSRANK_EMBEDDER)")
         if self.index and not self.embedder:
             raise UsageError("--index needs --embedder (the artifact that built the index) to embed queries")
-        for what, flag in MODEL_FLAGS.items():
-            path = getattr(self, what)
-            if path and not Path(path).is_dir():
-                raise MissingFileError(f"{flag.split()[0]} {path!r} is not a folder")
+        for what in ("reranker", "embedder"):
+            for name, path in getattr(self, what).items():
+                if not Path(path).is_dir():
+                    raise MissingFileError(f"--{what} {name}={path!r} is not a folder")
+        if self.index and not Path(self.index).is_dir():
+            raise MissingFileError(f"--index {self.index!r} is not a folder")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-__all__ = ["DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_QUEUE_TOKENS", "DEFAULT_MAX_REQUEST_BYTES", "MODEL_FLAGS",
-           "ServeConfig"]
+__all__ = ["CORE_SHARING", "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_QUEUE_TOKENS", "DEFAULT_MAX_REQUEST_BYTES",
+           "MODEL_FLAGS", "ServeConfig", "named", "parse_cascade"]

@@ -54,7 +54,8 @@ def parse_body(raw: bytes) -> dict:
     return body
 
 
-def _optional_model(body: dict) -> str | None:
+def parse_model(body: dict) -> str | None:
+    """The body's ``model`` (which model answers; None: the server's default for the endpoint)."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _field(f"model must be a string, got {type(model).__name__} {model!r:.60}", "model")
@@ -86,6 +87,15 @@ class RerankRequest:
     model: str | None = None
     version: int = 1                     # Cohere API version (1 or 2)
     max_chunks_per_doc: int | None = None  # Cohere v1: best of the first N windows of each document
+    return_evidence: bool = False        # crossrank's own: each result's windows (character offsets, scores)
+    return_truncation: bool = False      # crossrank's own: each result's truncated / dropped_tokens
+
+
+def _extras(body: dict) -> dict:
+    """crossrank's own request fields, in every family's rerank body (clients that do not send
+    them get the family's plain shapes)."""
+    return {name: _checked(check_bool, body.get(name, False), name, name=name)
+            for name in ("return_evidence", "return_truncation")}
 
 
 def _document_text(document, i: int, rank_fields: list[str] | None) -> str:
@@ -116,7 +126,7 @@ def _top_n(body: dict) -> int | None:
 def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankRequest:
     """Cohere v1 (also Jina: documents as strings or {"text", ...} objects, rank_fields,
     return_documents, default true) or Cohere v2 (documents as strings only)."""
-    model = _optional_model(body)
+    model = parse_model(body)
     query = _checked(check_query, body.get("query"), "query", name="query")
     documents = body.get("documents")
     if not isinstance(documents, list):
@@ -127,7 +137,8 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     max_tokens = _positive_or_none(body, "max_tokens_per_doc")
     if version == 2:
         texts = [_checked(check_text, d, f"documents[{i}]", name=f"documents[{i}]") for i, d in enumerate(documents)]
-        return RerankRequest(COHERE, query, texts, documents, top_n, False, False, max_tokens, model, 2)
+        return RerankRequest(COHERE, query, texts, documents, top_n, False, False, max_tokens, model, 2,
+                             **_extras(body))
     rank_fields = body.get("rank_fields")
     if rank_fields is not None:
         _checked(check_texts, rank_fields, "rank_fields", name="rank_fields")
@@ -136,12 +147,14 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     max_chunks = _positive_or_none(body, "max_chunks_per_doc")
     texts = [_document_text(d, i, rank_fields) for i, d in enumerate(documents)]
     return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1,
-                         max_chunks_per_doc=max_chunks)
+                         max_chunks_per_doc=max_chunks, **_extras(body))
 
 
 def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:
-    """TEI ``/rerank``: {query, texts, raw_scores?, return_text?, truncate?, truncation_direction?}.
-    Texts are always truncated to the model's window (TEI refuses them when truncate is false)."""
+    """TEI ``/rerank``: {query, texts, raw_scores?, return_text?, truncate?, truncation_direction?}
+    (plus ``model``, which TEI itself does not have). Texts are always truncated to the model's
+    window (TEI refuses them when truncate is false)."""
+    model = parse_model(body)
     query = _checked(check_query, body.get("query"), "query", name="query")
     texts = body.get("texts")
     if not isinstance(texts, list):
@@ -156,7 +169,24 @@ def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:
     if direction is not None and (not isinstance(direction, str) or direction.lower() != "right"):
         raise _field(f"truncation_direction {direction!r:.40} is not supported: crossrank keeps the start of "
                      f"each text (\"Right\")", "truncation_direction")
-    return RerankRequest(TEI, query, texts, texts, None, return_text, raw)
+    return RerankRequest(TEI, query, texts, texts, None, return_text, raw, model=model, **_extras(body))
+
+
+def _evidence(evidence) -> dict | None:
+    if evidence is None:
+        return None
+    return {"start": evidence.start, "end": evidence.end, "window": evidence.window,
+            "windows": [{"start": w.start, "end": w.end, "score": w.score} for w in evidence.windows]}
+
+
+def _result_extras(request: RerankRequest, result) -> dict:
+    """A result's extra fields, when the request asked for them (clients' SDKs ignore them)."""
+    extras = {}
+    if request.return_truncation:
+        extras.update(truncated=result.truncated, dropped_tokens=result.dropped_tokens)
+    if request.return_evidence:
+        extras["evidence"] = _evidence(result.evidence)
+    return extras
 
 
 def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
@@ -167,7 +197,7 @@ def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
             item = {"index": r.index, "score": r.score}
             if request.return_documents:
                 item["text"] = request.texts[r.index]
-            out.append(item)
+            out.append(item | _result_extras(request, r))
         return out
     results = []
     for r in ranked:
@@ -175,7 +205,7 @@ def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
         if request.return_documents:
             original = request.originals[r.index]
             item["document"] = original if isinstance(original, dict) else {"text": original}
-        results.append(item)
+        results.append(item | _result_extras(request, r))
     units = max(1, math.ceil(len(request.texts) / 100))  # Cohere: a search unit = a query and up to 100 documents
     meta = {"api_version": {"version": str(request.version)}, "billed_units": {"search_units": units},
             "tokens": {"input_tokens": tokens, "output_tokens": 0}}
@@ -195,7 +225,7 @@ class EmbedRequest:
 
 def parse_openai_embeddings(body: dict, max_documents: int, dim: int) -> EmbedRequest:
     """OpenAI ``/v1/embeddings``: {input: str | [str], model, encoding_format?, dimensions?, user?}."""
-    model = _optional_model(body)
+    model = parse_model(body)
     raw = body.get("input")
     if isinstance(raw, str):
         texts = [raw]
@@ -225,7 +255,9 @@ def parse_openai_embeddings(body: dict, max_documents: int, dim: int) -> EmbedRe
 
 
 def parse_tei_embed(body: dict, max_documents: int) -> EmbedRequest:
-    """TEI ``/embed``: {inputs: str | [str], normalize?, truncate?, truncation_direction?}."""
+    """TEI ``/embed``: {inputs: str | [str], normalize?, truncate?, truncation_direction?} (plus
+    ``model``, which TEI itself does not have)."""
+    model = parse_model(body)
     raw = body.get("inputs")
     if isinstance(raw, str):
         texts = [raw]
@@ -240,7 +272,7 @@ def parse_tei_embed(body: dict, max_documents: int) -> EmbedRequest:
                      "normalize")
     if body.get("truncate") is not None:
         _checked(check_bool, body["truncate"], "truncate", name="truncate")
-    return EmbedRequest(TEI, texts, isinstance(raw, str))
+    return EmbedRequest(TEI, texts, isinstance(raw, str), model=model)
 
 
 def _base64_floats(vector: np.ndarray) -> str:
@@ -253,7 +285,7 @@ def embed_response(request: EmbedRequest, vectors: np.ndarray, tokens: int, mode
     data = [{"object": "embedding", "index": i,
              "embedding": _base64_floats(v) if request.encoding_format == "base64" else v.tolist()}
             for i, v in enumerate(vectors)]
-    return {"object": "list", "data": data, "model": request.model or model_name,
+    return {"object": "list", "data": data, "model": model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
@@ -265,15 +297,17 @@ class SearchRequest:
     k: int = 100
     top_n: int | None = 10
     deadline_ms: float | None = None
+    model: str | None = None             # the rerank model (a reranker or a cascade); None: the default
 
 
 def parse_search(body: dict) -> SearchRequest:
-    """crossrank ``/v1/search``: {query, k?, top_n?, deadline_ms?} (top_n null or 0: all k)."""
+    """crossrank ``/v1/search``: {query, model?, k?, top_n?, deadline_ms?} (top_n null or 0: all k)."""
+    model = parse_model(body)
     query = _checked(check_query, body.get("query"), "query", name="query")
     k = _checked(check_int, body.get("k", 100), "k", name="k")
     top_n = _checked(check_int, body.get("top_n", 10), "top_n", 0, allow_none=True, name="top_n") or None
     deadline = _checked(check_deadline_ms, body.get("deadline_ms"), "deadline_ms", name="deadline_ms")
-    return SearchRequest(query, k, top_n, deadline)
+    return SearchRequest(query, k, top_n, deadline, model)
 
 
 def _finite_or_none(value):

@@ -18,7 +18,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request
@@ -35,11 +34,15 @@ router = APIRouter()
 
 @dataclass
 class Outcome:
-    """A job's answer: the body, and the documents and tokens it ran (for the log and metrics)."""
+    """A job's answer: the body, and for the log and metrics the model that answered, the
+    documents and tokens it ran, and how many documents were truncated by how many tokens."""
 
     body: bytes
     documents: int = 0
     tokens: int = 0
+    model: str = "-"
+    truncated: int = 0
+    dropped_tokens: int = 0
 
 
 @dataclass
@@ -129,20 +132,27 @@ def _record(call: Call, request: Request, endpoint: str, status: int, seconds: f
     metrics.latency.labels(endpoint).observe(seconds)
     if outcome is not None:
         metrics.documents.labels(endpoint).observe(outcome.documents)
-    log.info("%s %s %d %.1f ms documents=%d tokens=%d", request.method, request.url.path, status, seconds * 1e3,
-             outcome.documents if outcome else 0, outcome.tokens if outcome else 0)
+    outcome = outcome or Outcome(b"")
+    log.info("%s %s %d %.1f ms model=%s documents=%d tokens=%d truncated=%d dropped_tokens=%d", request.method,
+             request.url.path, status, seconds * 1e3, outcome.model, outcome.documents, outcome.tokens,
+             outcome.truncated, outcome.dropped_tokens)
 
 
 # -- jobs (on a thread of their own, never on the event loop) --------------------------------------
 
 def run_rerank(call: Call, request: p.RerankRequest) -> Outcome:
-    """Rerank a parsed request (tokenized once, in the core; its token count comes back with it)."""
-    reranker = call.models.need("reranker")
-    ranked = reranker.rerank(request.query, request.texts, top_n=request.top_n, return_documents=False,
-                             raw_scores=request.raw_scores, max_tokens_per_doc=request.max_tokens_per_doc,
-                             max_chunks_per_doc=request.max_chunks_per_doc)
-    call.metrics.tokens.labels("reranker").inc(ranked.tokens)
-    return Outcome(_json(p.rerank_response(request, ranked, ranked.tokens)), len(request.texts), ranked.tokens)
+    """Rerank a parsed request with the model it names (tokenized once, in the core; its token
+    and truncation counts come back with it)."""
+    served = call.models.reranker(request.model)
+    call.models.registry.check_documents(served, len(request.texts))
+    ranked = served.model.rerank(request.query, request.texts, top_n=request.top_n, return_documents=False,
+                                 raw_scores=request.raw_scores, max_tokens_per_doc=request.max_tokens_per_doc,
+                                 max_chunks_per_doc=request.max_chunks_per_doc, return_evidence=request.return_evidence)
+    call.metrics.tokens.labels(served.name).inc(ranked.tokens)
+    call.metrics.truncated.labels(served.name).inc(ranked.truncated)
+    call.metrics.dropped_tokens.labels(served.name).inc(ranked.dropped_tokens)
+    return Outcome(_json(p.rerank_response(request, ranked, ranked.tokens)), len(request.texts), ranked.tokens,
+                   served.name, ranked.truncated, ranked.dropped_tokens)
 
 
 def cohere_v1_rerank_job(call: Call, raw: bytes) -> Outcome:
@@ -162,31 +172,31 @@ def tei_or_cohere_rerank_job(call: Call, raw: bytes) -> Outcome:
     return run_rerank(call, p.parse_tei_rerank(body, call.config.max_documents))
 
 
-def run_embed(call: Call, embedder, request: p.EmbedRequest) -> Outcome:
+def run_embed(call: Call, served, request: p.EmbedRequest) -> Outcome:
     """Embed a parsed request (tokenized once, in the core; its token count comes back with it)."""
-    vectors, tokens = embedder.embed_with_usage(request.texts)
-    call.metrics.tokens.labels("embedder").inc(tokens)
-    name = Path(call.config.embedder).name
-    return Outcome(_json(p.embed_response(request, vectors, tokens, name)), len(request.texts), tokens)
+    vectors, tokens = served.model.embed_with_usage(request.texts)
+    call.metrics.tokens.labels(served.name).inc(tokens)
+    return Outcome(_json(p.embed_response(request, vectors, tokens, served.name)), len(request.texts), tokens,
+                   served.name)
 
 
 def openai_embeddings_job(call: Call, raw: bytes) -> Outcome:
     body = p.parse_body(raw)
-    embedder = call.models.need("embedder")
-    return run_embed(call, embedder, p.parse_openai_embeddings(body, call.config.max_documents, embedder.dim))
+    served = call.models.embedder(p.parse_model(body))
+    return run_embed(call, served, p.parse_openai_embeddings(body, call.config.max_documents, served.model.dim))
 
 
 def tei_embed_job(call: Call, raw: bytes) -> Outcome:
-    body = p.parse_body(raw)
-    embedder = call.models.need("embedder")
-    return run_embed(call, embedder, p.parse_tei_embed(body, call.config.max_documents))
+    request = p.parse_tei_embed(p.parse_body(raw), call.config.max_documents)
+    return run_embed(call, call.models.embedder(request.model), request)
 
 
 def search_job(call: Call, raw: bytes) -> Outcome:
     request = p.parse_search(p.parse_body(raw))
-    pipeline = call.models.need("pipeline")
+    pipeline = call.models.pipeline(request.model)
     result = pipeline.search(request.query, k=request.k, top_n=request.top_n, deadline_ms=request.deadline_ms)
-    return Outcome(_json(p.search_response(result)), result.candidates)
+    model = request.model or call.models.registry.default("rerank")
+    return Outcome(_json(p.search_response(result)), result.candidates, model=model)
 
 
 # -- routes -----------------------------------------------------------------------------------------
@@ -239,21 +249,24 @@ async def health(request: Request):
 @router.get("/info")
 async def info(request: Request):
     config, models = request.app.state.config, request.app.state.models
+    registry = models.registry
     return {"name": "crossrank", "version": __version__, "ready": models.ready.is_set(),
-            "models": {what: models.model_info(what) for what in ("reranker", "embedder")},
-            "index": ({"path": config.index, "documents": len(models.index)} if models.index is not None
+            "models": {name: {**served.describe(), "default": name == registry.default(served.family)}
+                       for name, served in registry.models.items()},
+            "configured": {"reranker": config.reranker, "embedder": config.embedder, "cascade": config.cascade},
+            "index": ({"path": config.index, "documents": len(registry.index)} if registry.index is not None
                       else ({"path": config.index} if config.index else None)),
             "limits": {"max_queue_tokens": config.max_queue_tokens, "max_documents": config.max_documents,
                        "max_request_bytes": config.max_request_bytes},
-            "shared": config.shared, "device": config.device}
+            "shared": config.shared, "core_sharing": config.core_sharing, "device": config.device}
 
 
 @router.get("/v1/models")
 async def list_models(request: Request):
     config, models = request.app.state.config, request.app.state.models
     created = int(models.loaded_at or time.time())
-    data = [{"id": Path(path).name, "object": "model", "created": created, "owned_by": "crossrank", "kind": kind}
-            for kind, path in (("reranker", config.reranker), ("embedder", config.embedder)) if path]
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "crossrank", "kind": kind}
+            for kind in ("reranker", "cascade", "embedder") for name in getattr(config, kind)]
     return {"object": "list", "data": data}
 
 
