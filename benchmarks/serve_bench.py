@@ -55,7 +55,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, artifact: Path, shared: bool, log: Path, workers: int = 1, threads: int | None = None):
+    """A ``crossrank serve`` subprocess on a free loopback port serving ``artifact`` as the model
+    "reranker", or the ``models`` flags given (e.g. several --reranker NAME=ART); ``extra``: more flags."""
+
+    def __init__(self, artifact: Path | None, shared: bool, log: Path, workers: int = 1, threads: int | None = None,
+                 models: list[str] | None = None, extra: list[str] = ()):
         import httpx
 
         self.port = free_port()
@@ -63,9 +67,9 @@ class Server:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()} | LOCAL
         self.log = open(log, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "crossrank", "serve", "--reranker", str(artifact), "--host", "127.0.0.1",
-             "--port", str(self.port), "--shared", "1" if shared else "0", "--log-level", "warning",
-             "--max-queue-tokens", str(1 << 22), "--workers", str(workers)]
+            [sys.executable, "-m", "crossrank", "serve", *(models or ["--reranker", f"reranker={artifact}"]),
+             "--host", "127.0.0.1", "--port", str(self.port), "--shared", "1" if shared else "0", "--log-level",
+             "warning", "--max-queue-tokens", str(1 << 22), "--workers", str(workers), *extra]
             + (["--threads", str(threads)] if threads else []),
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300

@@ -126,22 +126,35 @@ def fit_isotonic(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 100) -> dict:
-    """Platt scaling: ``P = 1 / (1 + exp(-(a * logit + b)))`` fitted by Newton's method on the
-    log-loss, with Platt's targets ((N+ + 1) / (N+ + 2) and 1 / (N- + 2)) against overfitting."""
+    """Platt scaling: ``P = 1 / (1 + exp(-(a * logit + b)))`` fitted by Newton's method with a
+    backtracking line search on the log-loss (Lin, Lin and Weng's version of Platt's fit), with
+    Platt's targets ((N+ + 1) / (N+ + 2) and 1 / (N- + 2)) against overfitting."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    positives = y.sum()
-    target = np.where(y > 0.5, (positives + 1) / (positives + 2), 1 / (len(y) - positives + 2))
-    a, b = 1.0, 0.0
+    positives, negatives = y.sum(), len(y) - y.sum()
+    target = np.where(y > 0.5, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+
+    def loss(a: float, b: float) -> float:
+        s = a * z + b
+        return float(np.sum(target * np.logaddexp(0, -s) + (1 - target) * np.logaddexp(0, s)))
+
+    a, b = 0.0, float(np.log((positives + 1) / (negatives + 1)))
+    current = loss(a, b)
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+        p = 0.5 * (1 + np.tanh(0.5 * (a * z + b)))  # the sigmoid, without overflow
         w = np.maximum(p * (1 - p), 1e-12)
         gradient = np.array([np.dot(p - target, z), np.sum(p - target)])
-        hessian = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]]) + 1e-9 * np.eye(2)
-        step = np.linalg.solve(hessian, gradient)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        if np.abs(gradient).max() < 1e-8:
             break
+        hessian = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]]) + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        size = 1.0
+        while size > 1e-10 and loss(a - size * step[0], b - size * step[1]) > current + 1e-4 * size * gradient @ -step:
+            size /= 2
+        if size <= 1e-10:
+            break
+        a, b = a - size * step[0], b - size * step[1]
+        current = loss(a, b)
     if not a > 0:
         raise InvalidArgumentError(f"the Platt fit has slope {a:.3g} <= 0: on these pairs higher scores do not mean "
                                    f"more relevant; check the labels")

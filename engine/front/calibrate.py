@@ -87,11 +87,11 @@ def _first_stage(args):
 def describe_calibration(calibration, artifact: Path, out: Path) -> str:
     """What was fitted, on what, each map's held-out figures, and where it went."""
     data, selection = calibration.data, calibration.selection
+    rows = [("sigmoid (uncalibrated)", selection["sigmoid"]), *selection["held_out"].items()]
     lines = [f"{artifact}: {data['pairs']} pairs ({data['positives']} relevant, {data['queries']} queries) of "
              f"{data['source']}",
-             f"held out ({selection['folds']} folds by query) ECE Brier",
-             "sigmoid (uncalibrated) {ece:.4f} {brier:.4f}".format(**selection["sigmoid"])]
-    lines += [f"{name} {figures['ece']:.4f} {figures['brier']:.4f}" for name, figures in selection["held_out"].items()]
+             f"  {'':<24}{'ECE':>8}{'Brier':>8}   (held out: {selection['folds']} folds by query)"]
+    lines += [f"  {name:<24}{figures['ece']:>8.4f}{figures['brier']:>8.4f}" for name, figures in rows]
     lines.append(f"kept: {calibration.method} ({selection['rule']}) -> {out}")
     return "\n".join(lines)
 

@@ -69,6 +69,9 @@ def manifest_digests(config: ServeConfig) -> dict[str, str]:
 
 def _check_same_artifacts(config: ServeConfig, expected: dict[str, str]) -> None:
     folders = _artifacts(config)
+    if set(folders) != set(expected):
+        raise ArtifactError(f"this replica's models {sorted(folders)} are not the ones the application was built "
+                            f"with {sorted(expected)}")
     for what, digest in expected.items():
         manifest = folders[what] / "manifest.json"
         seen = sha256_file(manifest) if manifest.is_file() else "no manifest.json"

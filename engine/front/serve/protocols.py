@@ -221,10 +221,12 @@ class EmbedRequest:
     single: bool                          # TEI: a bare string input
     encoding_format: str = "float"
     model: str | None = None
+    dimensions: int | None = None         # OpenAI: the vector size asked for (only the embedder's own)
 
 
-def parse_openai_embeddings(body: dict, max_documents: int, dim: int) -> EmbedRequest:
-    """OpenAI ``/v1/embeddings``: {input: str | [str], model, encoding_format?, dimensions?, user?}."""
+def parse_openai_embeddings(body: dict, max_documents: int) -> EmbedRequest:
+    """OpenAI ``/v1/embeddings``: {input: str | [str], model, encoding_format?, dimensions?, user?}
+    (``dimensions`` is checked against the model that answers: ``check_dimensions``)."""
     model = parse_model(body)
     raw = body.get("input")
     if isinstance(raw, str):
@@ -246,12 +248,17 @@ def parse_openai_embeddings(body: dict, max_documents: int, dim: int) -> EmbedRe
     encoding = body.get("encoding_format") or "float"
     _checked(check_choice, encoding, "encoding_format", ENCODING_FORMATS, name="encoding_format")
     dimensions = _positive_or_none(body, "dimensions")
-    if dimensions is not None and dimensions != dim:
-        raise _field(f"dimensions {dimensions} is not available: this embedder gives {dim} dimensions "
-                     f"(omit dimensions or send {dim})", "dimensions")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise _field(f"user must be a string, got {type(body['user']).__name__}", "user")
-    return EmbedRequest(OPENAI, texts, isinstance(raw, str), encoding, model)
+    return EmbedRequest(OPENAI, texts, isinstance(raw, str), encoding, model, dimensions)
+
+
+def check_dimensions(request: EmbedRequest, dim: int) -> EmbedRequest:
+    """The request, if the dimensions it asks for (if any) are the embedder's ``dim``."""
+    if request.dimensions is not None and request.dimensions != dim:
+        raise _field(f"dimensions {request.dimensions} is not available: this embedder gives {dim} dimensions "
+                     f"(omit dimensions or send {dim})", "dimensions")
+    return request
 
 
 def parse_tei_embed(body: dict, max_documents: int) -> EmbedRequest:

@@ -12,12 +12,12 @@ loading added.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from crossrank.cascade import Cascade
 from crossrank.embedder import Embedder
+from crossrank.front.measure import rss_mb
 from crossrank.front.serve.config import MODEL_FLAGS, ServeConfig, parse_cascade
 from crossrank.front.serve.errors import BadRequest, NotConfigured, ServeError
 from crossrank.index import Index
@@ -59,7 +59,7 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         """/info's entry: name, kind, source, memory, and what the model says of itself."""
         info: dict[str, Any] = {"kind": self.kind, "memory_mb": None if self.memory_bytes is None
-                                else round(self.memory_bytes / 2 ** 20, 1)}
+                                else round(self.memory_bytes / 1e6, 1)}
         if self.kind == "cascade":
             info["spec"] = self.source
             info["stages"] = [{"model": name, "depth": depth} for name, depth in self.stages]
@@ -141,20 +141,14 @@ class Registry:
                 served.model.close()
 
 
-def resident_bytes() -> int | None:
-    """This process's resident memory (Linux /proc; None elsewhere)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _measured(build: Callable[[], Any]) -> tuple[Any, int | None]:
-    before = resident_bytes()
+    """What ``build()`` returns, and the resident memory it added (bytes; None where unknown)."""
+    try:
+        before = rss_mb()
+    except OSError:  # no /proc: not Linux
+        return build(), None
     model = build()
-    after = resident_bytes()
-    return model, (after - before if before is not None and after is not None else None)
+    return model, int((rss_mb() - before) * 1e6)
 
 
 def core_budget(config: ServeConfig) -> CoreBudget | None:
@@ -190,7 +184,7 @@ def load_registry(config: ServeConfig, registry: Registry, on_model: Callable[[S
             registry.add(ServedModel(name, kind, model, path, memory))
             on_model(registry.models[name])
             log.info("loaded %s %s from %s (%s MB resident)", kind, name, path,
-                     "?" if memory is None else f"{memory / 2 ** 20:.0f}")
+                     "?" if memory is None else f"{memory / 1e6:.0f}")
     for name, spec in config.cascade.items():
         stages = parse_cascade(name, spec, config.reranker)
         cascade = Cascade([registry.models[stage].model for stage, _ in stages], [depth for _, depth in stages])
@@ -200,5 +194,4 @@ def load_registry(config: ServeConfig, registry: Registry, on_model: Callable[[S
         registry.index = Index.load(config.index, view=True, embedder=registry.models[registry.default(EMBED)].model)
 
 
-__all__ = ["EMBED", "RERANK", "Registry", "ServedModel", "UnknownModel", "core_budget", "load_registry",
-           "resident_bytes"]
+__all__ = ["EMBED", "RERANK", "Registry", "ServedModel", "UnknownModel", "core_budget", "load_registry"]

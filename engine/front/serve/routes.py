@@ -181,9 +181,9 @@ def run_embed(call: Call, served, request: p.EmbedRequest) -> Outcome:
 
 
 def openai_embeddings_job(call: Call, raw: bytes) -> Outcome:
-    body = p.parse_body(raw)
-    served = call.models.embedder(p.parse_model(body))
-    return run_embed(call, served, p.parse_openai_embeddings(body, call.config.max_documents, served.model.dim))
+    request = p.parse_openai_embeddings(p.parse_body(raw), call.config.max_documents)
+    served = call.models.embedder(request.model)
+    return run_embed(call, served, p.check_dimensions(request, served.model.dim))
 
 
 def tei_embed_job(call: Call, raw: bytes) -> Outcome:
