@@ -12,6 +12,8 @@ and Platt compared on held-out dev queries, the lower Brier kept), then on the t
 - precision at fixed thresholds (share relevant among the pairs scored >= t), before and after,
   and its spread across rungs (max - min): the point of calibrating is that one threshold means
   about the same precision on every rung;
+- the share relevant among the pairs scored within +-0.05 of each threshold (what a score of t
+  means: calibrated, about t on every rung);
 - a check that calibration changed no ranking (per test query, the order by calibrated score
   equals the order by raw score, ties broken by the raw score as the Reranker does).
 
@@ -52,6 +54,28 @@ def same_rankings(raw: np.ndarray, calibrated: np.ndarray, groups: np.ndarray) -
     return True
 
 
+BAND = 0.05
+
+
+def band_share(probabilities: np.ndarray, labels: np.ndarray, t: float) -> dict:
+    """Share relevant among the pairs scored in [t - BAND, t + BAND) (nan when none), and how many."""
+    inside = (probabilities >= t - BAND) & (probabilities < t + BAND)
+    count = int(inside.sum())
+    return {"share": float(labels[inside].mean()) if count else float("nan"), "pairs": count}
+
+
+def before_after_table(rows: list[dict], thresholds: list[float], key: str, figure: str) -> list[str]:
+    """A Markdown table, a row per rung, a column per threshold: ``row[key_before]`` -> ``row[key_after]``."""
+    lines = ["| rung | " + " | ".join(f"t = {t}" for t in thresholds) + " |", "|---" * (len(thresholds) + 1) + "|"]
+    for row in rows:
+        cells = []
+        for t in thresholds:
+            b, a = row[f"{key}_before"][str(t)], row[f"{key}_after"][str(t)]
+            cells.append(f"{b[figure]:.3f} ({b['pairs']}) -> {a[figure]:.3f} ({a['pairs']})")
+        lines.append(f"| {row['layers']} layers {row['precision']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     thresholds = report["thresholds"]
     rows = report["rows"]
@@ -68,17 +92,14 @@ def markdown(report: dict) -> str:
                      f"{row['before']['brier']:.4f} | {row['after']['brier']:.4f} | "
                      f"{'yes' if row['same_rankings'] else 'NO'} |")
     lines += ["", "Precision at a fixed threshold on the test pairs (share relevant among pairs scored >= t; "
-              "pairs kept in brackets), before -> after:", "",
-              "| rung | " + " | ".join(f"t = {t}" for t in thresholds) + " |", "|---" * (len(thresholds) + 1) + "|"]
-    for row in rows:
-        cells = []
-        for t in thresholds:
-            b, a = row["precision_before"][str(t)], row["precision_after"][str(t)]
-            cells.append(f"{b['precision']:.3f} ({b['pairs']}) -> {a['precision']:.3f} ({a['pairs']})")
-        lines.append(f"| {row['layers']} layers {row['precision']} | " + " | ".join(cells) + " |")
+              "pairs kept in brackets), before -> after:", ""]
+    lines += before_after_table(rows, thresholds, "precision", "precision")
     spread = report["spread"]
     lines.append("| **spread across rungs** (max - min) | " + " | ".join(
         f"{spread['before'][str(t)]:.3f} -> {spread['after'][str(t)]:.3f}" for t in thresholds) + " |")
+    lines += ["", f"What a score of t means: the share relevant among the test pairs scored within +-{BAND} of t "
+              "(pairs in brackets), before -> after:", ""]
+    lines += before_after_table(rows, thresholds, "band", "share")
     improved = all(row["after"]["ece"] < row["before"]["ece"] for row in rows)
     lines += ["", f"ECE on the test tags improves for every rung: **{'yes' if improved else 'NO'}**.",
               "", f"Machine: {report['machine']}; load average {report['load_average']}; {report['seconds']:.0f} s. "
@@ -125,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                                               for t in thresholds},
                          "precision_after": {str(t): dict(zip(("precision", "pairs"), precision_at(after, test.labels, t)))
                                              for t in thresholds},
+                         "band_before": {str(t): band_share(before, test.labels, t) for t in thresholds},
+                         "band_after": {str(t): band_share(after, test.labels, t) for t in thresholds},
                          "same_rankings": same_rankings(test_logits, after, test.groups)})
             reranker.close()
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import ROOT, Server  # noqa: E402
+from serve_bench import ROOT, Server, closed_loop  # noqa: E402
 
 from crossrank.evaluation.datasets import load_trec_rag  # noqa: E402
 from crossrank.front.measure import machine_name  # noqa: E402
@@ -41,28 +41,6 @@ from crossrank.front.measure import machine_name  # noqa: E402
 MODES = ("per-model", "shared")
 MODELS = ("L2", "L4", "starter", "fast")
 CASCADE = "fast=L4@20>starter@5"
-
-
-async def mixed_load(url: str, requests: list[dict], concurrency: int) -> tuple[float, list[tuple[str, float]]]:
-    """Every request by ``concurrency`` closed-loop clients; (seconds, [(model, latency s)])."""
-    import httpx
-
-    queue = list(reversed(requests))
-    samples: list[tuple[str, float]] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as client:
-        async def worker():
-            while queue:
-                body = queue.pop()
-                started = time.perf_counter()
-                response = await client.post("/v1/rerank", json=body)
-                if response.status_code != 200:
-                    raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
-                samples.append((body["model"], time.perf_counter() - started))
-
-        started = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        return time.perf_counter() - started, samples
 
 
 def percentiles(seconds: list[float]) -> dict:
@@ -128,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                          "documents": rows[i % len(rows)]["documents"][: args.documents]}
                         for i in range(start, start + args.requests)]
             for mode in (MODES if number % 2 == 0 else MODES[::-1]):
-                took, got = asyncio.run(mixed_load(servers[mode].url, requests, args.concurrency))
+                answered = []
+                took, _ = asyncio.run(closed_loop(servers[mode].url, requests, args.concurrency, answered))
+                got = [(body["model"], latency) for body, latency in answered]
                 seconds[mode] += took
                 samples[mode] += got
                 print(f"round {number + 1} {mode}: {len(got) / took:.2f} requests/s", file=sys.stderr, flush=True)

@@ -106,8 +106,10 @@ class Server:
         self.log.close()
 
 
-async def closed_loop(url: str, requests: list[dict], concurrency: int) -> tuple[float, list[float]]:
-    """Send every request with ``concurrency`` clients in a closed loop; (seconds, latencies in s)."""
+async def closed_loop(url: str, requests: list[dict], concurrency: int,
+                      answered: list | None = None) -> tuple[float, list[float]]:
+    """Send every request with ``concurrency`` clients in a closed loop; (seconds, latencies in s).
+    ``answered`` (a list) gets (request body, latency s) of each, in the order they were answered."""
     import httpx
 
     queue = list(reversed(requests))
@@ -122,6 +124,8 @@ async def closed_loop(url: str, requests: list[dict], concurrency: int) -> tuple
                 if response.status_code != 200:
                     raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
                 latencies.append(time.perf_counter() - started)
+                if answered is not None:
+                    answered.append((body, latencies[-1]))
 
         started = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])

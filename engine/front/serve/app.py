@@ -2,7 +2,8 @@
 
 ``build_app(config)`` makes the app: the routes (``crossrank.front.serve.routes``, module-level
 functions you can import and test alone), and on ``app.state`` the server's parts they use:
-``config`` (ServeConfig), ``models`` (``Models``: loaded on a thread when the app starts),
+``config`` (ServeConfig), ``models`` (``Models``: the named models of ``registry.Registry``, loaded
+on a thread when the app starts),
 ``metrics`` (Prometheus) and ``health_details``. Each request's body is read on the event loop,
 then parsed, validated, tokenized, run and serialised on a thread of its own
 (``crossrank.scheduler.run_async``): ONNX Runtime never runs on the event loop.
