@@ -37,6 +37,7 @@ import crossrank
 from crossrank.evaluation.datasets import load_semanlink, load_trec_rag
 from crossrank.evaluation.metrics import spearman
 from crossrank.front.measure import cold_start_seconds, encoder_flops, gemm_gflops, measure_throughput, rss_mb
+from crossrank.front.peers import sentence_transformers
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTER = ROOT / "models" / "starter-reranker"
@@ -94,23 +95,11 @@ def st_onnx_folder(folder: Path) -> Path:
 
 def rerank_systems(paths, threads: int) -> dict[str, tuple]:
     """name -> (score(pairs) -> np.ndarray, rank(query, docs), crossrank.Reranker or None)."""
-    import onnxruntime as ort
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    torch.set_num_threads(threads)
-    systems = {}
-    st = CrossEncoder(str(paths["cross_src"]), max_length=512, device="cpu")
-    systems[ST_TORCH] = st
+    peers = {ST_TORCH: sentence_transformers(paths["cross_src"], "cross", 512, threads=threads)}
     for config, file_name in (("avx2", "model_quint8_avx2.onnx"), ("avx512_vnni", "model_qint8_avx512_vnni.onnx")):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        systems[f"sentence-transformers onnx int8 ({config})"] = CrossEncoder(
-            str(paths["st_onnx"]), backend="onnx", max_length=512,
-            model_kwargs={"file_name": f"onnx/{file_name}", "session_options": options})
-    out = {name: (lambda ps, m=model: np.asarray(m.predict(ps, batch_size=32, show_progress_bar=False)),
-                  lambda q, ds, m=model: m.rank(q, ds, top_k=10), None)
-           for name, model in systems.items()}
+        peers[f"sentence-transformers onnx int8 ({config})"] = sentence_transformers(
+            paths["st_onnx"], "cross", 512, threads=threads, backend="onnx", file_name=f"onnx/{file_name}")
+    out = {name: (peer.score, peer.request, None) for name, peer in peers.items()}
     for name, key, batch_tokens, spinning in (
             ("crossrank fp32", "cross_fp32", None, None),
             (PREVIOUS_INT8, "cross_int8_previous", PREVIOUS_BATCH_TOKENS, "always"),
@@ -180,13 +169,10 @@ def targets(rows: list[dict]) -> dict:
 
 
 def bench_embedders(paths, n_docs, threads, rounds: int) -> list[dict]:
-    from sentence_transformers import SentenceTransformer
-
     documents, _ = load_semanlink()
     texts = [d.text for d in documents[:n_docs]]
-    st = SentenceTransformer(str(paths["minilm"]), device="cpu")
     systems = {"sentence-transformers torch fp32 (batch 32)":
-               lambda ts: st.encode(ts, batch_size=32, normalize_embeddings=True)}
+               sentence_transformers(paths["minilm"], "bi", 256, threads=threads).score}
     for name, key in (("crossrank fp32", "bi_fp32"), ("crossrank int8", "bi_int8")):
         systems[name] = crossrank.Embedder(paths[key], threads=threads).embed
     seconds = {name: [] for name in systems}

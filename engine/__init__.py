@@ -15,24 +15,26 @@ from crossrank.cascade import Cascade
 from crossrank.embedder import Embedder, Embeddings
 from crossrank.errors import (ArgumentTypeError, ArtifactError, CrossrankError, DatasetNotFound,
                               DeviceUnavailableError, EmbedderMismatchError, IndexFormatError, InvalidArgumentError,
-                              MissingExtraError, MissingFileError, OutputExistsError, OverloadedError, RuntimeConfigError, UnknownIdError,
-                              UsageError)
-from crossrank.index import Candidates, Hits, Index
+                              MissingExtraError, MissingFileError, NotOwnedError, OutputExistsError, OverloadedError,
+                              RuntimeConfigError, StoreError, UnknownIdError, UsageError)
+from crossrank.index import Hits, Index, Neighbors
 from crossrank.model import Model
 from crossrank.pipeline import Hit, Pipeline, SearchHit, SearchResult
 from crossrank.reranker import Evidence, Ranked, RankedDocument, RankedList, Ranking, Reranker, Window
+from crossrank.retriever import Candidates, Hybrid, Retriever
 from crossrank.runner import CoreBudget, RunTotals
 from crossrank.settings import SessionOptions
 from crossrank.version import __version__
 
 __all__ = [
     "ArgumentTypeError", "Artifact", "ArtifactError", "Calibration", "CalibrationError", "Candidates", "Cascade",
-    "CoreBudget", "CrossrankError", "DatasetNotFound",
-    "DeviceUnavailableError", "Embedder", "EmbedderMismatchError", "Embeddings", "Evidence", "Index", "IndexFormatError",
-    "InvalidArgumentError", "MissingExtraError", "MissingFileError", "Model", "OutputExistsError", "OverloadedError", "Pipeline",
-    "RankedDocument", "Ranking", "Reranker", "RunTotals", "RuntimeConfigError", "SearchHit", "SearchResult",
-    "SessionOptions", "UnknownIdError", "UsageError", "Window", "load_artifact", "__version__",
+    "CoreBudget", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError", "Embedder", "EmbedderMismatchError",
+    "Embeddings", "Evidence", "Hybrid", "Index", "IndexFormatError", "InvalidArgumentError", "MissingExtraError",
+    "MissingFileError", "Model", "Neighbors", "NotOwnedError", "OutputExistsError", "OverloadedError", "Pipeline",
+    "RankedDocument", "Ranking", "Reranker", "Retriever", "RunTotals", "RuntimeConfigError", "SearchHit",
+    "SearchResult", "SessionOptions", "StoreError", "UnknownIdError", "UsageError", "Window", "load_artifact",
+    "__version__",
     # the result types' earlier names, kept as aliases: Ranked = RankedDocument, RankedList = Ranking,
-    # Hits = Candidates, Hit = SearchHit
+    # Hits = Neighbors (Index.search), Hit = SearchHit
     "Hit", "Hits", "Ranked", "RankedList",
 ]

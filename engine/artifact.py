@@ -164,7 +164,7 @@ def _fields(data, start: int, end: int):
         elif wire == 5:
             at += 4
         else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
+            raise ArtifactError(f"unsupported protobuf wire type {wire}")
 
 
 def initializer_dims(model_path: str | Path, name_suffixes: tuple[str, ...]) -> list[int] | None:

@@ -85,6 +85,21 @@ class MissingExtraError(CrossrankError, ImportError):
     """An optional part of crossrank is not installed; the message names the extra that installs it."""
 
 
+class UnsupportedModelError(CrossrankError, ValueError):
+    """A model crossrank cannot export as it is (architecture, head, pooling); the message says
+    what is supported."""
+
+
+class StoreError(CrossrankError, RuntimeError):
+    """A vector store (PostgreSQL + pgvector, Milvus) cannot be reached or refused an operation; the
+    message names the store with its credentials masked."""
+
+
+class NotOwnedError(StoreError):
+    """A table or collection exists that crossrank did not create: crossrank never writes to it
+    (open it read-only, or pick another name)."""
+
+
 # -- checks --------------------------------------------------------------------------------------
 
 def _show(value: Any) -> str:
@@ -196,8 +211,10 @@ def check_deadline_ms(deadline_ms, name: str = "deadline_ms"):
 
 
 def check_id(value, name: str):
-    """A document id: a str or an integer that fits int64 (numpy integers are the int they are)."""
+    """A document id: a str (valid Unicode) or an integer that fits int64 (numpy integers are the int
+    they are)."""
     if isinstance(value, str):
+        _check_encodable(value, name)
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ArgumentTypeError(f"{name} must be a str or an int, got {_show(value)}")
@@ -215,33 +232,46 @@ def check_ids(values, name: str = "ids") -> list:
 
 # -- file formats (manifests): a schema of fields, each with a check that names the problem ---------
 
-def check_fields(document, where: str, fields: dict, required, error: type[CrossrankError]) -> dict:
-    """Validate a parsed JSON object against ``fields`` (key -> check, a function returning a
-    problem or None); ``required`` keys must be present; unknown keys are refused. Raises
-    ``error`` naming ``where`` (the file) and the key."""
+def check_fields(document, where: str, fields: dict, required, error: type[CrossrankError], section: str = "") -> dict:
+    """The one schema checker of crossrank's JSON files (artifact manifest, index manifest,
+    runtime.json): validate a parsed JSON object against ``fields`` (key -> check, a function
+    returning a problem or None); ``required`` keys must be present; unknown keys are refused.
+    Raises ``error`` naming ``where`` (the file) and the key (as ``'section.key'`` inside a section)."""
     if not isinstance(document, dict):
-        raise error(f"{where}: expected a JSON object, got {type(document).__name__}")
+        what = f"{section!r} must be an object of settings" if section else "expected a JSON object"
+        raise error(f"{where}: {what}, got {type(document).__name__} {document!r:.60}")
+
+    def name(key: str) -> str:
+        return repr(f"{section}.{key}" if section else key)
+
     unknown = sorted(set(document) - set(fields))
     if unknown:
-        raise error(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+        raise error(f"{where}: unknown key {name(unknown[0])} (known: {', '.join(sorted(fields))})")
     missing = [key for key in required if key not in document]
     if missing:
-        raise error(f"{where}: lacks the key {missing[0]!r}")
+        raise error(f"{where}: lacks the key {name(missing[0])}")
     for key, check in fields.items():
         if key in document:
             problem = check(document[key])
             if problem:
-                raise error(f"{where}: {key!r} {problem}")
+                raise error(f"{where}: {name(key)} {problem}")
     return document
 
 
 def is_int(low: int | None = None, high: int | None = None):
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be an integer, got {value!r:.60}"
-        if (low is not None and value < low) or (high is not None and value > high):
-            return f"must be in [{low}, {high if high is not None else 'inf'}], got {value}"
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
+                or (high is not None and value > high):
+            return f"must be {int_range_text(low, high)}, got {value!r:.60}"
     return check
+
+
+def is_bool(value) -> str | None:
+    return None if isinstance(value, bool) else f"must be True or False, got {value!r:.60}"
+
+
+def is_object(value) -> str | None:
+    return None if isinstance(value, dict) else f"must be an object, got {value!r:.60}"
 
 
 def is_one_of(*choices):
@@ -277,9 +307,9 @@ def plain_file_name(name) -> str | None:
 __all__ = [
     "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
     "EmbedderMismatchError", "IndexFormatError", "InvalidArgumentError", "MissingExtraError", "MissingFileError",
-    "OutputExistsError",
-    "OverloadedError", "RuntimeConfigError", "UnknownIdError", "UsageError",
+    "NotOwnedError", "OutputExistsError", "OverloadedError", "RuntimeConfigError", "StoreError", "UnknownIdError",
+    "UnsupportedModelError", "UsageError",
     "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
-    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "int_range_text", "is_int",
-    "is_one_of", "is_type", "plain_file_name",
+    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "int_range_text",
+    "is_bool", "is_int", "is_object", "is_one_of", "is_type", "plain_file_name",
 ]

@@ -94,6 +94,12 @@ Ranked = RankedDocument   # the earlier names, kept as aliases (docs/api.md)
 RankedList = Ranking
 
 
+def best_first(scores) -> np.ndarray:
+    """Positions of ``scores`` from the highest to the lowest, ties in input order: the one ranking
+    rule (``rerank``, cascades, ``crossrank select``)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
@@ -365,7 +371,7 @@ class Reranker(Model):
         if deadline.spent_tokens:
             self._seconds_per_token = deadline.seconds_per_token
         n = scored.scored
-        order = np.argsort(-scored.logits[:n], kind="stable").tolist() + list(range(n, len(documents)))
+        order = best_first(scored.logits[:n]).tolist() + list(range(n, len(documents)))
         scores = self._output(scored.logits, raw_scores)
         return scored.ranking(self._ranked(order[:top_n], scored, scores, documents, return_documents, raw_scores))
 
@@ -395,7 +401,7 @@ class Reranker(Model):
         results, start = [], 0
         for docs in doc_lists:
             part = slice(start, start + len(docs))
-            order = np.argsort(-scored.logits[part], kind="stable")[: top_n]
+            order = best_first(scored.logits[part])[: top_n]
             ranked = self._ranked(order, scored, scores[part], docs, return_documents, raw_scores, offset=start)
             results.append(scored.ranking(ranked, scored=len(docs), part=part))
             start += len(docs)
@@ -425,4 +431,5 @@ class Reranker(Model):
 
 
 __all__ = ["Evidence", "LONG_DOCUMENT_MODES", "Ranked", "RankedDocument", "RankedList", "Ranking", "Reranker", "Window",
+           "best_first",
            "sigmoid"]

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, RuntimeConfigError, check_bool, check_choice,
-                              check_int)
+                              check_fields, check_int, is_bool, is_int, is_object)
 from crossrank.locks import write_text_atomically
 
 DEVICES = ("cpu", "cuda")
@@ -211,45 +211,21 @@ class SessionOptions:
 
 # -- runtime.json: read, validate, write ------------------------------------------------------
 
-def _check_section(where: str, device: str, section: Any) -> dict:
-    if not isinstance(section, dict):
-        raise RuntimeConfigError(f"{where}: {device!r} must be an object of settings, got {section!r:.60}")
-    for key, value in section.items():
-        name = f"'{device}.{key}'"
-        try:
-            if key == "threads":
-                check_int(value, name, *THREADS_RANGE)
-            elif key == "batch_tokens":
-                check_int(value, name, *BATCH_TOKENS_RANGE)
-            elif key == "io_binding":
-                check_bool(value, name)
-            elif key == "measured":
-                if not isinstance(value, dict):
-                    raise InvalidArgumentError(f"{name} must be an object, got {value!r:.60}")
-            else:
-                raise InvalidArgumentError(f"unknown key {name}; a device section holds threads, "
-                                           f"batch_tokens, io_binding and measured")
-        except InvalidArgumentError as err:
-            raise RuntimeConfigError(f"{where}: {err}") from None
-    return section
+# runtime.json's schema: a format, then per device a section of tunable settings (all optional)
+SECTION_FIELDS = {"threads": is_int(*THREADS_RANGE), "batch_tokens": is_int(*BATCH_TOKENS_RANGE),
+                  "io_binding": is_bool, "measured": is_object}
 
 
 def validate_runtime(document: Any, where: str = RUNTIME_FILE) -> dict:
     """Check a parsed runtime.json; returns it unchanged or raises RuntimeConfigError."""
-    if not isinstance(document, dict):
-        raise RuntimeConfigError(f"{where}: expected a JSON object, got {type(document).__name__}")
-    if "format" not in document:
-        raise RuntimeConfigError(f"{where}: lacks the key 'format' (this crossrank writes {RUNTIME_FORMAT})")
-    if document["format"] != RUNTIME_FORMAT:
+    if isinstance(document, dict) and "format" in document and document["format"] != RUNTIME_FORMAT:
         raise RuntimeConfigError(
             f"{where}: 'format' = {document['format']!r} is not {RUNTIME_FORMAT}: run `crossrank tune` again")
-    for key, value in document.items():
-        if key == "format":
-            continue
-        if key not in DEVICES:
-            raise RuntimeConfigError(
-                f"{where}: unknown key {key!r}; runtime.json holds 'format' and one section per device {DEVICES}")
-        _check_section(where, key, value)
+    check_fields(document, where, {"format": is_int(), **{device: is_object for device in DEVICES}}, ("format",),
+                 RuntimeConfigError)
+    for device in DEVICES:
+        if device in document:
+            check_fields(document[device], where, SECTION_FIELDS, (), RuntimeConfigError, section=device)
     return document
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossrank.errors import InvalidArgumentError
 from crossrank.evaluation.metrics import spearman, top_k_agreement
 from crossrank.session import build_session
 
@@ -76,11 +77,11 @@ def jsonl_sample(path: str | Path) -> FidelitySample:
     queries, documents = [], []
     for where, _, row in read_jsonl(path, "fidelity data file", ("query", "documents")):
         if not isinstance(row["documents"], list):
-            raise ValueError(f'{where}: "documents" must be a list of strings')
+            raise InvalidArgumentError(f'{where}: "documents" must be a list of strings')
         queries.append(str(row["query"]))
         documents.append([str(d) for d in row["documents"]])
     if sum(len(d) for d in documents) < 1:
-        raise ValueError(f"{path}: no documents found")
+        raise InvalidArgumentError(f"{path}: no documents found")
     return FidelitySample(str(path), queries, documents)
 
 

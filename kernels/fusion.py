@@ -11,6 +11,8 @@ from pathlib import Path
 
 import onnx
 
+from crossrank.errors import UnsupportedModelError
+
 # Model families that onnxruntime's optimizer handles with its "bert" fusion rules.
 FUSION_MODEL_TYPE = {"bert": "bert", "xlm-roberta": "bert", "roberta": "bert", "distilbert": "bert"}
 
@@ -23,7 +25,8 @@ def fuse_transformer(onnx_path: str | Path, model_type: str, num_heads: int, hid
 
     family = FUSION_MODEL_TYPE.get(model_type)
     if family is None:
-        raise ValueError(f"no fusion rules for model type {model_type!r}; known: {sorted(FUSION_MODEL_TYPE)}")
+        raise UnsupportedModelError(f"no fusion rules for model type {model_type!r}; known: "
+                                    f"{sorted(FUSION_MODEL_TYPE)}")
     options = FusionOptions(family)
     optimized = optimize_model(
         str(onnx_path), model_type=family, num_heads=num_heads, hidden_size=hidden_size,

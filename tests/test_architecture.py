@@ -6,6 +6,7 @@ Layers, each importing only from those below it:
     evaluation  crossrank.evaluation: data sets, metrics, retrieval evaluation (export and front use it)
     kernels     crossrank.kernels: graph pieces and int8 recipes (the export uses them)
     export      crossrank.export: HF checkpoint -> artifact (torch, transformers, optimum)
+    stores      crossrank.stores: first stages behind extras (pgvector, Milvus, BM25); the core only
     front       everything else: crossrank.front (CLI, demo, bench, tune), framework adapters, servers
 
 Plus: no import cycle anywhere (module-level or inside functions), exactly one place that builds an
@@ -24,12 +25,14 @@ PACKAGE_DIRS = {"crossrank": ROOT / "engine", "crossrank.export": ROOT / "export
                 "crossrank.kernels": ROOT / "kernels"}
 CORE_THIRD_PARTY = {"numpy", "onnxruntime", "tokenizers", "usearch", "tqdm"}
 NEVER_IN_RUNTIME = {"torch", "transformers", "optimum", "onnx", "sentence_transformers", "ray", "pyarrow"}
+STORE_CLIENTS = {"psycopg", "pgvector", "pymilvus", "bm25s"}  # behind extras: never loaded by `import crossrank`
 ALLOWED_LAYERS = {
     "core": {"core"},
     "evaluation": {"core", "evaluation"},
     "kernels": {"core", "kernels"},
     "export": {"core", "evaluation", "kernels", "export"},
-    "front": {"core", "evaluation", "kernels", "export", "front"},
+    "stores": {"core", "stores"},
+    "front": {"core", "evaluation", "kernels", "export", "stores", "front"},
 }
 
 
@@ -57,6 +60,8 @@ def layer(module: str) -> str:
         return "kernels"
     if module.startswith("crossrank.evaluation"):
         return "evaluation"
+    if module.startswith("crossrank.stores"):
+        return "stores"
     path = MODULES[module]
     if path.parent == PACKAGE_DIRS["crossrank"] and path.name != "__main__.py":
         return "core"
@@ -105,7 +110,7 @@ def test_every_module_imports_only_from_its_own_layer_or_below():
                     problems.append(f"{where}: {own} module {module} imports {layer(target)} module {target}")
                 continue
             top = name.split(".")[0]
-            if own in ("core", "evaluation") and top in NEVER_IN_RUNTIME:
+            if own in ("core", "evaluation", "stores") and top in NEVER_IN_RUNTIME:
                 problems.append(f"{where}: {own} module {module} imports {top}")
             elif own == "core" and top not in CORE_THIRD_PARTY and top not in sys.stdlib_module_names \
                     and top != "__future__":
@@ -151,6 +156,7 @@ def test_layers_are_classified_as_documented():
     assert layer("crossrank.front.cli") == "front" and layer("crossrank.__main__") == "front"
     assert layer("crossrank.front.ray.serve") == "front" and layer("crossrank.front.ray.data") == "front"
     assert layer("crossrank.evaluation.metrics") == "evaluation"
+    assert layer("crossrank.stores.pgvector") == "stores" and layer("crossrank.stores") == "stores"
     assert layer("crossrank.export.starter") == "export"
     # the import reader resolves what the modules really import
     assert "crossrank.front.tune" in {name for name, _ in imports_of("crossrank.front.cli")}
@@ -161,7 +167,7 @@ def test_import_crossrank_loads_only_core_modules():
     code = ("import sys, crossrank, json; "
             "print(json.dumps(sorted(m for m in sys.modules if m == 'crossrank' or m.startswith('crossrank.')))); "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            f"{sorted(NEVER_IN_RUNTIME)!r})))")
+            f"{sorted(NEVER_IN_RUNTIME | STORE_CLIENTS)!r})))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     import json
 

@@ -172,7 +172,8 @@ def test_choose_respects_the_budget_and_noise():
     (("ART", "--queries", "-1"), "--queries: expected an integer >= 0"),
     (("ART", "--runs", "0"), "--runs: expected a positive integer"),
     (("ART", "--encoder-shape", "6,384"), "--encoder-shape: expected LAYERS,HIDDEN,INTERMEDIATE"),
-    (("ART", "--budgets", "1024,x"), "--budgets: expected comma-separated positive integers"),
+    # budgets are batch_tokens values: settings.BATCH_TOKENS_RANGE (issue 19)
+    (("ART", "--budgets", "1024,x"), "--budgets: expected comma-separated integers in [16, 4194304]"),
     (("ART", "--vs", "flashrank"), "invalid choice: 'flashrank'"),
     (("ART", "--device", "tpu"), "invalid choice: 'tpu'"),
 ])

@@ -165,4 +165,4 @@ def test_profiling_through_session_options(tiny_cross, tmp_path):
 
 def test_result_types_and_their_earlier_names():
     assert crossrank.Ranked is crossrank.RankedDocument and crossrank.RankedList is crossrank.Ranking
-    assert crossrank.Hits is crossrank.Candidates and crossrank.Hit is crossrank.SearchHit
+    assert crossrank.Hits is crossrank.Neighbors and crossrank.Hit is crossrank.SearchHit

@@ -587,29 +587,12 @@ def test_serve_command_line_errors(capsys, tmp_path, monkeypatch):
 
 # -- the routes alone, in process (issue 19) -------------------------------------------------------
 
-class CountingTokenizer:
-    """Wraps a Rust tokenizer; records every text it is asked to encode."""
-
-    def __init__(self, inner):
-        self.inner, self.texts = inner, []
-
-    def encode_batch(self, texts, *args, **kwargs):
-        self.texts.extend(texts)
-        return self.inner.encode_batch(texts, *args, **kwargs)
-
-    def encode(self, text, *args, **kwargs):
-        self.texts.append(text)
-        return self.inner.encode(text, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def test_a_request_is_tokenized_once(tiny_cross, bi_fp32, trec_rag):
     """Tokenizations per request: every text of a /rerank or /v1/embeddings request goes through
     the tokenizer exactly once (the core's count comes back with the result), usage included."""
     from collections import Counter
 
+    from count_tokenizations import CountingTokenizer
     from starlette.testclient import TestClient
 
     from crossrank.front.serve.app import build_app

@@ -13,7 +13,7 @@ import contextlib
 import os
 from typing import Callable, Iterator
 
-from crossrank.errors import MissingExtraError, check_int, int_range_text
+from crossrank.errors import InvalidArgumentError, MissingExtraError, check_int, int_range_text
 from crossrank.settings import BATCH_TOKENS_RANGE, THREADS_RANGE, WORKERS_RANGE
 
 ENV_PREFIX = "CROSSRANK_"
@@ -44,9 +44,13 @@ def int_arg(low: int | None = 1, high: int | None = None, what: str | None = Non
 
     def parse(text: str) -> int:
         try:
-            return check_int(int(text), "value", low, high)
-        except ValueError:  # not an integer, or out of range (InvalidArgumentError is a ValueError)
+            value = int(text)
+        except ValueError:
             raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}") from None
+        try:
+            return check_int(value, "value", low, high)
+        except InvalidArgumentError:
+            raise argparse.ArgumentTypeError(f"expected {accepted}, got {value}") from None
 
     return parse
 

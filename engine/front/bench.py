@@ -27,11 +27,12 @@ import numpy as np
 
 from crossrank.artifact import load_artifact, sha256_file
 from crossrank.embedder import Embedder
-from crossrank.errors import InvalidArgumentError, OutputExistsError
+from crossrank.errors import InvalidArgumentError, MissingFileError, OutputExistsError
 from crossrank.front.args import (add_workload_arguments, batch_tokens_arg, int_list_arg, int_list_type,
                                   positive_int_arg, threads_arg)
 from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gflops, machine_name, measure_latency,
                                      measure_throughput, peak_rss_mb)
+from crossrank.front.peers import sentence_transformers
 from crossrank.front.workload import load_workload, request_of_size, spread
 from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
@@ -44,7 +45,6 @@ REPORT_SIZES = {"cross": (1, 5, 10, 20, 50, 100), "bi": (1, 5, 20, 100)}
 REPORT_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 BUDGET_ITEMS = 200      # items per point of the throughput-vs-budget curve
 CHUNK_ITEMS = 256       # items per scoring call in the throughput run (progress granularity)
-ST_BATCH = 32           # sentence-transformers' default batch size
 
 
 def _sizes(text: str) -> list[int] | str:
@@ -104,7 +104,7 @@ def _source_folder(artifact, explicit: str | None) -> Path | None:
     if explicit is not None:
         folder = Path(explicit)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"--source {explicit!r} is not a Hugging Face model folder (no config.json)")
+            raise MissingFileError(f"--source {explicit!r} is not a Hugging Face model folder (no config.json)")
         return folder
     name = (artifact.manifest.get("source") or {}).get("name")
     if name and (Path(name) / "config.json").is_file():
@@ -252,28 +252,10 @@ def _budget_curve(artifact, args, requests: list[dict], budgets, progress: _Prog
 
 def _vs_sentence_transformers(artifact, source: Path, args, chunks, requests, sizes, threads: int,
                               progress: _Progress) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    device = "cuda" if args.device == "cuda" else "cpu"
-    max_length = artifact.max_length
-    if artifact.kind == "cross":
-        from sentence_transformers import CrossEncoder
-
-        model = CrossEncoder(str(source), max_length=max_length, device=device)
-        run = lambda reqs: model.predict([(r["query"], d) for r in reqs for d in r["documents"]],
-                                         batch_size=ST_BATCH, show_progress_bar=False)
-        request = lambda q, docs: model.rank(q, docs)
-        system = f"sentence-transformers CrossEncoder, torch fp32, batch {ST_BATCH}"
-    else:
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(str(source), device=device)
-        model.max_seq_length = max_length
-        run = lambda reqs: model.encode([d for r in reqs for d in r["documents"]], batch_size=ST_BATCH,
-                                        normalize_embeddings=True, show_progress_bar=False)
-        request = lambda q, docs: model.encode(docs, batch_size=ST_BATCH, normalize_embeddings=True)
-        system = f"sentence-transformers SentenceTransformer, torch fp32, batch {ST_BATCH}"
+    peer = sentence_transformers(source, artifact.kind, artifact.max_length, args.device, threads)
+    cross = artifact.kind == "cross"
+    run = lambda reqs: peer.score([(r["query"], d) if cross else d for r in reqs for d in r["documents"]])
+    request, system = peer.request, peer.system
     progress.phase("sentence-transformers")
     run(chunks[0][:1])
     items, start = 0, time.perf_counter()

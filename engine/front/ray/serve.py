@@ -42,6 +42,7 @@ from crossrank.errors import ArtifactError, InvalidArgumentError, MissingFileErr
 from crossrank.front.ray.config import RayConfig, deployment_options
 from crossrank.front.serve.app import build_app
 from crossrank.front.serve.config import ServeConfig
+from crossrank.front.serve.errors import NotReady
 
 log = logging.getLogger("crossrank.ray")
 
@@ -114,7 +115,7 @@ class CrossrankReplica:
         """Serve's periodic health check: a replica whose models failed is replaced."""
         error = self.crossrank_app.state.models.error
         if error is not None:
-            raise RuntimeError(f"crossrank models failed: {error}")
+            raise NotReady(f"crossrank models failed: {error}")
 
     async def health_details(self) -> dict:
         """This replica's id and its deployment's replicas by state, from the Serve controller;

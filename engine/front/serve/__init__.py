@@ -50,6 +50,14 @@ def add_serve(sub) -> None:
     p.add_argument("--index", default=env_default("INDEX"), metavar="DIR",
                    help="index folder (crossrank index build) for /v1/search; needs --embedder, the first being "
                         "the one that built it ($CROSSRANK_INDEX)")
+    p.add_argument("--store", default=env_default("STORE"), metavar="URL|DIR",
+                   help="first stage for /v1/search instead of --index: postgresql://USER@HOST/DB (pgvector), "
+                        "milvus://HOST:PORT, or an index folder; needs --embedder (the first); passwords from the URL, PGPASSWORD "
+                        "or MILVUS_TOKEN, masked in logs ($CROSSRANK_STORE)")
+    p.add_argument("--table", default=env_default("TABLE"), metavar="NAME",
+                   help="the store's table or collection (default crossrank_documents) ($CROSSRANK_TABLE)")
+    p.add_argument("--hybrid", type=flag_bool, nargs="?", const=True, default=env_default("HYBRID", "0"), metavar="BOOL",
+                   help="fuse dense and lexical candidates (RRF, k=60) for /v1/search ($CROSSRANK_HYBRID)")
     p.add_argument("--host", default=env_default("HOST", "127.0.0.1"), help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port_arg, default=env_default("PORT", "8080"), help="TCP port (default 8080)")
     p.add_argument("--max-queue-tokens", type=positive_int_arg,
@@ -85,7 +93,8 @@ def add_serve(sub) -> None:
 
 def run_serve(args) -> int:
     models = {what: getattr(args, what) or env_default(what.upper()) for what in ("reranker", "embedder", "cascade")}
-    config = ServeConfig(**models, index=args.index, host=args.host,
+    config = ServeConfig(**models, index=args.index, store=args.store, table=args.table, hybrid=args.hybrid,
+                         host=args.host,
                          port=args.port, max_queue_tokens=args.max_queue_tokens, max_documents=args.max_documents,
                          max_request_bytes=args.max_request_bytes, shared=args.shared, workers=args.workers,
                          device=args.device, threads=args.threads, core_sharing=args.core_sharing)

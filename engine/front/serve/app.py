@@ -46,8 +46,9 @@ class Models:
             load_registry(self.config, self.registry, self.metrics.watch_model)
             self.loaded_at = time.time()
             self.ready.set()
+            first_stage = self.config.first_stage_name()
             log.info("ready: %s", ", ".join(f"{s.kind} {s.name}" for s in self.registry.models.values())
-                     + (f", index {self.config.index}" if self.config.index else ""))
+                     + (f", first stage {first_stage}" if first_stage else ""))
         except BaseException as err:  # reported by /health and the serve command
             self.error = err
             log.error("loading the models failed: %s", err)

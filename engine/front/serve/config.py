@@ -113,6 +113,9 @@ class ServeConfig:
     reranker: Any = None
     embedder: Any = None
     index: str | None = None
+    store: str | None = None            # postgresql://..., milvus://... or an index folder (crossrank.stores)
+    table: str | None = None            # the store's table or collection (default crossrank_documents)
+    hybrid: bool = False                # dense + lexical candidates fused (RRF)
     host: str = "127.0.0.1"
     port: int = 8080
     max_queue_tokens: int = DEFAULT_MAX_QUEUE_TOKENS
@@ -132,10 +135,13 @@ class ServeConfig:
         self.cascade = named(self.cascade, "cascade", taken)
         for name, spec in self.cascade.items():
             parse_cascade(name, spec, self.reranker)
-        if self.index is not None and not isinstance(self.index, (str, Path)):
-            raise ArgumentTypeError(f"index must be a folder path (str), got {type(self.index).__name__}")
-        if self.index is not None:
-            self.index = str(self.index)
+        for what in ("index", "store", "table"):
+            path = getattr(self, what)
+            if path is not None and not isinstance(path, (str, Path)):
+                raise ArgumentTypeError(f"{what} must be a str, got {type(path).__name__}")
+            if path is not None:
+                setattr(self, what, str(path))
+        check_bool(self.hybrid, "hybrid")
         check_choice(self.core_sharing, "core_sharing", CORE_SHARING)
         if not isinstance(self.host, str) or not self.host:
             raise ArgumentTypeError(f"host must be an address (str), got {self.host!r:.60}")
@@ -149,19 +155,33 @@ class ServeConfig:
         check_threads(self.threads)
 
     def require_models(self) -> None:
-        """The models a server needs: a reranker and/or an embedder, an index only with the
-        embedder that built it, every one an existing folder."""
+        """The models a server needs: a reranker and/or an embedder, a first stage (an index or a
+        store) only with the embedder that built it, every folder existing."""
         if not self.reranker and not self.embedder:
             raise UsageError("crossrank serve needs a model: --reranker ART and/or --embedder ART "
                              "(or CROSSRANK_RERANKER / CROSSRANK_EMBEDDER)")
-        if self.index and not self.embedder:
-            raise UsageError("--index needs --embedder (the artifact that built the index) to embed queries")
+        if self.index and self.store:
+            raise UsageError("give --index or --store, not both")
+        if (self.index or self.store) and not self.embedder:
+            raise UsageError("--index/--store needs --embedder (the artifact that built it) to embed queries")
         for what in ("reranker", "embedder"):
             for name, path in getattr(self, what).items():
                 if not Path(path).is_dir():
                     raise MissingFileError(f"--{what} {name}={path!r} is not a folder")
-        if self.index and not Path(self.index).is_dir():
-            raise MissingFileError(f"--index {self.index!r} is not a folder")
+        store_folder = self.store if self.store and "://" not in self.store else None
+        for flag, path in (("--index", self.index), ("--store", store_folder)):
+            if path and not Path(path).is_dir():
+                raise MissingFileError(f"{flag} {path!r} is not a folder")
+
+    def first_stage_name(self) -> str | None:
+        """--store / --index as shown in logs and /info: passwords masked, the table named."""
+        from crossrank.stores.common import mask_url
+
+        if self.store and "://" in self.store:
+            return f"{mask_url(self.store)} table {self.table or 'crossrank_documents'}" + \
+                (" (hybrid)" if self.hybrid else "")
+        where = self.store or self.index
+        return f"{where} (hybrid)" if where and self.hybrid else where
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -20,9 +20,9 @@ from crossrank.embedder import Embedder
 from crossrank.front.measure import rss_mb
 from crossrank.front.serve.config import MODEL_FLAGS, ServeConfig, parse_cascade
 from crossrank.front.serve.errors import BadRequest, NotConfigured, ServeError
-from crossrank.index import Index
 from crossrank.pipeline import Pipeline
 from crossrank.reranker import Reranker
+from crossrank.retriever import Retriever
 from crossrank.runner import CoreBudget
 from crossrank.settings import physical_cores
 
@@ -82,7 +82,7 @@ class Registry:
     """Served models by name, in the order given (the first of each family is its default)."""
 
     models: dict[str, ServedModel] = field(default_factory=dict)
-    index: Index | None = None
+    retriever: Retriever | None = None   # /v1/search's first stage: an Index, a store, or Hybrid
     _pipelines: dict[str, Pipeline] = field(default_factory=dict)
 
     def add(self, served: ServedModel) -> None:
@@ -113,18 +113,18 @@ class Registry:
         return served
 
     def pipeline(self, name: str | None) -> Pipeline:
-        """The two-stage pipeline of /v1/search: the default embedder and the index, then the
+        """The two-stage pipeline of /v1/search: the default embedder and the first stage, then the
         rerank model ``name`` (a reranker, or a cascade's stages)."""
-        if self.index is None:
-            raise NotConfigured(f"this server has no index: start crossrank serve with {MODEL_FLAGS['index']}")
+        if self.retriever is None:
+            raise NotConfigured("this server has no index: start crossrank serve with --index DIR or --store URL")
         served = self.lookup(RERANK, name)
         if served.name not in self._pipelines:
             embedder = self.models[self.default(EMBED)].model
             model = served.model
             if isinstance(model, Cascade):
-                pipeline = Pipeline(embedder, self.index, rerankers=model.rerankers, depths=model.depths)
+                pipeline = Pipeline(embedder, self.retriever, rerankers=model.rerankers, depths=model.depths)
             else:
-                pipeline = Pipeline(embedder, self.index, model)
+                pipeline = Pipeline(embedder, self.retriever, model)
             self._pipelines[served.name] = pipeline
         return self._pipelines[served.name]
 
@@ -190,8 +190,12 @@ def load_registry(config: ServeConfig, registry: Registry, on_model: Callable[[S
         cascade = Cascade([registry.models[stage].model for stage, _ in stages], [depth for _, depth in stages])
         registry.add(ServedModel(name, "cascade", cascade, spec, stages=stages))
         on_model(registry.models[name])
-    if config.index:
-        registry.index = Index.load(config.index, view=True, embedder=registry.models[registry.default(EMBED)].model)
+    if config.index or config.store:
+        from crossrank.stores import DEFAULT_TABLE, open_retriever
+
+        registry.retriever = open_retriever(config.store or config.index, table=config.table or DEFAULT_TABLE,
+                                            embedder=registry.models[registry.default(EMBED)].model,
+                                            hybrid=config.hybrid)
 
 
 __all__ = ["EMBED", "RERANK", "Registry", "ServedModel", "UnknownModel", "core_budget", "load_registry"]

@@ -254,8 +254,9 @@ async def info(request: Request):
             "models": {name: {**served.describe(), "default": name == registry.default(served.family)}
                        for name, served in registry.models.items()},
             "configured": {"reranker": config.reranker, "embedder": config.embedder, "cascade": config.cascade},
-            "index": ({"path": config.index, "documents": len(registry.index)} if registry.index is not None
-                      else ({"path": config.index} if config.index else None)),
+            "index": ({"path": config.first_stage_name(), "documents": len(registry.retriever)}
+                      if registry.retriever is not None
+                      else ({"path": config.first_stage_name()} if config.first_stage_name() else None)),
             "limits": {"max_queue_tokens": config.max_queue_tokens, "max_documents": config.max_documents,
                        "max_request_bytes": config.max_request_bytes},
             "shared": config.shared, "core_sharing": config.core_sharing, "device": config.device}
