@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from crossrank.errors import check_bool, check_query, check_texts, check_top_n
-from crossrank.pipeline import check_cascade
+from crossrank.pipeline import cascade_step, check_cascade
 from crossrank.reranker import RankedDocument, Ranking, Reranker
 
 
@@ -50,7 +50,7 @@ class Cascade:
                                       max_chunks_per_doc=max_chunks_per_doc, return_evidence=return_evidence)
             for r in ranking:
                 last[head[r.index]] = r._replace(index=head[r.index])
-            order = [head[r.index] for r in ranking] + order[len(head):]
+            order = cascade_step(order, depth, [r.index for r in ranking])
             tokens += ranking.tokens
         ranked = [last[i] if i in last else RankedDocument(i, float("nan"), None) for i in order[:top_n]]
         if return_documents:

@@ -19,10 +19,13 @@ CHUNK_TEXTS = 4096  # texts tokenized and run per step: bounds memory for huge i
 
 class Embeddings(NamedTuple):
     """What ``embed_with_usage`` returns: the vectors (float32 [n, dim], L2-normalised, input
-    order) and ``tokens``, the real tokens (special tokens included) of the rows that ran."""
+    order), ``tokens``, the real tokens (special tokens included) of the rows that ran, and how
+    many texts were cut to the window (``truncated``) by how many tokens (``dropped_tokens``)."""
 
     vectors: np.ndarray
     tokens: int
+    truncated: int = 0
+    dropped_tokens: int = 0
 
 
 class Embedder(Model):
@@ -57,11 +60,11 @@ class Embedder(Model):
         return self.tokenizer.rows(check_texts(texts, "texts")).lengths
 
     def embed_with_usage(self, texts: Sequence[str], progress: bool = False) -> Embeddings:
-        """``embed``'s vectors and the real tokens that ran (one tokenization)."""
+        """``embed``'s vectors, the real tokens that ran and the truncation counts (one tokenization)."""
         texts = check_texts(texts, "texts")
         check_bool(progress, "progress")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        tokens = 0
+        tokens = truncated = dropped_tokens = 0
         bar = None
         if progress:
             from crossrank.progress import progress_bar
@@ -69,14 +72,16 @@ class Embedder(Model):
             bar = progress_bar(total=len(texts), unit="doc", desc="embedding")
         for start in range(0, len(texts), CHUNK_TEXTS):
             part = texts[start: start + CHUNK_TEXTS]
-            rows = self.tokenizer.rows(part)
+            rows, dropped = self.tokenizer.rows_and_dropped(part)
             tokens += int(rows.lengths.sum())
+            truncated += int((dropped > 0).sum())
+            dropped_tokens += int(dropped.sum())
             out[start: start + len(part)], _ = self._run(rows)
             if bar is not None:
                 bar.update(len(part))
         if bar is not None:
             bar.close()
-        return Embeddings(out, tokens)
+        return Embeddings(out, tokens, truncated, dropped_tokens)
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """L2-normalised float32 [len(texts), dim] in input order. progress: a tqdm bar."""

@@ -143,9 +143,17 @@ class TextTokenizer:
         self.tokenizer.enable_truncation(max_length)
         self.max_length = max_length
         self.pad_id = _pad_id(self.tokenizer)
+        self.special_count = len(self.tokenizer.encode("", add_special_tokens=True).ids)
 
     def rows(self, texts: list[str]) -> Rows:
+        return self.rows_and_dropped(texts)[0]
+
+    def rows_and_dropped(self, texts: list[str]) -> tuple[Rows, np.ndarray]:
+        """The rows, and each text's tokens the truncation dropped (0: it fits the window)."""
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         types = [np.asarray(e.type_ids, dtype=np.int64) for e in encodings]
-        return Rows(ids, types, np.arange(len(texts), dtype=np.int64))
+        # each overflowing piece holds dropped tokens between its own special tokens
+        dropped = np.fromiter((sum(len(o.ids) - self.special_count for o in e.overflowing) for e in encodings),
+                              dtype=np.int64, count=len(encodings))
+        return Rows(ids, types, np.arange(len(texts), dtype=np.int64)), dropped

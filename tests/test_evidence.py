@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 import crossrank
 
@@ -94,3 +95,14 @@ def test_truncation_counts(truncating, chunked):
     assert two.dropped_tokens == n - ((budget - overlap) + budget)  # the second window ends there
     top = chunked.rerank(QUERY, [short, long_text, long_text], top_n=1)
     assert len(top) == 1 and top.truncated == 0 and top.dropped_tokens == 0  # chunked whole: nothing dropped
+
+
+def test_embedder_truncation_counts(bi_fp32):
+    embedder = crossrank.Embedder(bi_fp32, max_length=16)
+    long_text = " ".join([FILLER] * 2)  # 34 one-token words; the window holds [CLS] + 14 + [SEP]
+    whole = Tokenizer.from_file(str(bi_fp32 / "tokenizer.json"))
+    whole.no_truncation()
+    assert len(whole.encode(long_text, add_special_tokens=False).ids) == 34
+    result = embedder.embed_with_usage([FILLER[:20], long_text, long_text])
+    assert (result.truncated, result.dropped_tokens) == (2, 2 * (34 - 14))
+    assert embedder.embed_with_usage([FILLER[:20]]).truncated == 0

@@ -26,7 +26,7 @@ from test_serve import Server, cohere, httpx, local_only_environment, openai  # 
 
 ROOT = Path(__file__).resolve().parent.parent
 CASCADE = "fast=L4@12>starter@4"
-LONG = "the farmer baked fresh bread in the morning and sold it at the market near the river. " * 60
+LONG = "the farmer baked fresh bread in the morning and sold it at the market near the river. " * 100
 
 
 @pytest.fixture(scope="module")

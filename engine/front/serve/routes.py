@@ -174,10 +174,12 @@ def tei_or_cohere_rerank_job(call: Call, raw: bytes) -> Outcome:
 
 def run_embed(call: Call, served, request: p.EmbedRequest) -> Outcome:
     """Embed a parsed request (tokenized once, in the core; its token count comes back with it)."""
-    vectors, tokens = served.model.embed_with_usage(request.texts)
+    vectors, tokens, truncated, dropped = served.model.embed_with_usage(request.texts)
     call.metrics.tokens.labels(served.name).inc(tokens)
+    call.metrics.truncated.labels(served.name).inc(truncated)
+    call.metrics.dropped_tokens.labels(served.name).inc(dropped)
     return Outcome(_json(p.embed_response(request, vectors, tokens, served.name)), len(request.texts), tokens,
-                   served.name)
+                   served.name, truncated, dropped)
 
 
 def openai_embeddings_job(call: Call, raw: bytes) -> Outcome:
