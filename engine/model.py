@@ -27,7 +27,7 @@ from crossrank.artifact import check_graph, load_artifact
 from crossrank.certificate import artifact_runtime, check_precision
 from crossrank.errors import ArgumentTypeError, InvalidArgumentError, UsageError, check_bool, check_int
 from crossrank.isa import cpu_flags, describe_cpu
-from crossrank.runner import BatchRunner, Deadline, Executor, RunTotals
+from crossrank.runner import BatchRunner, CoreBudget, Deadline, Executor, RunTotals
 from crossrank.scheduler import BatchReport, Scheduler
 from crossrank.settings import SessionOptions
 from crossrank.tokenize import Rows
@@ -47,14 +47,15 @@ class Model:
     manifest's (default: the manifest's). options: ``SessionOptions`` (resolved here against the
     folder's runtime.json and the defaults). shared: run every call through one queue whose
     ``workers`` threads merge concurrent callers' rows into shared batches, with at most
-    ``max_queue_tokens`` tokens queued (beyond: OverloadedError).
+    ``max_queue_tokens`` tokens queued (beyond: OverloadedError). core_budget: a ``CoreBudget``
+    shared with other models, each model call taking one of its slots (None: calls run at once).
     """
 
     kind: ClassVar[str]          # the artifact kind this model runs: "cross" or "bi"
     min_length: ClassVar[int]    # the smallest max_length that leaves room for text
 
     def __init__(self, path: str | Path, device: str, max_length: int | None, options: SessionOptions,
-                 shared: bool, max_queue_tokens: int | None, workers: int):
+                 shared: bool, max_queue_tokens: int | None, workers: int, core_budget: CoreBudget | None = None):
         resolved = options.resolve(path, device)
         if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
             raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
@@ -67,7 +68,7 @@ class Model:
         limit = self.artifact.max_length
         self.max_length: int = check_int(max_length, "max_length", self.min_length, limit, allow_none=True) or limit
         self.tokenizer = self._load_tokenizer()
-        self.runner = BatchRunner(self.artifact.model_path, device, self.options)
+        self.runner = BatchRunner(self.artifact.model_path, device, self.options, core_budget=core_budget)
         check_graph(self.artifact, self.runner.session)
         name = {"cross": "reranker", "bi": "embedder"}[self.kind]
         self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens, name=name,
@@ -124,7 +125,9 @@ class Model:
         what OpenVINO reports it computes in, e.g. "f32" or "bf16", ``reason`` for them, ``cpu``:
         model and ISA flags, ``fidelity``: where the precision's figures come from,
         see crossrank.certificate.check_precision) and ``sharing`` (``shared``,
-        ``max_queue_tokens`` and ``workers``; the latter two None when not shared)."""
+        ``max_queue_tokens`` and ``workers``, None when not shared; ``core_budget_slots``, None
+        without a CoreBudget)."""
+        budget = self.runner.core_budget
         return {"kind": self.kind, "path": str(self.path), "device": self.device, "max_length": self.max_length,
                 "manifest": self.artifact.summary(), "options": self.options.values(),
                 "origin": dict(self.options.origin),
@@ -133,7 +136,8 @@ class Model:
                             "reason": self.runtime_reason, "cpu": describe_cpu(), "fidelity": self.fidelity},
                 "sharing": {"shared": self.shared,
                             "max_queue_tokens": self.scheduler.max_queue_tokens if self.shared else None,
-                            "workers": self.scheduler.workers if self.shared else None}}
+                            "workers": self.scheduler.workers if self.shared else None,
+                            "core_budget_slots": budget.slots if budget is not None else None}}
 
     def token_lengths(self, *items) -> np.ndarray:
         """Real tokens (special tokens included) of each row the model would run for ``items``."""

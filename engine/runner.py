@@ -6,19 +6,25 @@ row order with a mask of the rows that ran. A deadline is only a stop condition 
 
 ``Executor`` is the protocol a model runs its rows through: ``BatchRunner`` (on the caller's
 thread) and ``crossrank.scheduler.Scheduler`` (a shared queue, worker threads) both implement it.
+
+``CoreBudget``: models that share the machine's cores through one budget (at most ``slots`` model
+calls at once across all of them, in the order they asked) instead of each running whenever its
+callers come and leaving the sharing to the operating system.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from crossrank.batching import assemble_batch, batch_cost, plan_batches
-from crossrank.errors import ArgumentTypeError
+from crossrank.errors import ArgumentTypeError, check_int
 from crossrank.session import build_session
 from crossrank.settings import MAX_ROWS, SessionOptions
 from crossrank.tokenize import Rows
@@ -92,6 +98,38 @@ class Deadline:
         self.seconds_per_token = self.spent_seconds / self.spent_tokens
 
 
+class CoreBudget:
+    """One budget of model calls for several models: at most ``slots`` calls run at once across
+    every model built with it (``Reranker(..., core_budget=budget)``), each started in the order
+    it asked (first come, first served: no model starves another). One slot suits models whose
+    sessions each use all cores (the default threads); ``slots = cores`` suits one-thread sessions.
+    ``waited_seconds`` totals the time calls spent waiting for a slot."""
+
+    def __init__(self, slots: int = 1):
+        self.slots = check_int(slots, "slots", 1, 1024)
+        self._free = self.slots
+        self._waiting: deque[object] = deque()
+        self._turn = threading.Condition(threading.Lock())
+        self.waited_seconds = 0.0
+
+    def __enter__(self) -> "CoreBudget":
+        ticket, asked = object(), time.perf_counter()
+        with self._turn:
+            self._waiting.append(ticket)
+            while self._waiting[0] is not ticket or not self._free:
+                self._turn.wait()
+            self._waiting.popleft()
+            self._free -= 1
+            self.waited_seconds += time.perf_counter() - asked
+            self._turn.notify_all()  # the next in line may take another free slot
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._turn:
+            self._free += 1
+            self._turn.notify_all()
+
+
 @runtime_checkable
 class Executor(Protocol):
     """What a model runs its token rows through (``Reranker`` and ``Embedder`` call nothing else):
@@ -115,9 +153,14 @@ class BatchRunner:
     outputs in row order.
 
     options: the model's ``SessionOptions`` (resolved for ``device`` here when they are not yet).
+    core_budget: a ``CoreBudget`` every model call takes a slot of (None: calls run at once).
     """
 
-    def __init__(self, model_path, device: str, options: SessionOptions | None = None, max_rows: int = MAX_ROWS):
+    def __init__(self, model_path, device: str, options: SessionOptions | None = None, max_rows: int = MAX_ROWS,
+                 core_budget: CoreBudget | None = None):
+        if core_budget is not None and not isinstance(core_budget, CoreBudget):
+            raise ArgumentTypeError(f"core_budget must be a crossrank.CoreBudget, got {type(core_budget).__name__}")
+        self.core_budget = core_budget
         options = SessionOptions() if options is None else options
         if not isinstance(options, SessionOptions):
             raise ArgumentTypeError(f"options must be a crossrank.SessionOptions, got {type(options).__name__}")
@@ -181,7 +224,8 @@ class BatchRunner:
         batch = assemble_batch(rows_in_batch, rows.ids, rows.types, pad_id)
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                  "token_type_ids": batch.token_type_ids}
-        result = self._run_batch({k: v for k, v in feeds.items() if k in self.input_names})
+        with self.core_budget or nullcontext():
+            result = self._run_batch({k: v for k, v in feeds.items() if k in self.input_names})
         self.stats.add(len(rows_in_batch), int(sum(len(rows.ids[r]) for r in rows_in_batch)), batch.input_ids.size)
         return result
 
@@ -189,4 +233,4 @@ class BatchRunner:
         """Nothing to stop: the calls run on their callers' threads (the session goes with the runner)."""
 
 
-__all__ = ["BatchRunner", "Deadline", "Executor", "RunStats", "RunTotals"]
+__all__ = ["BatchRunner", "CoreBudget", "Deadline", "Executor", "RunStats", "RunTotals"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -28,6 +27,7 @@ from typing import Any, Mapping
 
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, RuntimeConfigError, check_bool, check_choice,
                               check_fields, check_int, is_bool, is_int, is_object, is_one_of)
+from crossrank.locks import write_text_atomically
 
 DEVICES = ("cpu", "cuda")
 # Token budget per model call (rows x padded length). cpu: 512. The per-row int8 reranker on the
@@ -319,18 +319,9 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
 
 
 def write_json_atomically(path: Path, document: dict) -> Path:
-    """Write ``document`` to ``path`` through a temporary file beside it (fsync, rename): a reader
-    sees the old file or the new one, never a part (runtime.json, certificates.json)."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(json.dumps(document, indent=2) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``document`` to ``path`` atomically (crossrank.locks.write_text_atomically: a reader
+    sees the old file or the new one, never a part; runtime.json, certificates.json)."""
+    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
     return path
 
 

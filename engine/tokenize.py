@@ -121,11 +121,14 @@ def _pad_id(tokenizer: Tokenizer) -> int:
 
 @dataclass
 class Rows:
-    """Token rows ready for batching; ``owner[i]`` is the input item row i belongs to."""
+    """Token rows ready for batching; ``owner[i]`` is the input item row i belongs to. Pair rows
+    also say which of their document's tokens they hold: ``spans[i]`` = (first, end) token
+    positions in the document (end excluded; windows of one document tile it from 0)."""
 
     ids: list[np.ndarray]
     types: list[np.ndarray]
     owner: np.ndarray
+    spans: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -164,6 +167,18 @@ class PairTokenizer:
             window += (max_windows - 1) * max(1, window - overlap)
         return window if max_tokens is None else min(window, max_tokens)
 
+    def encode_documents(self, texts: list[str], keep: int | None,
+                         offsets: bool = False) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
+        """Each text's first ``keep`` token ids (``encode_texts``), the tokens read of each (all
+        of a text read whole; past ``keep`` they are the dropped ones) and, with ``offsets``, each
+        kept token's (start, end) character offsets in its text ([n, 2] int64)."""
+        encodings = encode_prefixes(self.tokenizer, texts, keep) if texts else []
+        ids = [np.asarray(e.ids[:keep], dtype=np.int64) for e in encodings]
+        read = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        spans = ([np.asarray(e.offsets[:keep], dtype=np.int64).reshape(-1, 2) for e in encodings]
+                 if offsets else None)
+        return ids, read, spans
+
     def document_budget(self, query_ids: np.ndarray) -> int:
         return self.max_length - self.template.special_count - len(query_ids)
 
@@ -176,21 +191,22 @@ class PairTokenizer:
         query_ids = [q[: self.max_query_tokens] for q in query_ids]
         heads = [np.concatenate([t.prefix, q, t.middle]) for q in query_ids]
         head_types = [np.full(len(h), t.first_type, dtype=np.int64) for h in heads]
-        ids, types, owner = [], [], []
+        ids, types, owner, spans = [], [], [], []
         for doc_index, (qi, doc) in enumerate(zip(query_of_doc, doc_ids)):
             budget = self.document_budget(query_ids[qi])
             if chunk_overlap is None or len(doc) <= budget:
-                windows = [doc[:budget]]
+                starts = [0]
             else:
                 stride = max(1, budget - chunk_overlap)
-                starts = range(0, max(len(doc) - chunk_overlap, 1), stride)
-                windows = [doc[s: s + budget] for s in starts][:max_windows]
-            for window in windows:
+                starts = list(range(0, max(len(doc) - chunk_overlap, 1), stride))[:max_windows]
+            for start in starts:
+                window = doc[start: start + budget]
                 tail = np.concatenate([window, t.suffix])
                 ids.append(np.concatenate([heads[qi], tail]))
                 types.append(np.concatenate([head_types[qi], np.full(len(tail), t.second_type, dtype=np.int64)]))
                 owner.append(doc_index)
-        return Rows(ids, types, np.asarray(owner, dtype=np.int64))
+                spans.append((start, start + len(window)))
+        return Rows(ids, types, np.asarray(owner, dtype=np.int64), np.asarray(spans, dtype=np.int64).reshape(-1, 2))
 
 
 class TextTokenizer:
@@ -202,10 +218,19 @@ class TextTokenizer:
         self.tokenizer.enable_truncation(max_length)
         self.max_length = max_length
         self.pad_id = _pad_id(self.tokenizer)
+        self.special_count = len(self.tokenizer.encode("", add_special_tokens=True).ids)
 
     def rows(self, texts: list[str]) -> Rows:
+        return self.rows_and_dropped(texts)[0]
+
+    def rows_and_dropped(self, texts: list[str]) -> tuple[Rows, np.ndarray]:
+        """The rows, and each text's tokens the truncation dropped (0: it fits the window; a long
+        text is read only as far as its window needs, ``encode_prefixes``, so then a lower bound)."""
         keep = self.max_length - self.tokenizer.num_special_tokens_to_add(False)
         encodings = encode_prefixes(self.tokenizer, texts, keep, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         types = [np.asarray(e.type_ids, dtype=np.int64) for e in encodings]
-        return Rows(ids, types, np.arange(len(texts), dtype=np.int64))
+        # each overflowing piece holds dropped tokens between its own special tokens
+        dropped = np.fromiter((sum(len(o.ids) - self.special_count for o in e.overflowing) for e in encodings),
+                              dtype=np.int64, count=len(encodings))
+        return Rows(ids, types, np.arange(len(texts), dtype=np.int64)), dropped

@@ -89,8 +89,10 @@ def test_describe_stats_and_sharing(tiny_cross):
                                      "source": manifest["source"]["name"], "int8_recipe": None,
                                      "sha256": manifest["files"]["model.onnx"], "activation": "sigmoid"}
     assert described["options"] == plain.options.values() and described["origin"]["threads"] == "argument"
-    assert described["sharing"] == {"shared": False, "max_queue_tokens": None, "workers": None}
+    assert described["sharing"] == {"shared": False, "max_queue_tokens": None, "workers": None,
+                                    "core_budget_slots": None}
     assert described["long_documents"] == "truncate"
+    assert described["scores"] == "sigmoid" and described["calibration"] is None
     json.dumps(described)  # plain JSON values
     with pytest.raises(UsageError, match="shared=True"):
         plain.add_batch_listener(print)
@@ -102,7 +104,8 @@ def test_describe_stats_and_sharing(tiny_cross):
     assert plain.stats() == crossrank.RunTotals()
     shared = crossrank.Reranker(tiny_cross, shared=True, workers=2, max_queue_tokens=5000)
     try:
-        assert shared.describe()["sharing"] == {"shared": True, "max_queue_tokens": 5000, "workers": 2}
+        assert shared.describe()["sharing"] == {"shared": True, "max_queue_tokens": 5000, "workers": 2,
+                                                "core_budget_slots": None}
         reports = []
         shared.add_batch_listener(reports.append)
         shared.rerank("query", DOCS)
@@ -123,9 +126,10 @@ def test_results_carry_their_tokens(tiny, bi_fp32):
     late = tiny.rerank("query", DOCS, deadline_ms=float("inf"))
     assert late.tokens == ranking.tokens and [r.index for r in late] == [r.index for r in ranking]
     embedder = crossrank.Embedder(bi_fp32)
-    vectors, tokens = embedder.embed_with_usage(DOCS)
+    vectors, tokens, truncated, dropped = embedder.embed_with_usage(DOCS)
     np.testing.assert_array_equal(vectors, embedder.embed(DOCS))
     assert tokens == int(embedder.token_lengths(DOCS).sum()) and embedder.describe()["manifest"]["dim"] == 384
+    assert (truncated, dropped) == (0, 0)  # short texts: whole
 
 
 def test_max_tokens_per_doc_cuts_token_ids(tiny):

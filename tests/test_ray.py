@@ -76,7 +76,7 @@ def yaml_application(**overrides):
 @pytest.fixture(scope="class")
 def single_server(starter_fp32, tmp_path_factory):
     """The single-process ``crossrank serve`` on the same artifact, the reference."""
-    process = Server(["--reranker", str(starter_fp32), "--threads", "1"],
+    process = Server(["--reranker", f"starter={starter_fp32}", "--threads", "1"],
                      tmp_path_factory.mktemp("ray-single") / "server.log")
     yield process
     process.stop()
@@ -88,7 +88,7 @@ def deployed(ray_cluster, starter_fp32):
     down after the Serve tests: the Ray Data tests then have the cluster's 2 CPUs)."""
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    spec, app = yaml_application(reranker=str(starter_fp32), threads=1, replicas=2, health_check_period_s=1)
+    spec, app = yaml_application(reranker=f"starter={starter_fp32}", threads=1, replicas=2, health_check_period_s=1)
     serve.run(app, name=spec.name, route_prefix=spec.route_prefix)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -125,15 +125,14 @@ class TestServe:
                      for url in (deployed, single_server.url))
         assert {**got, "id": None} == {**want, "id": None}
         info = httpx.get(deployed + "/info", timeout=30).json()
-        assert info["models"]["reranker"]["settings"]["threads"] == 1  # = the CPUs the replica reserved
-        assert info["models"]["reranker"]["shared"] is True
+        assert info["models"]["starter"]["settings"]["threads"] == 1  # = the CPUs the replica reserved
+        assert info["models"]["starter"]["shared"] is True
 
     def test_a_killed_replica_loses_no_retried_request_and_health_reports_it(self, deployed, single_server,
                                                                             trec_rag, starter_fp32):
         requests = [(row["query"], row["documents"][:LOAD_DOCUMENTS]) for row in trec_rag[10:10 + LOAD_REQUESTS * 2]]
         single = cohere.ClientV2(api_key="dummy", base_url=single_server.url)
-        model = starter_fp32.name  # the name a request's "model" gives: the artifact folder's
-        want = [[(r.index, r.relevance_score) for r in single.rerank(model=model, query=q, documents=d).results]
+        want = [[(r.index, r.relevance_score) for r in single.rerank(model="starter", query=q, documents=d).results]
                 for q, d in requests]
         health = httpx.get(deployed + "/health", timeout=30).json()
         assert health["status"] == "ok" and health["deployment"]["replicas"] == {"RUNNING": 2}, health
@@ -151,7 +150,7 @@ class TestServe:
             for k in range(LOAD_REQUESTS):
                 n = (c * LOAD_REQUESTS + k) % len(requests)
                 try:
-                    response = co.rerank(model=model, query=requests[n][0], documents=requests[n][1],
+                    response = co.rerank(model="starter", query=requests[n][0], documents=requests[n][1],
                                          request_options={"max_retries": 8})
                     with lock:
                         results[(c, k)] = (n, [(r.index, r.relevance_score) for r in response.results])
@@ -312,9 +311,9 @@ def test_a_replica_refuses_an_artifact_other_than_the_one_the_application_was_bu
     from crossrank.errors import ArtifactError
     from crossrank.front.ray.serve import _check_same_artifacts, manifest_digests
 
-    config = ServeConfig(reranker=str(starter_fp32))
+    config = ServeConfig(reranker=f"starter={starter_fp32}")
     digests = manifest_digests(config)
-    assert digests == {"reranker": sha256_file(starter_fp32 / "manifest.json")}
+    assert digests == {"reranker starter": sha256_file(starter_fp32 / "manifest.json")}
     _check_same_artifacts(config, digests)  # the same artifact: accepted
     stale = tmp_path / "stale"
     shutil.copytree(starter_fp32, stale)
@@ -322,4 +321,4 @@ def test_a_replica_refuses_an_artifact_other_than_the_one_the_application_was_bu
     manifest["note"] = "another export"
     (stale / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="every node must see the same artifact at the same path"):
-        _check_same_artifacts(ServeConfig(reranker=str(stale)), digests)
+        _check_same_artifacts(ServeConfig(reranker=f"starter={stale}"), digests)

@@ -255,10 +255,10 @@ def test_a_request_past_the_token_budget_is_refused_before_it_runs(tiny_cross, t
     app = build_app(ServeConfig(reranker=str(tiny_cross), max_request_tokens=100, shared=False), keys=KeyRing())
     app.state.models.load()
     with TestClient(app) as client:
-        before = app.state.models.reranker.stats().rows
+        before = app.state.models.reranker(None).model.stats().rows
         response = client.post("/v1/rerank", json={"query": "q", "documents": ["a few words here"] * 30})
         assert response.status_code == 413 and "--max-request-tokens" in response.json()["message"]
-        assert app.state.models.reranker.stats().rows == before  # nothing ran
+        assert app.state.models.reranker(None).model.stats().rows == before  # nothing ran
         assert client.post("/v1/rerank", json={"query": "q", "documents": ["a few words"] * 3}).status_code == 200
 
 
@@ -437,12 +437,13 @@ def test_host_header_is_checked_and_wrong_methods_answer_in_the_envelope(guarded
     assert wrong.status_code == 405 and wrong.json() == {"message": "Method Not Allowed"}
 
 
-def test_info_shows_no_filesystem_path(guarded, tiny_cross, plain):
+def test_info_shows_no_filesystem_path(guarded, tiny_cross, bi_fp32, plain):
     info = httpx.get(guarded.url + "/info", headers=bearer("alice"), timeout=30).json()
     text = json.dumps(info)
     for path in (tiny_cross, plain["index_path"]):
         assert str(path) not in text and str(path.parent) not in text
-    assert "/" not in info["models"]["embedder"]["source"] and info["index"]["id"] == plain["index_path"].name
+    assert "configured" not in info and "path" not in info["models"][tiny_cross.name]
+    assert "/" not in info["models"][bi_fp32.name]["source"] and info["index"]["id"] == plain["index_path"].name
 
 
 def test_metrics_and_openapi_flags(tiny_cross):

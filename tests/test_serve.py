@@ -147,7 +147,8 @@ def plain(starter_fp32, bi_fp32, corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(plain, starter_fp32, bi_fp32, tmp_path_factory):
-    process = Server(["--reranker", str(starter_fp32), "--embedder", str(bi_fp32), "--index", str(plain["index_path"]),
+    process = Server(["--reranker", f"starter={starter_fp32}", "--embedder", f"minilm={bi_fp32}",
+                      "--index", str(plain["index_path"]),
                       "--max-documents", str(MAX_DOCUMENTS), "--max-request-bytes", str(MAX_REQUEST_BYTES)],
                      tmp_path_factory.mktemp("serve") / "server.log")
     yield process
@@ -158,7 +159,7 @@ def server(plain, starter_fp32, bi_fp32, tmp_path_factory):
 def small_server(starter_int8, tmp_path_factory):
     """The int8 export with a small queue, configured through environment variables only."""
     port = free_port()
-    env = {"CROSSRANK_RERANKER": str(starter_int8), "CROSSRANK_HOST": "127.0.0.1", "CROSSRANK_PORT": str(port),
+    env = {"CROSSRANK_RERANKER": f"m={starter_int8}", "CROSSRANK_HOST": "127.0.0.1", "CROSSRANK_PORT": str(port),
            "CROSSRANK_MAX_QUEUE_TOKENS": str(SMALL_QUEUE_TOKENS)}
     process = Server([], tmp_path_factory.mktemp("serve-small") / "server.log", env=env, port=port)
     yield process
@@ -237,8 +238,7 @@ def test_tei_rerank(server, plain, trec_rag):
 
 def test_max_tokens_per_doc_cuts_documents(server, plain, trec_rag):
     row = trec_rag[4]
-    body = server.post("/v2/rerank", {"model": server.model("reranker"), "query": row["query"],
-                                      "documents": row["documents"][:5],
+    body = server.post("/v2/rerank", {"model": "starter", "query": row["query"], "documents": row["documents"][:5],
                                       "max_tokens_per_doc": 16}).json()
     tokenizer = plain["reranker"].tokenizer.tokenizer
     cut = []
@@ -265,15 +265,9 @@ def test_openai_embeddings_base64_and_float(server, plain, corpus):
     root = openai.OpenAI(api_key="dummy", base_url=server.url, max_retries=0)  # /embeddings without /v1
     # Other texts, other batches: the fp32 bi-encoder moves a vector by about one ulp with its batch's
     # row count (README "Serving"; with the 512-token CPU budget, text 1 runs alone among the 9).
-    np.testing.assert_allclose(np.float32(root.embeddings.create(model=name, input=texts[:2]).data[1].embedding),
+    np.testing.assert_allclose(np.float32(root.embeddings.create(model="minilm", input=texts[:2]).data[1].embedding),
                                want[1], rtol=0, atol=1e-6)
-    assert {m.id for m in client.models.list().data} == {Path(p).name for p in (server_args(server, "--reranker"),
-                                                                                server_args(server, "--embedder"))}
-
-
-def server_args(server: Server, flag: str) -> str:
-    args = server.process.args
-    return args[args.index(flag) + 1]
+    assert {m.id for m in client.models.list().data} == {"starter", "minilm"}
 
 
 def test_tei_embed(server, plain, corpus):
@@ -299,18 +293,20 @@ def test_search(server, plain):
 def test_health_info_and_metrics(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     info = httpx.get(server.url + "/info").json()
-    assert info["models"]["reranker"]["precision"] == "fp32" and info["models"]["reranker"]["max_length"] == 512
-    assert info["models"]["reranker"]["shared"] and info["models"]["embedder"]["dim"] == 384
+    assert info["models"]["starter"]["precision"] == "fp32" and info["models"]["starter"]["max_length"] == 512
+    assert info["models"]["starter"]["shared"] and info["models"]["minilm"]["dim"] == 384
+    assert info["models"]["starter"]["default"] and info["models"]["starter"]["scores"] == "sigmoid"
+    assert info["models"]["starter"]["memory_mb"] > 0 and info["models"]["minilm"]["memory_mb"] > 0
     assert info["limits"] == {"max_queue_tokens": 1 << 20, "max_documents": MAX_DOCUMENTS,
                               "max_request_bytes": MAX_REQUEST_BYTES}
     assert info["index"]["documents"] == 200
     metrics = server.metrics()
     for name in ('crossrank_requests_total{endpoint="/v1/rerank",status="200"}',
                  'crossrank_request_seconds_count{endpoint="/v1/rerank"}',
-                 'crossrank_batch_rows_count{model="reranker"}', 'crossrank_queue_tokens{model="reranker"}',
-                 'crossrank_model_computed_tokens_total{model="reranker"}', 'crossrank_tokens_total{model="embedder"}'):
+                 'crossrank_batch_rows_count{model="starter"}', 'crossrank_queue_tokens{model="starter"}',
+                 'crossrank_model_computed_tokens_total{model="starter"}', 'crossrank_tokens_total{model="minilm"}'):
         assert name in metrics, name
-    assert metrics['crossrank_queue_tokens{model="reranker"}'] == 0
+    assert metrics['crossrank_queue_tokens{model="starter"}'] == 0
 
 
 # -- many clients at once -------------------------------------------------------------------------
@@ -361,12 +357,12 @@ def test_sixteen_concurrent_clients_each_get_their_single_request_answer(server,
                  - before.get(f'crossrank_requests_total{{endpoint="{e}",status="200"}}', 0)
                  for e in ("/v1/rerank", "/v2/rerank", "/rerank"))
     assert served == 32
-    rows = (after['crossrank_model_rows_total{model="reranker"}'] - before['crossrank_model_rows_total{model="reranker"}'])
+    rows = (after['crossrank_model_rows_total{model="starter"}'] - before['crossrank_model_rows_total{model="starter"}'])
     assert rows == sum(len(docs) for job in jobs for _, docs in job)  # every pair run exactly once
-    alone = (after['crossrank_batch_requests_bucket{le="1.0",model="reranker"}']
-             - before['crossrank_batch_requests_bucket{le="1.0",model="reranker"}'])
-    batches = (after['crossrank_batch_requests_count{model="reranker"}']
-               - before['crossrank_batch_requests_count{model="reranker"}'])
+    alone = (after['crossrank_batch_requests_bucket{le="1.0",model="starter"}']
+             - before['crossrank_batch_requests_bucket{le="1.0",model="starter"}'])
+    batches = (after['crossrank_batch_requests_count{model="starter"}']
+               - before['crossrank_batch_requests_count{model="starter"}'])
     assert batches > alone, "no batch held rows of two requests"
 
 
@@ -381,10 +377,10 @@ def test_client_that_disconnects_has_its_rows_dropped(server, trec_rag):
         assert time.monotonic() < deadline, "the server did not notice the disconnect"
         time.sleep(0.2)
     deadline = time.monotonic() + 120
-    while server.metrics()['crossrank_queue_tokens{model="reranker"}'] > 0:
+    while server.metrics()['crossrank_queue_tokens{model="starter"}'] > 0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    rows = server.metrics()['crossrank_model_rows_total{model="reranker"}'] - before['crossrank_model_rows_total{model="reranker"}']
+    rows = server.metrics()['crossrank_model_rows_total{model="starter"}'] - before['crossrank_model_rows_total{model="starter"}']
     assert rows < len(docs), f"all {len(docs)} pairs ran for a client that had gone"
 
 
@@ -419,10 +415,15 @@ BAD = [
     ("/v1/embeddings", {"model": "m", "input": [[1, 2, 3]]}, 422, "openai", ["input", "token ids"]),
     ("/v1/embeddings", {"model": "m", "input": ["ok", None]}, 422, "openai", ["input[1]"]),
     ("/v1/embeddings", {"model": "m", "input": "x", "encoding_format": "hex"}, 422, "openai", ["encoding_format"]),
-    ("/v1/embeddings", {"model": "m", "input": "x", "dimensions": 128}, 422, "openai", ["dimensions", "384"]),
+    ("/v1/embeddings", {"model": "minilm", "input": "x", "dimensions": 128}, 422, "openai", ["dimensions", "384"]),
     ("/embeddings", {"model": 3, "input": "x"}, 422, "openai", ["model"]),
     ("/v1/embeddings", {"model": "m", "input": ["x"] * (MAX_DOCUMENTS + 1)}, 413, "openai", ["input"]),
     ("/v1/search", {"query": "q", "k": 0}, 422, "cohere", ["k"]),
+    ("/v2/rerank", {"model": "rerank-v3.5", "query": "q", "documents": DOCS}, 404, "cohere",
+     ["'rerank-v3.5' is not served here", "starter"]),
+    ("/rerank", {"model": "nope", "query": "q", "texts": DOCS}, 404, "tei", ["'nope'", "starter"]),
+    ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}, 404, "openai", ["minilm"]),
+    ("/v1/search", {"model": "minilm", "query": "q"}, 404, "cohere", ["'minilm' is not served here", "starter"]),
     ("/v1/search", {"query": "q", "deadline_ms": -5}, 422, "cohere", ["deadline_ms"]),
 ]
 
@@ -456,7 +457,8 @@ def test_sdk_raises_the_servers_message(server):
 
 def test_one_log_line_per_request(server):
     lines = [line for line in server.log().splitlines() if "crossrank.serve INFO POST" in line]
-    assert any(re.search(r"POST /v1/rerank 200 [\d.]+ ms documents=20 tokens=\d{4,}", line) for line in lines), lines[-5:]
+    assert any(re.search(r"POST /v1/rerank 200 [\d.]+ ms model=starter documents=20 tokens=\d{4,} truncated=0 "
+                         r"dropped_tokens=0", line) for line in lines), lines[-5:]
     assert any(re.search(r"POST /v1/embeddings 422 [\d.]+ ms", line) for line in lines)
 
 
@@ -497,7 +499,7 @@ def test_int8_server_meets_the_fidelity_bar(small_server, starter_int8, starter_
 def test_overload_gives_429_then_the_server_stays_healthy(small_server, trec_rag):
     info = httpx.get(small_server.url + "/info").json()
     assert info["limits"]["max_queue_tokens"] == SMALL_QUEUE_TOKENS  # from CROSSRANK_MAX_QUEUE_TOKENS
-    assert info["models"]["reranker"]["precision"] == "int8"
+    assert info["models"]["m"]["precision"] == "int8"
     before = small_server.metrics()
     responses = [None] * 8
     barrier = threading.Barrier(8)
@@ -524,7 +526,7 @@ def test_overload_gives_429_then_the_server_stays_healthy(small_server, trec_rag
     assert (after['crossrank_overloaded_total{endpoint="/v1/rerank"}']
             - before.get('crossrank_overloaded_total{endpoint="/v1/rerank"}', 0)) == statuses.count(429)
     assert httpx.get(small_server.url + "/health").status_code == 200
-    assert after['crossrank_queue_tokens{model="reranker"}'] == 0
+    assert after['crossrank_queue_tokens{model="m"}'] == 0
     again = small_server.post("/rerank", {"query": trec_rag[210]["query"], "texts": trec_rag[210]["documents"][:3]})
     assert again.status_code == 200 and len(again.json()) == 3
 
@@ -619,29 +621,30 @@ def test_a_request_is_tokenized_once(tiny_cross, bi_fp32, trec_rag):
     from crossrank.front.serve.app import build_app
     from crossrank.front.serve.config import ServeConfig
 
-    app = build_app(ServeConfig(reranker=str(tiny_cross), embedder=str(bi_fp32), shared=False))
+    app = build_app(ServeConfig(reranker={"m": str(tiny_cross)}, embedder={"e": str(bi_fp32)}, shared=False))
     models = app.state.models
     models.load()
-    reranker_tokens = models.reranker.tokenizer.tokenizer = CountingTokenizer(models.reranker.tokenizer.tokenizer)
-    embedder_tokens = models.embedder.tokenizer.tokenizer = CountingTokenizer(models.embedder.tokenizer.tokenizer)
+    reranker, embedder = models.reranker("m").model, models.embedder("e").model
+    reranker_tokens = reranker.tokenizer.tokenizer = CountingTokenizer(reranker.tokenizer.tokenizer)
+    embedder_tokens = embedder.tokenizer.tokenizer = CountingTokenizer(embedder.tokenizer.tokenizer)
     row = trec_rag[5]
     client = TestClient(app)
-    for path, body in (("/v2/rerank", {"model": tiny_cross.name, "query": row["query"], "documents": row["documents"],
+    for path, body in (("/v2/rerank", {"model": "m", "query": row["query"], "documents": row["documents"],
                                        "max_tokens_per_doc": 32}),
                        ("/rerank", {"query": row["query"], "texts": row["documents"]})):
         reranker_tokens.texts.clear()
         response = client.post(path, json=body)
         assert response.status_code == 200
         assert one_prefix_each(reranker_tokens.texts, [row["query"], *row["documents"]]), path
-    usage = client.post("/v2/rerank", json={"model": tiny_cross.name, "query": row["query"],
+    usage = client.post("/v2/rerank", json={"model": "m", "query": row["query"],
                                             "documents": row["documents"], "max_tokens_per_doc": 32}
                         ).json()["meta"]["tokens"]["input_tokens"]
     plain = crossrank.Reranker(tiny_cross)
     assert usage == plain.rerank(row["query"], row["documents"], max_tokens_per_doc=32).tokens
     embedder_tokens.texts.clear()
-    embedded = client.post("/v1/embeddings", json={"model": bi_fp32.name, "input": row["documents"][:5]}).json()
+    embedded = client.post("/v1/embeddings", json={"model": "e", "input": row["documents"][:5]}).json()
     assert one_prefix_each(embedder_tokens.texts, row["documents"][:5])
-    assert embedded["usage"]["prompt_tokens"] == int(models.embedder.token_lengths(row["documents"][:5]).sum())
+    assert embedded["usage"]["prompt_tokens"] == int(embedder.token_lengths(row["documents"][:5]).sum())
 
 
 def test_one_mapping_from_errors_to_answers():

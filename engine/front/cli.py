@@ -17,6 +17,7 @@ from crossrank.errors import CrossrankError, InvalidArgumentError, MissingFileEr
 from crossrank.evaluation.datasets import read_jsonl
 from crossrank.front.args import add_device_argument, needs_extra
 from crossrank.front.bench import add_bench
+from crossrank.front.calibrate import add_calibrate
 from crossrank.front.ray import add_score_dataset
 from crossrank.front.search import add_search_commands
 from crossrank.front.select import add_select
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_tune(sub)
     add_select(sub)
+    add_calibrate(sub)
     add_serve(sub)
     add_score_dataset(sub)
     return parser

@@ -82,13 +82,14 @@ def candidate_configs(names: list[str], depths: list[int], cascades: list[tuple[
 
 def score_candidates(reranker: Reranker, queries: list[str], documents: list[list[str]], depth: int,
                      progress) -> list[np.ndarray]:
-    """The reranker's scores of each query's top ``depth`` candidates (one pass, shared batches)."""
+    """The reranker's raw scores of each query's top ``depth`` candidates (one pass, shared
+    batches): rankings are made on them, calibrated or not."""
     out = []
     step = 8
     for start in range(0, len(queries), step):
         part_q = queries[start: start + step]
         part_d = [docs[:depth] for docs in documents[start: start + step]]
-        ranked = reranker.rerank_many(part_q, part_d, return_documents=False)
+        ranked = reranker.rerank_many(part_q, part_d, return_documents=False, raw_scores=True)
         for docs, ranking in zip(part_d, ranked):
             scores = np.full(len(docs), np.nan, dtype=np.float32)
             for r in ranking:

@@ -51,23 +51,30 @@ DEPLOYMENT_NAME = "crossrank"
 STATUS_CACHE_S = 0.5  # /health asks the Serve controller at most this often per replica
 
 
+def _artifacts(config: ServeConfig) -> dict[str, Path]:
+    """"<kind> <name>" -> artifact folder, for every model the config names."""
+    return {f"{what} {name}": Path(path) for what in ("reranker", "embedder") for name, path in getattr(config, what).items()}
+
+
 def manifest_digests(config: ServeConfig) -> dict[str, str]:
     """The sha256 of ``manifest.json`` of each artifact the config names, as this machine sees it."""
     digests = {}
-    for what in ("reranker", "embedder"):
-        path = getattr(config, what)
-        if path:
-            manifest = Path(path) / "manifest.json"
-            if not manifest.is_file():
-                raise MissingFileError(f"{what} {str(path)!r} has no manifest.json: expected an artifact folder "
-                                       f"(crossrank export)")
-            digests[what] = sha256_file(manifest)
+    for what, path in _artifacts(config).items():
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            raise MissingFileError(f"{what} {str(path)!r} has no manifest.json: expected an artifact folder "
+                                   f"(crossrank export)")
+        digests[what] = sha256_file(manifest)
     return digests
 
 
 def _check_same_artifacts(config: ServeConfig, expected: dict[str, str]) -> None:
+    folders = _artifacts(config)
+    if set(folders) != set(expected):
+        raise ArtifactError(f"this replica's models {sorted(folders)} are not the ones the application was built "
+                            f"with {sorted(expected)}")
     for what, digest in expected.items():
-        manifest = Path(getattr(config, what)) / "manifest.json"
+        manifest = folders[what] / "manifest.json"
         seen = sha256_file(manifest) if manifest.is_file() else "no manifest.json"
         if seen != digest:
             raise ArtifactError(f"{what} {str(manifest)!r} on this node has sha256 {seen}, the application was built "
@@ -150,8 +157,9 @@ RAY_FIELDS = {f.name for f in dataclasses.fields(RayConfig)} - {"address"}
 
 def app_builder(args: dict) -> serve.Application:
     """Serve's application builder (``import_path: crossrank.front.ray.serve:app_builder``): ``args``
-    holds ``crossrank serve`` settings (reranker, embedder, max_queue_tokens, max_documents,
-    max_request_bytes, shared, workers, device, threads) and the replica layout (replicas,
+    holds ``crossrank serve`` settings (reranker, embedder, cascade, index, max_queue_tokens,
+    max_documents, max_request_bytes, shared, workers, device, threads, core_sharing; several
+    models as lists of NAME=FOLDER or mappings of name -> folder) and the replica layout (replicas,
     max_replicas, max_ongoing_requests, health_check_period_s). Host and port are Serve's
     ``http_options``."""
     args = dict(args or {})

@@ -25,32 +25,43 @@ from crossrank.errors import UsageError
 from crossrank.front.args import (env_default, flag_bool, names_arg, needs_extra, port_arg, positive_int_arg,
                                   seconds_arg, threads_arg, workers_arg)
 from crossrank.front.ray.config import add_ray_arguments, ray_config_from_args
-from crossrank.front.serve.config import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S,
-                                          DEFAULT_KEEP_ALIVE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_DOCUMENTS,
-                                          DEFAULT_MAX_QUEUE_TOKENS, DEFAULT_MAX_REQUEST_BYTES,
-                                          DEFAULT_MAX_REQUEST_TOKENS, DEFAULT_SHUTDOWN_GRACE_S, ServeConfig)
+from crossrank.front.serve.config import (CORE_SHARING, DEFAULT_BODY_TIMEOUT_S, DEFAULT_CORE_SHARING,
+                                          DEFAULT_HEADER_TIMEOUT_S, DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+                                          DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_DOCUMENTS, DEFAULT_MAX_QUEUE_TOKENS,
+                                          DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_TOKENS,
+                                          DEFAULT_SHUTDOWN_GRACE_S, ServeConfig)
 
 
 def add_serve(sub) -> None:
     p = sub.add_parser(
         "serve", help="serve the models over HTTP (Cohere, TEI and OpenAI APIs, /v1/search, /metrics)",
-        description="Serve a reranker (and optionally an embedder and an index) over HTTP on one process, "
-                    "one copy of each model, concurrent requests merged into shared batches. Endpoints: "
+        description="Serve rerankers (and optionally embedders, cascades and an index) over HTTP on one process, "
+                    "one copy of each model, concurrent requests merged into shared batches; a request's 'model' "
+                    "field picks the model (absent: the first of its kind; unknown: 404 listing them). Endpoints: "
                     "POST /v1/rerank, /v2/rerank (Cohere), /rerank (TEI, or Cohere with 'documents'), "
                     "/v1/embeddings, /embeddings (OpenAI), /embed (TEI), /v1/search (two stages, needs "
                     "--embedder and --index); GET /health, /info, /v1/models, /metrics. Every flag can also "
                     "be set by the environment variable CROSSRANK_<FLAG> (e.g. CROSSRANK_PORT=9000); a flag "
                     "given on the command line wins. Needs the 'serve' extra: pip install 'crossrank[serve]'.",
     )
-    p.add_argument("--reranker", default=env_default("RERANKER"), metavar="ART",
-                   help="cross-encoder artifact folder ($CROSSRANK_RERANKER)")
-    p.add_argument("--embedder", default=env_default("EMBEDDER"), metavar="ART",
-                   help="bi-encoder artifact folder for /v1/embeddings, /embed and /v1/search ($CROSSRANK_EMBEDDER)")
+    p.add_argument("--reranker", action="append", default=None, metavar="[NAME=]ART",
+                   help="cross-encoder artifact folder, named NAME (default: the folder's name) for the requests' "
+                        "'model' field; repeat it to serve several, the first being the default "
+                        "($CROSSRANK_RERANKER: comma-separated)")
+    p.add_argument("--embedder", action="append", default=None, metavar="[NAME=]ART",
+                   help="bi-encoder artifact folder for /v1/embeddings, /embed and /v1/search, named as --reranker; "
+                        "repeatable, the first being the default and the one /v1/search embeds with "
+                        "($CROSSRANK_EMBEDDER: comma-separated)")
+    p.add_argument("--cascade", action="append", default=None, metavar="NAME=A@N>B@M",
+                   help="a cascade of served rerankers as the model NAME: A reranks the first N documents (or "
+                        "/v1/search candidates; @N may be left out: all), B the M best of those, e.g. "
+                        "fast=L4@50>starter@10; repeatable ($CROSSRANK_CASCADE: comma-separated)")
     p.add_argument("--index", default=env_default("INDEX"), metavar="DIR",
-                   help="index folder (crossrank index build) for /v1/search; needs --embedder ($CROSSRANK_INDEX)")
+                   help="index folder (crossrank index build) for /v1/search; needs --embedder, the first being "
+                        "the one that built it ($CROSSRANK_INDEX)")
     p.add_argument("--store", default=env_default("STORE"), metavar="URL|DIR",
                    help="first stage for /v1/search instead of --index: postgresql://USER@HOST/DB (pgvector), "
-                        "milvus://HOST:PORT, or an index folder; needs --embedder; passwords from the URL, PGPASSWORD "
+                        "milvus://HOST:PORT, or an index folder; needs --embedder (the first); passwords from the URL, PGPASSWORD "
                         "or MILVUS_TOKEN, masked in logs ($CROSSRANK_STORE)")
     p.add_argument("--table", default=env_default("TABLE"), metavar="NAME",
                    help="the store's table or collection (default crossrank_documents) ($CROSSRANK_TABLE)")
@@ -79,6 +90,11 @@ def add_serve(sub) -> None:
                    help="execution provider (default cpu)")
     p.add_argument("--threads", type=threads_arg, default=env_default("THREADS"),
                    help="intra-op threads per model (default: runtime.json, else physical cores)")
+    p.add_argument("--core-sharing", default=env_default("CORE_SHARING", DEFAULT_CORE_SHARING), choices=CORE_SHARING,
+                   help="how the models share the cores: shared = one budget of model calls for all of them, taken "
+                        "in turn, first come first served; per-model = each model's calls run whenever they come "
+                        f"and the OS shares the cores (default {DEFAULT_CORE_SHARING}: lower p95 under mixed load, "
+                        "benchmarks/results/multimodel.md)")
     add_security_arguments(p)
     add_ray_arguments(p)
     p.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"],
@@ -150,11 +166,13 @@ def add_security_arguments(p) -> None:
 
 
 def run_serve(args) -> int:
-    config = ServeConfig(reranker=args.reranker, embedder=args.embedder, index=args.index, store=args.store,
-                         table=args.table, hybrid=args.hybrid, host=args.host,
+    models = {what: getattr(args, what) or env_default(what.upper()) for what in ("reranker", "embedder", "cascade")}
+    config = ServeConfig(**models, index=args.index, store=args.store, table=args.table, hybrid=args.hybrid,
+                         host=args.host,
                          port=args.port, max_queue_tokens=args.max_queue_tokens, max_documents=args.max_documents,
                          max_request_bytes=args.max_request_bytes, shared=args.shared, workers=args.workers,
-                         device=args.device, threads=args.threads, api_key_file=args.api_key_file,
+                         device=args.device, threads=args.threads, core_sharing=args.core_sharing,
+                         api_key_file=args.api_key_file,
                          protect_metrics=args.protect_metrics, key_tokens_per_second=args.key_tokens_per_second,
                          key_max_concurrent=args.key_max_concurrent, max_request_tokens=args.max_request_tokens,
                          body_timeout=args.body_timeout, allowed_hosts=args.allowed_hosts,

@@ -2,7 +2,8 @@
 
 ``build_app(config)`` makes the app: the routes (``crossrank.front.serve.routes``, module-level
 functions you can import and test alone), and on ``app.state`` the server's parts they use:
-``config`` (ServeConfig), ``models`` (``Models``: loaded on a thread when the app starts),
+``config`` (ServeConfig), ``models`` (``Models``: the named models of ``registry.Registry``, loaded
+on a thread when the app starts),
 ``metrics`` (Prometheus) and ``health_details``. Each request's body is read on the event loop,
 then parsed, validated, tokenized, run and serialised on a thread of its own
 (``crossrank.scheduler.run_async``): ONNX Runtime never runs on the event loop.
@@ -14,68 +15,45 @@ import contextlib
 import logging
 import threading
 import time
-from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from crossrank.embedder import Embedder
-from crossrank.front.serve.config import MODEL_FLAGS, ServeConfig
-from crossrank.front.serve.errors import NotConfigured, NotReady
+from crossrank.front.serve.config import ServeConfig
+from crossrank.front.serve.errors import NotReady
 from crossrank.front.serve.metrics import Metrics
 from crossrank.front.serve.openapi import document_api
 from crossrank.front.serve.protocols import error_body, path_family
+from crossrank.front.serve.registry import EMBED, RERANK, Registry, ServedModel, load_registry
 from crossrank.front.serve.routes import router
 from crossrank.front.serve.security import Drain, Gatekeeper, KeyRing, Quotas, load_api_keys
-from crossrank.pipeline import Pipeline
-from crossrank.reranker import Reranker
-from crossrank.retriever import Retriever
 from crossrank.version import __version__
 
 log = logging.getLogger("crossrank.serve")
 
-WARMUP_QUERY = "warm up"
-
 
 class Models:
-    """The models a server holds, loaded (and warmed with one small call each) off the event loop."""
+    """The models a server holds (``registry.Registry``, by name), loaded off the event loop, and
+    whether they are ready."""
 
     def __init__(self, config: ServeConfig, metrics: Metrics):
         self.config, self.metrics = config, metrics
-        self.reranker: Reranker | None = None
-        self.embedder: Embedder | None = None
-        self.index: Retriever | None = None  # the first stage: Index, a store, or Hybrid
-        self.pipeline: Pipeline | None = None
+        self.registry = Registry()
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.loaded_at: float | None = None
         self.on_failure: Callable[[], None] | None = None  # crossrank serve: stop the server
 
     def load(self) -> None:
-        c = self.config
-        shared = {"shared": True, "max_queue_tokens": c.max_queue_tokens, "workers": c.workers} if c.shared else {}
         try:
-            if c.reranker:
-                self.reranker = Reranker(c.reranker, device=c.device, threads=c.threads, **shared)
-                self.reranker.rerank(WARMUP_QUERY, [WARMUP_QUERY])
-                self.metrics.watch_model("reranker", self.reranker)
-            if c.embedder:
-                self.embedder = Embedder(c.embedder, device=c.device, threads=c.threads, **shared)
-                self.embedder.embed([WARMUP_QUERY])
-                self.metrics.watch_model("embedder", self.embedder)
-            if c.index or c.store:
-                from crossrank.stores import DEFAULT_TABLE, open_retriever
-
-                self.index = open_retriever(c.store or c.index, table=c.table or DEFAULT_TABLE, embedder=self.embedder,
-                                            hybrid=c.hybrid)
-                self.pipeline = Pipeline(self.embedder, self.index, self.reranker)
+            load_registry(self.config, self.registry, self.metrics.watch_model)
             self.loaded_at = time.time()
             self.ready.set()
-            log.info("ready: %s", ", ".join(f"{k} {v}" for k, v in
-                                            (("reranker", c.reranker), ("embedder", c.embedder),
-                                             ("first stage", c.first_stage_name())) if v))
+            first_stage = self.config.first_stage_name()
+            log.info("ready: %s", ", ".join(f"{s.kind} {s.name}" for s in self.registry.models.values())
+                     + (f", first stage {first_stage}" if first_stage else ""))
         except BaseException as err:  # reported by /health and the serve command
             self.error = err
             log.error("loading the models failed: %s", err)
@@ -83,9 +61,7 @@ class Models:
                 self.on_failure()
 
     def close(self) -> None:
-        for model in (self.reranker, self.embedder):
-            if model is not None:
-                model.close()
+        self.registry.close()
 
     def check_ready(self) -> None:
         if self.error is not None:
@@ -93,35 +69,20 @@ class Models:
         if not self.ready.is_set():
             raise NotReady("the models are still loading; retry when GET /health answers 200")
 
-    def need(self, what: str):
-        """The loaded reranker, embedder or pipeline; NotReady / NotConfigured otherwise."""
+    def reranker(self, name: str | None) -> ServedModel:
+        """The rerank model ``name`` (a reranker or a cascade; None: the default); 404 otherwise."""
         self.check_ready()
-        model = getattr(self, what)
-        if model is None:
-            part = "index" if what == "pipeline" else what
-            flag = "--index DIR or --store URL" if part == "index" else MODEL_FLAGS[part]
-            raise NotConfigured(f"this server has no {part}: start crossrank serve with {flag}")
-        return model
+        return self.registry.lookup(RERANK, name)
 
-    def model_info(self, what: str) -> dict | None:
-        """/info's entry for the reranker or embedder (None when the server has none)."""
-        model = getattr(self, what)
-        path = getattr(self.config, what)
-        if path is None:
-            return None
-        shown = self.config.info_paths  # else no filesystem path: names only
-        info: dict[str, Any] = {"id": Path(path).name, "loaded": model is not None}
-        if shown:
-            info["path"] = str(path)
-        if model is not None:
-            described = model.describe()
-            m = described["manifest"]
-            info.update(kind=m["kind"], precision=m["precision"], max_length=described["max_length"],
-                        source=m["source"] if shown else Path(m["source"]).name, int8_recipe=m["int8_recipe"],
-                        settings={**described["options"], "origin": described["origin"]}, **described["sharing"])
-            if what == "embedder":
-                info["dim"] = m["dim"]
-        return info
+    def embedder(self, name: str | None) -> ServedModel:
+        """The embedder ``name`` (None: the default); 404 otherwise."""
+        self.check_ready()
+        return self.registry.lookup(EMBED, name)
+
+    def pipeline(self, name: str | None):
+        """/v1/search's pipeline with the rerank model ``name`` (None: the default)."""
+        self.check_ready()
+        return self.registry.pipeline(name)
 
 
 @contextlib.asynccontextmanager

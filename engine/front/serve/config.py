@@ -2,15 +2,25 @@
 
 ``ServeConfig`` checks itself when it is made, so every way in (flags, CROSSRANK_* variables, a
 Ray Serve YAML's args, Python) gets the same checks and the same messages.
+
+Several models in one process: ``reranker`` and ``embedder`` each take one artifact folder, a
+``NAME=FOLDER`` entry, a list of them, a comma-separated string of them (an environment
+variable) or a mapping of name -> folder; a folder without a name is named by its folder (e.g.
+``starter-reranker-int8``). ``cascade`` takes ``NAME=SPEC`` entries, SPEC being served rerankers'
+names with depths, ``fast=L4@50>starter@10``. After the checks each of the three is a dict of
+name -> folder (or spec), in the order given: the first of each kind is its default model. Names
+are unique across the three.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, MissingFileError, UsageError, check_bool,
-                              check_int, check_number)
+                              check_choice, check_int, check_number)
 from crossrank.settings import DEFAULT_MAX_QUEUE_TOKENS, WORKERS_RANGE, check_device, check_threads
 
 DEFAULT_MAX_DOCUMENTS = 1000            # documents (or texts) per request, candidates (k) per search; more: 413/422
@@ -22,15 +32,94 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0         # from a connection's opening to the end
 DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0      # an idle kept-alive connection is closed
 DEFAULT_SHUTDOWN_GRACE_S = 30.0         # SIGTERM: requests in flight get this long
 DEFAULT_MAX_CONNECTIONS = 10_000        # open connections (or the open-file limit less 64, if lower); more: 503
-MODEL_FLAGS = {"reranker": "--reranker ART", "embedder": "--embedder ART", "index": "--index DIR"}
+MODEL_FLAGS = {"reranker": "--reranker [NAME=]ART", "embedder": "--embedder [NAME=]ART", "index": "--index DIR"}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+NAME_RULE = "1 to 100 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+# How the models of one server share the machine's cores: "shared" = one budget of model calls
+# for all of them (CoreBudget: calls take turns, first come first served), "per-model" = each model's
+# scheduler runs its calls whenever they come and the operating system shares the cores.
+CORE_SHARING = ("shared", "per-model")
+DEFAULT_CORE_SHARING = "shared"
+
+
+def _entries(value: Any, what: str) -> list[tuple[str | None, str]]:
+    """(name or None, text) of each entry of a model setting (see the module docstring)."""
+    if value is None:
+        return []
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for entry in value:
+            if isinstance(entry, Path):
+                entry = str(entry)
+            if not isinstance(entry, str) or not entry.strip():
+                raise ArgumentTypeError(f"{what} entries must be folder paths or NAME=FOLDER strings, got {entry!r:.60}")
+            name, sep, text = entry.partition("=")
+            items.append((name.strip(), text.strip()) if sep and "/" not in name else (None, entry.strip()))
+    else:
+        raise ArgumentTypeError(f"{what} must be a folder path, NAME=FOLDER, a list of them or a mapping of name -> "
+                                f"folder, got {type(value).__name__}")
+    for name, text in items:
+        if not isinstance(text, (str, Path)) or not str(text).strip():
+            raise ArgumentTypeError(f"{what} {name!r}: expected a folder path (or spec), got {text!r:.60}")
+    return [(name, str(text)) for name, text in items]
+
+
+def named(value: Any, what: str, taken: dict[str, str]) -> dict[str, str]:
+    """A model setting as {name: folder or spec}; names checked (``NAME_RULE``) and unique among
+    ``taken`` (name -> the setting it belongs to), which gains them."""
+    out = {}
+    for name, text in _entries(value, what):
+        if name is None:
+            name = Path(text.rstrip("/")).name
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise InvalidArgumentError(f"{what} name {name!r:.60} is not a model name ({NAME_RULE}); give one as "
+                                       f"NAME={text}")
+        if name in taken:
+            raise InvalidArgumentError(f"model name {name!r} is given twice ({taken[name]} and {what}): names must be "
+                                       f"unique; give one as NAME=FOLDER")
+        taken[name] = what
+        out[name] = text
+    return out
+
+
+def parse_cascade(name: str, spec: str, rerankers: dict[str, str]) -> list[tuple[str, int | None]]:
+    """The stages of a cascade spec ``A@50>B@10`` as (reranker name, depth); a depth may be left out
+    on the first stage (every document). Names must be served rerankers; depths may not grow."""
+    stages = []
+    for number, part in enumerate(spec.split(">"), start=1):
+        stage, _, depth_text = part.strip().partition("@")
+        if stage not in rerankers:
+            raise InvalidArgumentError(f"cascade {name}={spec}: stage {number} {stage!r} is not a served reranker "
+                                       f"(served: {', '.join(rerankers) or 'none'}); a cascade is NAME@DEPTH>NAME@DEPTH "
+                                       f"of --reranker names")
+        if not depth_text and number > 1:
+            raise InvalidArgumentError(f"cascade {name}={spec}: stage {number} ({stage}) needs a depth, e.g. "
+                                       f"{stage}@10 (how many of the previous stage's best it reranks)")
+        try:
+            depth = check_int(int(depth_text), "depth") if depth_text else None
+        except ValueError:
+            raise InvalidArgumentError(f"cascade {name}={spec}: stage {number} depth {depth_text!r} is not a "
+                                       f"positive integer") from None
+        if stages and stages[-1][1] is not None and depth > stages[-1][1]:
+            raise InvalidArgumentError(f"cascade {name}={spec}: depths must not grow ({stage}@{depth} after "
+                                       f"{stages[-1][0]}@{stages[-1][1]})")
+        stages.append((stage, depth))
+    return stages
 
 
 @dataclass
 class ServeConfig:
-    """Each field is a flag of ``crossrank serve`` and a CROSSRANK_* environment variable."""
+    """Each field is a flag of ``crossrank serve`` and a CROSSRANK_* environment variable.
+    ``reranker``, ``embedder`` and ``cascade``: see the module docstring (dicts once checked)."""
 
-    reranker: str | None = None
-    embedder: str | None = None
+    reranker: Any = None
+    embedder: Any = None
     index: str | None = None
     store: str | None = None            # postgresql://..., milvus://... or an index folder (crossrank.stores)
     table: str | None = None            # the store's table or collection (default crossrank_documents)
@@ -44,6 +133,8 @@ class ServeConfig:
     workers: int = 1                    # scheduler threads per model (with --threads 1: one per core)
     device: str = "cpu"
     threads: int | None = None
+    cascade: Any = None
+    core_sharing: str = DEFAULT_CORE_SHARING
     # who may call, and how much (crossrank.front.serve.security)
     api_key_file: str | None = None     # name:key lines; CROSSRANK_API_KEYS adds keys
     protect_metrics: bool = False       # /metrics behind the keys too (/health stays open)
@@ -57,13 +148,20 @@ class ServeConfig:
     openapi: bool = True                # /openapi.json (behind the keys when there are keys)
 
     def __post_init__(self):
-        for what in (*MODEL_FLAGS, "store", "table", "api_key_file"):
+        taken: dict[str, str] = {}
+        self.reranker = named(self.reranker, "reranker", taken)
+        self.embedder = named(self.embedder, "embedder", taken)
+        self.cascade = named(self.cascade, "cascade", taken)
+        for name, spec in self.cascade.items():
+            parse_cascade(name, spec, self.reranker)
+        for what in ("index", "store", "table", "api_key_file"):
             path = getattr(self, what)
             if path is not None and not isinstance(path, (str, Path)):
                 raise ArgumentTypeError(f"{what} must be a str, got {type(path).__name__}")
             if path is not None:
                 setattr(self, what, str(path))
         check_bool(self.hybrid, "hybrid")
+        check_choice(self.core_sharing, "core_sharing", CORE_SHARING)
         if not isinstance(self.host, str) or not self.host:
             raise ArgumentTypeError(f"host must be an address (str), got {self.host!r:.60}")
         check_int(self.port, "port", 0, 65535)
@@ -95,9 +193,12 @@ class ServeConfig:
             raise UsageError("give --index or --store, not both")
         if (self.index or self.store) and not self.embedder:
             raise UsageError("--index/--store needs --embedder (the artifact that built it) to embed queries")
+        for what in ("reranker", "embedder"):
+            for name, path in getattr(self, what).items():
+                if not Path(path).is_dir():
+                    raise MissingFileError(f"--{what} {name}={path!r} is not a folder")
         store_folder = self.store if self.store and "://" not in self.store else None
-        for flag, path in (*((flag.split()[0], getattr(self, what)) for what, flag in MODEL_FLAGS.items()),
-                           ("--store", store_folder)):
+        for flag, path in (("--index", self.index), ("--store", store_folder)):
             if path and not Path(path).is_dir():
                 raise MissingFileError(f"{flag} {path!r} is not a folder")
 
@@ -124,6 +225,8 @@ def _names(value, field: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value if v.strip())
 
 
-__all__ = ["DEFAULT_BODY_TIMEOUT_S", "DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_KEEP_ALIVE_TIMEOUT_S",
+
+__all__ = ["CORE_SHARING", "DEFAULT_BODY_TIMEOUT_S", "DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_KEEP_ALIVE_TIMEOUT_S",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_QUEUE_TOKENS", "DEFAULT_MAX_REQUEST_BYTES",
-           "DEFAULT_MAX_REQUEST_TOKENS", "DEFAULT_SHUTDOWN_GRACE_S", "MODEL_FLAGS", "ServeConfig"]
+           "DEFAULT_MAX_REQUEST_TOKENS", "DEFAULT_SHUTDOWN_GRACE_S", "MODEL_FLAGS", "ServeConfig", "named",
+           "parse_cascade"]

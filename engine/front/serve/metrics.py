@@ -1,10 +1,12 @@
 """Prometheus metrics of one server (a registry of its own, so several apps can live in a process).
 
 Per endpoint: requests by status, latency, documents per request, 429s. Per API key (its name):
-requests by status, tokens, refusals by quota. Connections closed by a limit, by reason. Per model: tokens
-submitted, and from its totals (``Model.stats()``) batches, rows, real and computed tokens
-(padding = 1 - real / computed); with sharing on, from its shared queue: rows and requests per
-batch, padding per batch, queue depth in tokens and requests.
+requests by status, tokens, refusals by quota. Connections closed by a limit, by reason. Per model
+(the served name, a cascade's included): tokens submitted, documents truncated and their tokens no
+window read; per loaded model: resident memory its loading added, and from its totals
+(``Model.stats()``) batches, rows, real and computed tokens (padding = 1 - real / computed); with
+sharing on, from its shared queue: rows and requests per batch, padding per batch, queue depth in
+tokens and requests.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ class Metrics:
         self.overloaded = Counter("crossrank_overloaded", "Requests refused with 429 (queue full)",
                                   ["endpoint"], registry=r)
         self.tokens = Counter("crossrank_tokens", "Real tokens submitted by requests", ["model"], registry=r)
+        self.truncated = Counter("crossrank_truncated_documents", "Documents with tokens no window read",
+                                 ["model"], registry=r)
+        self.dropped_tokens = Counter("crossrank_dropped_tokens", "Document tokens no window read (truncated)",
+                                      ["model"], registry=r)
+        self.memory = Gauge("crossrank_model_memory_bytes", "Resident memory a model's loading added",
+                            ["model"], registry=r)
         self.batch_rows = Histogram("crossrank_batch_rows", "Rows per shared batch", ["model"],
                                     buckets=COUNT_BUCKETS, registry=r)
         self.batch_requests = Histogram("crossrank_batch_requests", "Requests with rows in a shared batch",
@@ -78,8 +86,14 @@ class Metrics:
         self._totals = _ModelTotals()
         r.register(self._totals)
 
-    def watch_model(self, name: str, model) -> None:
-        """Export a Reranker's or Embedder's totals and, when shared, its queue and batches."""
+    def watch_model(self, served) -> None:
+        """Export a served Reranker's or Embedder's memory, totals and, when shared, its queue and
+        batches (``registry.ServedModel``; a cascade's figures are its rerankers')."""
+        if served.kind == "cascade":
+            return
+        name, model = served.name, served.model
+        if served.memory_bytes is not None:
+            self.memory.labels(name).set(served.memory_bytes)
         self._totals.models[name] = model
         if not model.shared:
             return

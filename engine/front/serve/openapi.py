@@ -14,7 +14,6 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from crossrank.front.serve import protocols as p
-from crossrank.front.serve.names import served_names
 from crossrank.front.serve.protocols import COHERE, OPENAI, TEI
 
 STRING = {"type": "string"}
@@ -129,7 +128,7 @@ def document_api(app: FastAPI) -> None:
         config = app.state.config
         schema = get_openapi(title="crossrank", version=app.version, routes=app.routes,
                              description="Reranking and embedding server: Cohere, TEI and OpenAI APIs, /v1/search.")
-        requests = _requests(config.max_documents, served_names(config, "reranker"), served_names(config, "embedder"))
+        requests = _requests(config.max_documents, [*config.reranker, *config.cascade], list(config.embedder))
         for path, item in schema.get("paths", {}).items():
             for method, operation in item.items():
                 if method == "post" and path in requests:

@@ -99,7 +99,8 @@ def parse_body(raw: bytes) -> dict:
     return body
 
 
-def _optional_model(body: dict) -> str | None:
+def parse_model(body: dict) -> str | None:
+    """The body's ``model`` (which model answers; None: the server's default for the endpoint)."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _field(f"model must be a string, got {type(model).__name__} {model!r:.60}", "model")
@@ -131,6 +132,15 @@ class RerankRequest:
     model: str | None = None
     version: int = 1                     # Cohere API version (1 or 2)
     max_chunks_per_doc: int | None = None  # Cohere v1: best of the first N windows of each document
+    return_evidence: bool = False        # crossrank's own: each result's windows (character offsets, scores)
+    return_truncation: bool = False      # crossrank's own: each result's truncated / dropped_tokens
+
+
+def _extras(body: dict) -> dict:
+    """crossrank's own request fields, in every family's rerank body (clients that do not send
+    them get the family's plain shapes)."""
+    return {name: _checked(check_bool, body.get(name, False), name, name=name)
+            for name in ("return_evidence", "return_truncation")}
 
 
 def _document_text(document, i: int, rank_fields: list[str] | None) -> str:
@@ -162,7 +172,7 @@ def _top_n(body: dict) -> int | None:
 def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankRequest:
     """Cohere v1 (also Jina: documents as strings or {"text", ...} objects, rank_fields,
     return_documents, default true) or Cohere v2 (documents as strings only)."""
-    model = _optional_model(body)
+    model = parse_model(body)
     if version == 2 and model is None:
         raise _field("model is required by Cohere's v2 rerank API: send the name GET /v1/models lists", "model")
     query = _checked(check_query, body.get("query"), "query", name="query")
@@ -175,7 +185,8 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     max_tokens = _positive_or_none(body, "max_tokens_per_doc")
     if version == 2:
         texts = [_checked(check_text, d, f"documents[{i}]", name=f"documents[{i}]") for i, d in enumerate(documents)]
-        return RerankRequest(COHERE, query, texts, documents, top_n, False, False, max_tokens, model, 2)
+        return RerankRequest(COHERE, query, texts, documents, top_n, False, False, max_tokens, model, 2,
+                             **_extras(body))
     rank_fields = body.get("rank_fields")
     if rank_fields is not None:
         _checked(check_texts, rank_fields, "rank_fields", name="rank_fields")
@@ -184,12 +195,14 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     max_chunks = _positive_or_none(body, "max_chunks_per_doc")
     texts = [_document_text(d, i, rank_fields) for i, d in enumerate(documents)]
     return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1,
-                         max_chunks_per_doc=max_chunks)
+                         max_chunks_per_doc=max_chunks, **_extras(body))
 
 
 def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:
-    """TEI ``/rerank``: {query, texts, raw_scores?, return_text?, truncate?, truncation_direction?}.
-    Texts are always truncated to the model's window (TEI refuses them when truncate is false)."""
+    """TEI ``/rerank``: {query, texts, raw_scores?, return_text?, truncate?, truncation_direction?}
+    (plus ``model``, which TEI itself does not have). Texts are always truncated to the model's
+    window (TEI refuses them when truncate is false)."""
+    model = parse_model(body)
     query = _checked(check_query, body.get("query"), "query", name="query")
     texts = body.get("texts")
     if not isinstance(texts, list):
@@ -204,7 +217,24 @@ def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:
     if direction is not None and (not isinstance(direction, str) or direction.lower() != "right"):
         raise _field(f"truncation_direction {direction!r:.40} is not supported: crossrank keeps the start of "
                      f"each text (\"Right\")", "truncation_direction")
-    return RerankRequest(TEI, query, texts, texts, None, return_text, raw)
+    return RerankRequest(TEI, query, texts, texts, None, return_text, raw, model=model, **_extras(body))
+
+
+def _evidence(evidence) -> dict | None:
+    if evidence is None:
+        return None
+    return {"start": evidence.start, "end": evidence.end, "window": evidence.window,
+            "windows": [{"start": w.start, "end": w.end, "score": w.score} for w in evidence.windows]}
+
+
+def _result_extras(request: RerankRequest, result) -> dict:
+    """A result's extra fields, when the request asked for them (clients' SDKs ignore them)."""
+    extras = {}
+    if request.return_truncation:
+        extras.update(truncated=result.truncated, dropped_tokens=result.dropped_tokens)
+    if request.return_evidence:
+        extras["evidence"] = _evidence(result.evidence)
+    return extras
 
 
 def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
@@ -215,7 +245,7 @@ def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
             item = {"index": r.index, "score": r.score}
             if request.return_documents:
                 item["text"] = request.texts[r.index]
-            out.append(item)
+            out.append(item | _result_extras(request, r))
         return out
     results = []
     for r in ranked:
@@ -223,7 +253,7 @@ def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
         if request.return_documents:
             original = request.originals[r.index]
             item["document"] = original if isinstance(original, dict) else {"text": original}
-        results.append(item)
+        results.append(item | _result_extras(request, r))
     units = max(1, math.ceil(len(request.texts) / 100))  # Cohere: a search unit = a query and up to 100 documents
     meta = {"api_version": {"version": str(request.version)}, "billed_units": {"search_units": units},
             "tokens": {"input_tokens": tokens, "output_tokens": 0}}
@@ -239,11 +269,13 @@ class EmbedRequest:
     single: bool                          # TEI: a bare string input
     encoding_format: str = "float"
     model: str | None = None
+    dimensions: int | None = None         # OpenAI: the vector size asked for (only the embedder's own)
 
 
-def parse_openai_embeddings(body: dict, max_documents: int, dim: int) -> EmbedRequest:
-    """OpenAI ``/v1/embeddings``: {input: str | [str], model, encoding_format?, dimensions?, user?}."""
-    model = _optional_model(body)
+def parse_openai_embeddings(body: dict, max_documents: int) -> EmbedRequest:
+    """OpenAI ``/v1/embeddings``: {input: str | [str], model, encoding_format?, dimensions?, user?}
+    (``dimensions`` is checked against the model that answers: ``check_dimensions``)."""
+    model = parse_model(body)
     raw = body.get("input")
     if isinstance(raw, str):
         texts = [raw]
@@ -264,16 +296,23 @@ def parse_openai_embeddings(body: dict, max_documents: int, dim: int) -> EmbedRe
     encoding = body.get("encoding_format") or "float"
     _checked(check_choice, encoding, "encoding_format", ENCODING_FORMATS, name="encoding_format")
     dimensions = _positive_or_none(body, "dimensions")
-    if dimensions is not None and dimensions != dim:
-        raise _field(f"dimensions {dimensions} is not available: this embedder gives {dim} dimensions "
-                     f"(omit dimensions or send {dim})", "dimensions")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise _field(f"user must be a string, got {type(body['user']).__name__}", "user")
-    return EmbedRequest(OPENAI, texts, isinstance(raw, str), encoding, model)
+    return EmbedRequest(OPENAI, texts, isinstance(raw, str), encoding, model, dimensions)
+
+
+def check_dimensions(request: EmbedRequest, dim: int) -> EmbedRequest:
+    """The request, if the dimensions it asks for (if any) are the embedder's ``dim``."""
+    if request.dimensions is not None and request.dimensions != dim:
+        raise _field(f"dimensions {request.dimensions} is not available: this embedder gives {dim} dimensions "
+                     f"(omit dimensions or send {dim})", "dimensions")
+    return request
 
 
 def parse_tei_embed(body: dict, max_documents: int) -> EmbedRequest:
-    """TEI ``/embed``: {inputs: str | [str], normalize?, truncate?, truncation_direction?}."""
+    """TEI ``/embed``: {inputs: str | [str], normalize?, truncate?, truncation_direction?} (plus
+    ``model``, which TEI itself does not have)."""
+    model = parse_model(body)
     raw = body.get("inputs")
     if isinstance(raw, str):
         texts = [raw]
@@ -288,7 +327,7 @@ def parse_tei_embed(body: dict, max_documents: int) -> EmbedRequest:
                      "normalize")
     if body.get("truncate") is not None:
         _checked(check_bool, body["truncate"], "truncate", name="truncate")
-    return EmbedRequest(TEI, texts, isinstance(raw, str))
+    return EmbedRequest(TEI, texts, isinstance(raw, str), model=model)
 
 
 def _base64_floats(vector: np.ndarray) -> str:
@@ -301,7 +340,7 @@ def embed_response(request: EmbedRequest, vectors: np.ndarray, tokens: int, mode
     data = [{"object": "embedding", "index": i,
              "embedding": _base64_floats(v) if request.encoding_format == "base64" else v.tolist()}
             for i, v in enumerate(vectors)]
-    return {"object": "list", "data": data, "model": request.model or model_name,
+    return {"object": "list", "data": data, "model": model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
@@ -313,12 +352,14 @@ class SearchRequest:
     k: int = 100
     top_n: int | None = 10
     deadline_ms: float | None = None
+    model: str | None = None             # the rerank model (a reranker or a cascade); None: the default
 
 
 def parse_search(body: dict, max_documents: int) -> SearchRequest:
-    """crossrank ``/v1/search``: {query, k?, top_n?, deadline_ms?} (top_n null or 0: all k). k is
-    the number of candidates reranked: at most ``max_documents`` (omitted: 100, or that cap if
-    lower); deadline_ms at most an hour."""
+    """crossrank ``/v1/search``: {query, model?, k?, top_n?, deadline_ms?} (top_n null or 0: all
+    k). k is the number of candidates reranked: at most ``max_documents`` (omitted: 100, or that
+    cap if lower); deadline_ms at most an hour."""
+    model = parse_model(body)
     query = _checked(check_query, body.get("query"), "query", name="query")
     k = _checked(check_int, body.get("k", min(SearchRequest.k, max_documents)), "k", name="k")
     if k > max_documents:
@@ -329,7 +370,7 @@ def parse_search(body: dict, max_documents: int) -> SearchRequest:
     if deadline is not None and deadline > MAX_DEADLINE_MS:
         raise _field(f"deadline_ms {body['deadline_ms']!r:.40} is more than this server waits ({MAX_DEADLINE_MS} ms); "
                      f"omit it for no deadline", "deadline_ms")
-    return SearchRequest(query, k, top_n, deadline)
+    return SearchRequest(query, k, top_n, deadline, model)
 
 
 def _finite_or_none(value):

@@ -27,7 +27,6 @@ from starlette.requests import ClientDisconnect
 
 from crossrank.front.serve import protocols as p
 from crossrank.front.serve.errors import CLIENT_GONE, ClientGone, ErrorReply, RequestTimeout, TooLarge, error_reply
-from crossrank.front.serve.names import check_model, served_names
 from crossrank.front.serve.security import request_key
 from crossrank.scheduler import run_async
 from crossrank.version import __version__
@@ -38,11 +37,15 @@ router = APIRouter()
 
 @dataclass
 class Outcome:
-    """A job's answer: the body, and the documents and tokens it ran (for the log and metrics)."""
+    """A job's answer: the body, and for the log and metrics the model that answered, the
+    documents and tokens it ran, and how many documents were truncated by how many tokens."""
 
     body: bytes
     documents: int = 0
     tokens: int = 0
+    model: str = "-"
+    truncated: int = 0
+    dropped_tokens: int = 0
 
 
 @dataclass
@@ -150,23 +153,28 @@ def _record(call: Call, request: Request, endpoint: str, status: int, seconds: f
         metrics.documents.labels(endpoint).observe(outcome.documents)
     if key is not None:
         metrics.key_requests.labels(key.name, str(status)).inc()
-    log.info("%s %s %d %.1f ms documents=%d tokens=%d%s", request.method, request.url.path, status, seconds * 1e3,
-             outcome.documents if outcome else 0, outcome.tokens if outcome else 0,
-             f" key={key.name}" if key is not None else "")
+    outcome = outcome or Outcome(b"")
+    log.info("%s %s %d %.1f ms model=%s documents=%d tokens=%d truncated=%d dropped_tokens=%d%s", request.method,
+             request.url.path, status, seconds * 1e3, outcome.model, outcome.documents, outcome.tokens,
+             outcome.truncated, outcome.dropped_tokens, f" key={key.name}" if key is not None else "")
 
 
 # -- jobs (on a thread of their own, never on the event loop) --------------------------------------
 
 def run_rerank(call: Call, request: p.RerankRequest) -> Outcome:
-    """Rerank a parsed request (tokenized once, in the core; its token count comes back with it)."""
-    reranker = call.models.need("reranker")
-    check_model(call.config, "reranker", request.model)
-    ranked = reranker.rerank(request.query, request.texts, top_n=request.top_n, return_documents=False,
-                             raw_scores=request.raw_scores, max_tokens_per_doc=request.max_tokens_per_doc,
-                             max_chunks_per_doc=request.max_chunks_per_doc,
-                             token_budget=call.config.max_request_tokens)
-    call.metrics.tokens.labels("reranker").inc(ranked.tokens)
-    return Outcome(_json(p.rerank_response(request, ranked, ranked.tokens)), len(request.texts), ranked.tokens)
+    """Rerank a parsed request with the model it names (tokenized once, in the core; its token
+    and truncation counts come back with it)."""
+    served = call.models.reranker(request.model)
+    call.models.registry.check_documents(served, len(request.texts))
+    ranked = served.model.rerank(request.query, request.texts, top_n=request.top_n, return_documents=False,
+                                 raw_scores=request.raw_scores, max_tokens_per_doc=request.max_tokens_per_doc,
+                                 max_chunks_per_doc=request.max_chunks_per_doc, return_evidence=request.return_evidence,
+                                 token_budget=call.config.max_request_tokens)
+    call.metrics.tokens.labels(served.name).inc(ranked.tokens)
+    call.metrics.truncated.labels(served.name).inc(ranked.truncated)
+    call.metrics.dropped_tokens.labels(served.name).inc(ranked.dropped_tokens)
+    return Outcome(_json(p.rerank_response(request, ranked, ranked.tokens)), len(request.texts), ranked.tokens,
+                   served.name, ranked.truncated, ranked.dropped_tokens)
 
 
 def cohere_v1_rerank_job(call: Call, raw: bytes) -> Outcome:
@@ -186,32 +194,34 @@ def tei_or_cohere_rerank_job(call: Call, raw: bytes) -> Outcome:
     return run_rerank(call, p.parse_tei_rerank(body, call.config.max_documents))
 
 
-def run_embed(call: Call, embedder, request: p.EmbedRequest) -> Outcome:
+def run_embed(call: Call, served, request: p.EmbedRequest) -> Outcome:
     """Embed a parsed request (tokenized once, in the core; its token count comes back with it)."""
-    check_model(call.config, "embedder", request.model)
-    vectors, tokens = embedder.embed_with_usage(request.texts, token_budget=call.config.max_request_tokens)
-    call.metrics.tokens.labels("embedder").inc(tokens)
-    name = served_names(call.config, "embedder")[0]
-    return Outcome(_json(p.embed_response(request, vectors, tokens, name)), len(request.texts), tokens)
+    vectors, tokens, truncated, dropped = served.model.embed_with_usage(request.texts,
+                                                                       token_budget=call.config.max_request_tokens)
+    call.metrics.tokens.labels(served.name).inc(tokens)
+    call.metrics.truncated.labels(served.name).inc(truncated)
+    call.metrics.dropped_tokens.labels(served.name).inc(dropped)
+    return Outcome(_json(p.embed_response(request, vectors, tokens, served.name)), len(request.texts), tokens,
+                   served.name, truncated, dropped)
 
 
 def openai_embeddings_job(call: Call, raw: bytes) -> Outcome:
-    body = p.parse_body(raw)
-    embedder = call.models.need("embedder")
-    return run_embed(call, embedder, p.parse_openai_embeddings(body, call.config.max_documents, embedder.dim))
+    request = p.parse_openai_embeddings(p.parse_body(raw), call.config.max_documents)
+    served = call.models.embedder(request.model)
+    return run_embed(call, served, p.check_dimensions(request, served.model.dim))
 
 
 def tei_embed_job(call: Call, raw: bytes) -> Outcome:
-    body = p.parse_body(raw)
-    embedder = call.models.need("embedder")
-    return run_embed(call, embedder, p.parse_tei_embed(body, call.config.max_documents))
+    request = p.parse_tei_embed(p.parse_body(raw), call.config.max_documents)
+    return run_embed(call, call.models.embedder(request.model), request)
 
 
 def search_job(call: Call, raw: bytes) -> Outcome:
     request = p.parse_search(p.parse_body(raw), call.config.max_documents)
-    pipeline = call.models.need("pipeline")
+    pipeline = call.models.pipeline(request.model)
     result = pipeline.search(request.query, k=request.k, top_n=request.top_n, deadline_ms=request.deadline_ms)
-    return Outcome(_json(p.search_response(result)), result.candidates)
+    model = request.model or call.models.registry.default("rerank")
+    return Outcome(_json(p.search_response(result)), result.candidates, model=model)
 
 
 # -- routes -----------------------------------------------------------------------------------------
@@ -274,17 +284,23 @@ def first_stage_id(config) -> str:
 @router.get("/info")
 async def info(request: Request):
     config, models = request.app.state.config, request.app.state.models
+    registry, paths = models.registry, config.info_paths  # without --info-paths: names, no filesystem path
+    first_stage = config.first_stage_name()
     index = None
-    if config.first_stage_name():
-        index = {"path": config.first_stage_name()} if config.info_paths else {"id": first_stage_id(config)}
-        if models.index is not None:
-            index["documents"] = len(models.index)
-    return {"name": "crossrank", "version": __version__, "ready": models.ready.is_set(),
-            "models": {what: models.model_info(what) for what in ("reranker", "embedder")},
+    if first_stage:
+        index = {"path": first_stage} if paths else {"id": first_stage_id(config)}
+        if registry.retriever is not None:
+            index["documents"] = len(registry.retriever)
+    info = {"name": "crossrank", "version": __version__, "ready": models.ready.is_set(),
+            "models": {name: {**served.describe(paths), "default": name == registry.default(served.family)}
+                       for name, served in registry.models.items()},
             "index": index,
             "limits": {"max_queue_tokens": config.max_queue_tokens, "max_documents": config.max_documents,
                        "max_request_bytes": config.max_request_bytes},
-            "shared": config.shared, "device": config.device}
+            "shared": config.shared, "core_sharing": config.core_sharing, "device": config.device}
+    if paths:
+        info["configured"] = {"reranker": config.reranker, "embedder": config.embedder, "cascade": config.cascade}
+    return info
 
 
 @router.get("/v1/models")
@@ -292,7 +308,7 @@ async def list_models(request: Request):
     config, models = request.app.state.config, request.app.state.models
     created = int(models.loaded_at or time.time())
     data = [{"id": name, "object": "model", "created": created, "owned_by": "crossrank", "kind": kind}
-            for kind in ("reranker", "embedder") for name in served_names(config, kind)]
+            for kind in ("reranker", "cascade", "embedder") for name in getattr(config, kind)]
     return {"object": "list", "data": data}
 
 
