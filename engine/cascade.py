@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from crossrank.errors import check_bool, check_query, check_texts, check_top_n
+from crossrank.errors import TokenBudgetError, check_bool, check_int, check_query, check_texts, check_top_n
 from crossrank.pipeline import cascade_step, check_cascade
 from crossrank.reranker import RankedDocument, Ranking, Reranker
 
@@ -31,23 +31,31 @@ class Cascade:
 
     def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                return_documents: bool = True, raw_scores: bool = False, *, max_tokens_per_doc: int | None = None,
-               max_chunks_per_doc: int | None = None, return_evidence: bool = False) -> Ranking:
+               max_chunks_per_doc: int | None = None, return_evidence: bool = False,
+               token_budget: int | None = None) -> Ranking:
         """Documents in the cascade's order, at most ``top_n``; the options are ``Reranker.rerank``'s,
-        given to every stage. ``tokens`` adds up every stage's; ``truncated`` and ``dropped_tokens``
-        (and each result's ``dropped_tokens`` and ``evidence``) are those of the last stage that
-        read each document."""
+        given to every stage (``token_budget``: for all stages together, each stage refused before
+        it runs past what the earlier ones left). ``tokens`` adds up every stage's; ``truncated``
+        and ``dropped_tokens`` (and each result's ``dropped_tokens`` and ``evidence``) are those of
+        the last stage that read each document."""
         query = check_query(query)
         documents = check_texts(documents)
         check_top_n(top_n)
         check_bool(return_documents, "return_documents")
+        token_budget = check_int(token_budget, "token_budget", allow_none=True)
         order = list(range(len(documents)))
         last: dict[int, RankedDocument] = {}  # document -> its result from the last stage that scored it
         tokens = 0
-        for reranker, depth in zip(self.rerankers, self.depths):
+        for stage, (reranker, depth) in enumerate(zip(self.rerankers, self.depths), start=1):
             head = order[:depth]
+            left = None if token_budget is None else token_budget - tokens
+            if left is not None and left < 1 and head:
+                raise TokenBudgetError(f"this cascade's stages before stage {stage} ran {tokens} tokens, its whole "
+                                       f"token budget ({token_budget})", tokens, token_budget)
             ranking = reranker.rerank(query, [documents[i] for i in head], return_documents=False,
                                       raw_scores=raw_scores, max_tokens_per_doc=max_tokens_per_doc,
-                                      max_chunks_per_doc=max_chunks_per_doc, return_evidence=return_evidence)
+                                      max_chunks_per_doc=max_chunks_per_doc, return_evidence=return_evidence,
+                                      token_budget=left)
             for r in ranking:
                 last[head[r.index]] = r._replace(index=head[r.index])
             order = cascade_step(order, depth, [r.index for r in ranking])

@@ -200,3 +200,17 @@ def test_mixed_concurrent_load_over_every_model(server, plain, trec_rag):
             np.testing.assert_allclose(answers[i], plain["minilm"].embed(documents), rtol=0, atol=1e-5)
         else:
             same(answers[i], answer(plain[name], query, documents))
+
+
+def test_a_cascade_keeps_to_one_token_budget(plain, trec_rag):
+    """The server's --max-request-tokens reaches a cascade as one budget for all its stages."""
+    row = trec_rag[7]
+    query, documents = row["query"], row["documents"][:12]
+    whole = plain["fast"].rerank(query, documents)
+    first = plain["L4"].rerank(query, documents)
+    assert whole.tokens > first.tokens
+    assert plain["fast"].rerank(query, documents, token_budget=whole.tokens).tokens == whole.tokens
+    with pytest.raises(crossrank.TokenBudgetError):
+        plain["fast"].rerank(query, documents, token_budget=whole.tokens - 1)
+    with pytest.raises(crossrank.TokenBudgetError, match="before stage 2"):
+        plain["fast"].rerank(query, documents, token_budget=first.tokens)
