@@ -23,7 +23,7 @@ from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_boo
 from crossrank.runner import BatchRunner, Deadline
 from crossrank.scheduler import Scheduler, run_async
 from crossrank.settings import MEMORY_ARENA, resolve_settings
-from crossrank.tokenize import PairTokenizer, Rows
+from crossrank.tokenize import Rows, pair_tokenizer
 
 LONG_DOCUMENT_MODES = ("truncate", "chunk")
 CHUNK_DOCUMENTS = 4096  # documents tokenized per step: memory stays bounded for huge requests
@@ -86,7 +86,7 @@ class Reranker:
         self.artifact = load_artifact(path, expect_kind="cross")
         limit = self.artifact.max_length
         self.max_length = check_int(max_length, "max_length", 8, limit, allow_none=True) or limit
-        self.tokenizer = PairTokenizer(self.artifact.tokenizer_path, self.max_length)
+        self.tokenizer = pair_tokenizer(self.artifact.tokenizer_path, self.max_length, self.artifact.manifest.get("prompt"))
         most = self.tokenizer.max_query_tokens  # windows then still advance by at least half
         if chunk_overlap is None:
             chunk_overlap = min(64, most // 2)
@@ -103,9 +103,10 @@ class Reranker:
         self._seconds_per_token: float | None = None  # measured by the last deadline call
 
     # -- the three stages -------------------------------------------------------------------
-    def _encode_pre(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str]) -> Rows:
-        query_ids = self.tokenizer.encode_texts(queries)
-        doc_ids = self.tokenizer.encode_texts(documents) if documents else []
+    def _encode_pre(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str],
+                    instruction: str | None = None) -> Rows:
+        query_ids = self.tokenizer.encode_queries(queries, instruction)
+        doc_ids = self.tokenizer.encode_documents(documents) if documents else []
         overlap = self.chunk_overlap if self.long_documents == "chunk" else None
         return self.tokenizer.pair_rows(query_ids, query_of_doc, doc_ids, chunk_overlap=overlap)
 
@@ -125,13 +126,13 @@ class Reranker:
         return (best if raw else self.activation(best)), scored
 
     def _scores(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str], raw: bool,
-                deadline: Deadline | None = None) -> tuple[np.ndarray, int]:
+                deadline: Deadline | None = None, instruction: str | None = None) -> tuple[np.ndarray, int]:
         """Scores in input order and how many leading documents were scored (all, without a
         deadline; the rest are nan)."""
         scores = np.full(len(documents), np.nan, dtype=np.float32)
         for start in range(0, len(documents), CHUNK_DOCUMENTS):
             part = slice(start, start + CHUNK_DOCUMENTS)
-            rows = self._encode_pre(queries, query_of_doc[part], documents[part])
+            rows = self._encode_pre(queries, query_of_doc[part], documents[part], instruction)
             logits, done = self._encode_core(rows, deadline)
             part_scores, scored = self._encode_post(rows, logits, done, len(documents[part]), raw)
             scores[start: start + scored] = part_scores[:scored]
@@ -140,11 +141,13 @@ class Reranker:
         return scores, len(documents)
 
     # -- public API -------------------------------------------------------------------------
-    def score(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False) -> np.ndarray:
-        """Scores of (query, document) pairs in input order, float32."""
+    def score(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False,
+              instruction: str | None = None) -> np.ndarray:
+        """Scores of (query, document) pairs in input order, float32. ``instruction``: see ``rerank``."""
         if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
             raise ArgumentTypeError(f"pairs must be a list of (query, document) tuples, got {type(pairs).__name__}")
         check_bool(raw_scores, "raw_scores")
+        instruction = self.tokenizer.check_instruction(instruction)
         query_index: dict[str, int] = {}
         query_of_doc, documents = [], []
         for i, pair in enumerate(pairs):
@@ -153,12 +156,17 @@ class Reranker:
             query = check_query(pair[0], f"pairs[{i}][0]")
             query_of_doc.append(query_index.setdefault(query, len(query_index)))
             documents.append(check_text(pair[1], f"pairs[{i}][1]"))
-        return self._scores(list(query_index), np.asarray(query_of_doc, dtype=np.int64), documents, raw_scores)[0]
+        return self._scores(list(query_index), np.asarray(query_of_doc, dtype=np.int64), documents, raw_scores,
+                            instruction=instruction)[0]
 
     def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                return_documents: bool = True, raw_scores: bool = False,
-               deadline_ms: float | None = None) -> RankedList:
+               deadline_ms: float | None = None, instruction: str | None = None) -> RankedList:
         """Documents ranked best first (ties keep input order), at most ``top_n``.
+
+        instruction: the task instruction of an instruct-aware reranker (a decoder exported with a
+        prompt template that has an ``{instruction}`` field; ``accepts_instruction``); None: the
+        manifest's default. Other models refuse one (InvalidArgumentError).
 
         deadline_ms: time allowed for this call. Candidates are then scored in the given
         (first-stage) order, batch by batch, stopping before a batch that would end past the
@@ -170,16 +178,17 @@ class Reranker:
         started = self.clock()
         deadline_ms = check_deadline_ms(deadline_ms)
         if deadline_ms is None:
-            return RankedList(self.rerank_many([query], [documents], top_n, return_documents, raw_scores)[0],
-                              scored=len(documents))
+            return RankedList(self.rerank_many([query], [documents], top_n, return_documents, raw_scores,
+                                               instruction)[0], scored=len(documents))
         check_top_n(top_n)
         check_bool(return_documents, "return_documents")
         check_bool(raw_scores, "raw_scores")
         query = check_query(query)
         documents = check_texts(documents)
+        instruction = self.tokenizer.check_instruction(instruction)
         deadline = Deadline(started + deadline_ms / 1e3, self.clock, self._seconds_per_token)
         scores, scored = self._scores([query], np.zeros(len(documents), dtype=np.int64), documents, raw_scores,
-                                      deadline)
+                                      deadline, instruction)
         if deadline.spent_tokens:
             self._seconds_per_token = deadline.seconds_per_token
         order = np.argsort(-scores[:scored], kind="stable").tolist() + list(range(scored, len(documents)))
@@ -188,11 +197,12 @@ class Reranker:
 
     def rerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[str]],
                     top_n: int | None = None, return_documents: bool = True,
-                    raw_scores: bool = False) -> list[RankedList]:
-        """``rerank`` for several queries at once; their pairs share batches."""
+                    raw_scores: bool = False, instruction: str | None = None) -> list[RankedList]:
+        """``rerank`` for several queries at once (one ``instruction`` for all); their pairs share batches."""
         check_top_n(top_n)
         check_bool(return_documents, "return_documents")
         check_bool(raw_scores, "raw_scores")
+        instruction = self.tokenizer.check_instruction(instruction)
         one = not isinstance(queries, (str, bytes)) and isinstance(queries, Sequence) and len(queries) == 1
         queries = [check_query(queries[0])] if one else check_queries(queries)
         if isinstance(documents_per_query, (str, bytes)) or not isinstance(documents_per_query, Sequence):
@@ -204,7 +214,7 @@ class Reranker:
                      for i, docs in enumerate(documents_per_query)]
         query_of_doc = np.repeat(np.arange(len(queries)), [len(d) for d in doc_lists])
         flat = [doc for docs in doc_lists for doc in docs]
-        scores = self._scores(queries, query_of_doc, flat, raw_scores)[0]
+        scores = self._scores(queries, query_of_doc, flat, raw_scores, instruction=instruction)[0]
         results, start = [], 0
         for docs in doc_lists:
             part = scores[start: start + len(docs)]
@@ -214,26 +224,34 @@ class Reranker:
                                        for i in order], scored=len(docs)))
         return results
 
-    async def ascore(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False) -> np.ndarray:
+    async def ascore(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False,
+                     instruction: str | None = None) -> np.ndarray:
         """``score`` for asyncio callers (on a thread of its own; cancelling drops queued pairs)."""
-        return await run_async(self.score, pairs, raw_scores)
+        return await run_async(self.score, pairs, raw_scores, instruction)
 
     async def arerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                       return_documents: bool = True, raw_scores: bool = False,
-                      deadline_ms: float | None = None) -> RankedList:
+                      deadline_ms: float | None = None, instruction: str | None = None) -> RankedList:
         """``rerank`` for asyncio callers (on a thread of its own; cancelling drops queued pairs)."""
-        return await run_async(self.rerank, query, documents, top_n, return_documents, raw_scores, deadline_ms)
+        return await run_async(self.rerank, query, documents, top_n, return_documents, raw_scores, deadline_ms,
+                               instruction)
 
     async def arerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[str]],
                            top_n: int | None = None, return_documents: bool = True,
-                           raw_scores: bool = False) -> list[RankedList]:
+                           raw_scores: bool = False, instruction: str | None = None) -> list[RankedList]:
         """``rerank_many`` for asyncio callers."""
-        return await run_async(self.rerank_many, queries, documents_per_query, top_n, return_documents, raw_scores)
+        return await run_async(self.rerank_many, queries, documents_per_query, top_n, return_documents, raw_scores,
+                               instruction)
 
     def close(self) -> None:
         """Stop the shared worker thread, if any (calls still queued fail with UsageError)."""
         if self.scheduler is not None:
             self.scheduler.close()
+
+    @property
+    def accepts_instruction(self) -> bool:
+        """Whether ``rerank(..., instruction=)`` is taken (an instruct-aware prompt template)."""
+        return self.tokenizer.accepts_instruction
 
     @property
     def padding_fraction(self) -> float:

@@ -4,15 +4,22 @@ Pair rows are assembled with numpy from the pieces of the tokenizer's own pair t
 (``[CLS] q [SEP] d [SEP]`` for BERT, ``<s> q </s></s> d </s>`` for XLM-R), truncating only the
 document side, so the ids equal ``tokenizer.encode(query, document)`` with ``only_second``
 truncation.
+
+Decoder rerankers take a prompt template instead (``PromptTemplate``, the manifest's "prompt"):
+prefix and suffix are tokenized once, the query part (with the instruction) once per query, the
+document part of every document in one call; only the document is truncated, the suffix never.
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from crossrank.errors import InvalidArgumentError, check_query
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,27 @@ class PairTokenizer:
         # A query may use at most half the window; the rest is the document's.
         self.max_query_tokens = (max_length - self.template.special_count) // 2
 
+    accepts_instruction = False
+
     def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def check_instruction(self, instruction):
+        """``instruction`` if this model takes it (None: none, or the model's default), else an error."""
+        if instruction is not None:
+            raise InvalidArgumentError("instruction: this model takes none (only rerankers exported with a prompt "
+                                       "template that has an {instruction} field do); leave it out")
+        return None
+
+    def encode_queries(self, queries: list[str], instruction: str | None = None) -> list[np.ndarray]:
+        """The query side of each pair (with a prompt template: the query part, instruction included)."""
+        self.check_instruction(instruction)
+        return self.encode_texts(queries)
+
+    def encode_documents(self, documents: list[str]) -> list[np.ndarray]:
+        """The document side of each pair, all in one parallel call."""
+        return self.encode_texts(documents)
 
     def document_budget(self, query_ids: np.ndarray) -> int:
         return self.max_length - self.template.special_count - len(query_ids)
@@ -125,3 +150,138 @@ class TextTokenizer:
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         types = [np.asarray(e.type_ids, dtype=np.int64) for e in encodings]
         return Rows(ids, types, np.arange(len(texts), dtype=np.int64))
+
+
+PROMPT_PARTS = {"prefix": list, "query": list, "document": str, "suffix": list}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A decoder reranker's prompt: ``prefix + query + document + suffix``, each part a list of
+    pieces tokenized separately (as the model's reference code does) and concatenated. Prefix and
+    suffix are literal text.
+
+    Query pieces hold ``{query}`` and, for instruct-aware models, ``{instruction}``
+    (``default_instruction`` when the caller gives none; without a default,
+    ``query_without_instruction`` is used). ``document`` is one piece ending with ``{document}``:
+    it is the only part truncated, from its end. Fields use ``str.format`` syntax.
+    """
+
+    prefix: tuple[str, ...]
+    query: tuple[str, ...]
+    document: str
+    suffix: tuple[str, ...]
+    default_instruction: str | None = None
+    query_without_instruction: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_manifest(cls, prompt: dict) -> "PromptTemplate":
+        """The template of a manifest's "prompt" object; ValueError naming what is wrong."""
+        problem = check_prompt(prompt)
+        if problem:
+            raise ValueError(f"prompt template {problem}")
+        without = prompt.get("query_without_instruction")
+        return cls(tuple(prompt["prefix"]), tuple(prompt["query"]), prompt["document"], tuple(prompt["suffix"]),
+                   prompt.get("default_instruction"), tuple(without) if without is not None else None)
+
+    @property
+    def takes_instruction(self) -> bool:
+        return any("{instruction}" in piece for piece in self.query)
+
+    def query_pieces(self, query: str, instruction: str | None) -> list[str]:
+        """The query part's pieces for one query (``instruction`` None: the default)."""
+        if instruction is None:
+            instruction = self.default_instruction
+        if instruction is None and self.takes_instruction:
+            return [piece.format(query=query) for piece in self.query_without_instruction]
+        return [piece.format(query=query, instruction=instruction) for piece in self.query]
+
+
+def check_prompt(prompt) -> str | None:
+    """The problem with a manifest's "prompt" object, or None."""
+    if not isinstance(prompt, dict):
+        return f"must be an object, got {type(prompt).__name__}"
+    for key, kind in PROMPT_PARTS.items():
+        value = prompt.get(key)
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(p, str) for p in value)):
+            return f"{key!r} must be {'a list of str' if kind is list else 'a str'}, got {value!r:.60}"
+    if not prompt["document"].endswith("{document}") or prompt["document"].count("{") != 1:
+        return f"'document' must end with its one field, {{document}}, got {prompt['document']!r:.60}"
+    without = prompt.get("query_without_instruction")
+    if without is not None and (not isinstance(without, list) or not all(isinstance(p, str) for p in without)):
+        return f"'query_without_instruction' must be a list of str or null, got {without!r:.60}"
+    for key, allowed in (("query", {"query", "instruction"}), ("query_without_instruction", {"query"})):
+        for piece in prompt.get(key) or ():
+            try:
+                fields = {name for _, name, _, _ in string.Formatter().parse(piece) if name is not None}
+            except ValueError as err:
+                return f"{key!r} piece {piece!r:.60}: {err}"
+            if not fields <= allowed:
+                return f"{key!r} piece {piece!r:.60} has fields {sorted(fields)}; allowed: {sorted(allowed)}"
+    if not any("{query}" in piece for piece in prompt["query"]):
+        return f"'query' pieces need a {{query}} field, got {prompt['query']!r:.80}"
+    default = prompt.get("default_instruction")
+    if default is not None and (not isinstance(default, str) or not default.strip()):
+        return f"'default_instruction' must be a non-blank str or null, got {default!r:.60}"
+    if any("{instruction}" in piece for piece in prompt["query"]) and default is None:
+        if without is None or not any("{query}" in piece for piece in without):
+            return "has an {instruction} field but no 'default_instruction': it needs 'query_without_instruction'"
+    return None
+
+
+class PromptTokenizer(PairTokenizer):
+    """(query, document) pairs -> rows of ids for a decoder reranker's prompt template.
+
+    Rows are ``prefix + query part + document part[:budget] + suffix``, every token type 0; the
+    query part is capped at half the window like a segment pair's query.
+    """
+
+    def __init__(self, tokenizer_path: str | Path, max_length: int, prompt: dict):
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.prompt = PromptTemplate.from_manifest(prompt)
+        self.accepts_instruction = self.prompt.takes_instruction
+        self.document_head = self.prompt.document[: -len("{document}")]
+        empty = np.zeros(0, dtype=np.int64)
+        self.template = PairTemplate(prefix=self._pieces(self.prompt.prefix), middle=empty,
+                                     suffix=self._pieces(self.prompt.suffix), first_type=0, second_type=0)
+        self.max_length = max_length
+        self.pad_id = _pad_id(self.tokenizer)
+        if max_length <= self.template.special_count + 2:
+            raise ValueError(f"max_length {max_length} leaves no room for text after the prompt's "
+                             f"{self.template.special_count} fixed tokens")
+        self.max_query_tokens = (max_length - self.template.special_count) // 2
+
+    def _pieces(self, pieces) -> np.ndarray:
+        ids = self.encode_texts(list(pieces)) if pieces else []
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
+    def check_instruction(self, instruction):
+        if instruction is None:
+            return None
+        if not self.accepts_instruction:
+            raise InvalidArgumentError("instruction: this model's prompt template has no {instruction} field; "
+                                       "leave it out")
+        return check_query(instruction, "instruction")
+
+    def encode_queries(self, queries: list[str], instruction: str | None = None) -> list[np.ndarray]:
+        self.check_instruction(instruction)
+        pieces = [self.prompt.query_pieces(query, instruction) for query in queries]
+        flat = self.encode_texts([piece for per_query in pieces for piece in per_query])
+        out, at = [], 0
+        for per_query in pieces:
+            out.append(np.concatenate(flat[at: at + len(per_query)]))
+            at += len(per_query)
+        return out
+
+    def encode_documents(self, documents: list[str]) -> list[np.ndarray]:
+        return self.encode_texts([self.document_head + document for document in documents])
+
+
+def pair_tokenizer(tokenizer_path: str | Path, max_length: int, prompt: dict | None = None) -> PairTokenizer:
+    """The pair tokenizer of an artifact: its prompt template's (decoder rerankers), else its
+    tokenizer's own pair template."""
+    if prompt is None:
+        return PairTokenizer(tokenizer_path, max_length)
+    return PromptTokenizer(tokenizer_path, max_length, prompt)
