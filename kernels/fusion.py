@@ -1,8 +1,9 @@
 """Transformer fusions, applied once at export time.
 
-onnxruntime's transformer optimizer rewrites the exported encoder into fused operators
-(EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) so sessions start without
-re-discovering them and run fewer, larger kernels.
+onnxruntime's transformer optimizer rewrites the exported graph into fused operators (for BERT:
+EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu; for Qwen decoders:
+SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, RotaryEmbedding) so sessions start
+without re-discovering them and run fewer, larger kernels.
 """
 
 from __future__ import annotations
@@ -11,23 +12,21 @@ from pathlib import Path
 
 import onnx
 
-# Model families that onnxruntime's optimizer handles with its "bert" fusion rules.
-FUSION_MODEL_TYPE = {"bert": "bert", "xlm-roberta": "bert", "roberta": "bert", "distilbert": "bert"}
 
-
-def fuse_transformer(onnx_path: str | Path, model_type: str, num_heads: int, hidden_size: int,
+def fuse_transformer(onnx_path: str | Path, optimizer_type: str, num_heads: int, hidden_size: int,
                      for_gpu: bool = False) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Fuse the encoder at ``onnx_path``; returns the fused model and the count of each fused op."""
+    """Fuse the graph at ``onnx_path`` with onnxruntime's rules for ``optimizer_type`` (a model type
+    of ``onnxruntime.transformers.optimizer``: "bert" for encoders, "qwen3" for Qwen decoders; the
+    export registry says which applies to a family); returns the fused model and the count of each
+    fused op."""
     from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
-    family = FUSION_MODEL_TYPE.get(model_type)
-    if family is None:
-        raise ValueError(f"no fusion rules for model type {model_type!r}; known: {sorted(FUSION_MODEL_TYPE)}")
-    options = FusionOptions(family)
+    if optimizer_type not in MODEL_TYPES:
+        raise ValueError(f"no fusion rules for {optimizer_type!r}; onnxruntime knows {sorted(MODEL_TYPES)}")
     optimized = optimize_model(
-        str(onnx_path), model_type=family, num_heads=num_heads, hidden_size=hidden_size,
-        opt_level=0, use_gpu=for_gpu, optimization_options=options,
+        str(onnx_path), model_type=optimizer_type, num_heads=num_heads, hidden_size=hidden_size,
+        opt_level=0, use_gpu=for_gpu, optimization_options=FusionOptions(optimizer_type),
     )
     if not any(op.domain == "com.microsoft" for op in optimized.model.opset_import):
         optimized.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
