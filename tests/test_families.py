@@ -291,3 +291,17 @@ def test_score_is_independent_of_batch_mates(family, precision, family_artifact,
         together += list(reranker.score([(query, target)] * 6 + [(query, long_mate)], raw_scores=True)[:6])
         worst = max(worst, float(np.max(np.abs(np.asarray(together) - alone))))
     assert worst <= TOLERANCE, f"{family} {precision}: a logit moved by {worst:.3g} with its batch mates"
+
+
+def test_a_manifest_with_a_broken_prompt_is_refused(family_artifact, tmp_path):
+    import shutil
+
+    from crossrank.artifact import ArtifactError, load_artifact
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(family_artifact("qwen3"), copy)
+    manifest = _manifest(copy)
+    manifest["prompt"]["document"] = "<Document>: {document}{query}"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"'prompt' 'document' must end with its one field"):
+        load_artifact(copy)
