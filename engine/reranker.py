@@ -86,7 +86,8 @@ class Reranker:
         self.artifact = load_artifact(path, expect_kind="cross")
         limit = self.artifact.max_length
         self.max_length = check_int(max_length, "max_length", 8, limit, allow_none=True) or limit
-        self.tokenizer = pair_tokenizer(self.artifact.tokenizer_path, self.max_length, self.artifact.manifest.get("prompt"))
+        self.tokenizer = pair_tokenizer(self.artifact.tokenizer_path, self.max_length,
+                                        self.artifact.manifest.get("prompt"))
         most = self.tokenizer.max_query_tokens  # windows then still advance by at least half
         if chunk_overlap is None:
             chunk_overlap = min(64, most // 2)

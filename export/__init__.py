@@ -72,9 +72,9 @@ def _export_raw_onnx(source: SourceModel, folder: Path) -> Path:
 
 def _build_graph(source: SourceModel, raw_onnx: Path, precision: str):
     """The family's fusions (if any) and head on the plain graph: (model, fused op counts)."""
-    from crossrank.kernels.fusion import fuse_transformer
     import onnx
 
+    from crossrank.kernels.fusion import fuse_transformer
     from crossrank.kernels.heads import add_pooling_head, add_positions, add_score_head, add_yes_no_head
 
     family = FAMILIES[source.family]
@@ -146,10 +146,10 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
     half-written at ``out``. ``force`` replaces an existing artifact, never anything else (see
     crossrank.export.output); leftovers of killed exports of ``out`` are cleaned up first.
     """
-    import onnx
 
+    from crossrank.kernels.graph_files import graph_inputs, save_graph
     from crossrank.kernels.heads import head_node_names
-    from crossrank.kernels.quantize import DEFAULT_INT8_RECIPE, get_recipe, quantize_int8
+    from crossrank.kernels.quantize import get_recipe, quantize_int8
 
     from . import fidelity
 
@@ -165,8 +165,9 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
     recipe_name = family.check_precision(precision, int8_recipe)
     recipe = get_recipe(recipe_name) if recipe_name else None
     if recipe is not None and recipe.needs_calibration and family.pairs != "segments":
+        dynamic = [name for name in family.int8_recipes if not get_recipe(name).needs_calibration]
         raise InvalidArgumentError(f"--int8-recipe {recipe.name!r} is calibrated on segment pairs; the {family.name} "
-                                   f"family takes {[r for r in family.int8_recipes if not get_recipe(r).needs_calibration]}")
+                                   f"family takes {dynamic}")
     check_output(out, source.path, force)  # before any work: nothing to lose, nothing wasted
     if max_length is not None:
         if not 8 <= max_length <= source.max_length:
@@ -185,8 +186,8 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
     try:
         raw = stages.run(f"exporting {source.architecture} with optimum (opset {OPSET})",
                          _export_raw_onnx, source, work / "raw")
-        model, fused = stages.run(f"fusing ({family.fusion or 'no fusion rules'}) and adding the {family.head} head"
-                                  if kind == "cross" else f"fusing ({family.fusion}) and adding the pooling head",
+        head = family.head if kind == "cross" else "pooling"
+        model, fused = stages.run(f"fusing ({family.fusion or 'no fusion rules'}) and adding the {head} head",
                                   _build_graph, source, raw, precision)
         model_path = work / MODEL_FILE
         if precision == "fp16":
@@ -249,28 +250,6 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
-
-
-EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in MODEL_FILE + ".data"
-
-
-def save_graph(model, path: Path) -> None:
-    """Save an ONNX graph; one past protobuf's 2 GB limit (e.g. a decoder reranker's fp32 weights)
-    keeps its weights in one file beside it, ``<name>.data``, which the manifest lists too."""
-    import onnx
-
-    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weight_bytes > EXTERNAL_DATA_BYTES:
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save(model, str(path))
-
-
-def graph_inputs(model_path: Path) -> list[str]:
-    import onnx
-
-    return [i.name for i in onnx.load(str(model_path), load_external_data=False).graph.input]
 
 
 def _calibration_feeds(source: SourceModel, sample) -> list[dict]:

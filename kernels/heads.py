@@ -145,7 +145,8 @@ def add_yes_no_head(
     nodes = [
         helper.make_node("ReduceSum", [mask_input, p + "axis_tokens"], [p + "lengths"], keepdims=1, name=p + "lengths"),
         helper.make_node("Sub", [p + "lengths", p + "one"], [p + "last_index"], name=p + "last_index"),
-        helper.make_node("GatherND", [hidden, p + "last_index"], [p + "last_hidden"], batch_dims=1, name=p + "last_token"),
+        helper.make_node("GatherND", [hidden, p + "last_index"], [p + "last_hidden"], batch_dims=1,
+                         name=p + "last_token"),
         helper.make_node("Mul", [p + "last_hidden", p + "answer_direction"], [p + "products"], name=p + "products"),
         helper.make_node("ReduceSum", [p + "products", p + "axis_last"], [output_name], keepdims=0, name=p + "score"),
     ]

@@ -84,8 +84,8 @@ def describe_artifact(path: Path, manifest: dict) -> str:
     recipe = manifest["quantization"]["name"] if manifest.get("quantization") else "-"
     family = manifest.get("family", "bert")
     template = f", template {manifest['prompt'].get('name')}" if manifest.get("prompt") else ""
-    return (f"{path}: {manifest['kind']} {manifest['precision']} ({family} family{template}, recipe {recipe}), max_length "
-            f"{manifest['max_length']}, {size_mb:.1f} MB, exported in {manifest['export_seconds']} s\n"
+    return (f"{path}: {manifest['kind']} {manifest['precision']} ({family} family{template}, recipe {recipe}), "
+            f"max_length {manifest['max_length']}, {size_mb:.1f} MB, exported in {manifest['export_seconds']} s\n"
             f"  fidelity vs PyTorch on {fid.get('pairs') or fid.get('texts')} real "
             f"{'pairs' if 'pairs' in fid else 'texts'}: {figures} [{'pass' if fid['passed'] else 'BELOW BAR'}: {fid['bar']}]")
 
