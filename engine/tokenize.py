@@ -86,6 +86,7 @@ class PairTokenizer:
         self.max_query_tokens = (max_length - self.template.special_count) // 2
 
     accepts_instruction = False
+    document_head = ""  # text the prompt puts before each document, tokenized with it
 
     def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -103,9 +104,14 @@ class PairTokenizer:
         self.check_instruction(instruction)
         return self.encode_texts(queries)
 
+    def document_encodings(self, documents: list[str]) -> list:
+        """``tokenizers`` encodings of the document side of each pair (``document_head`` + text), in
+        one parallel call; offsets count the head's characters too."""
+        return self.tokenizer.encode_batch([self.document_head + d for d in documents], add_special_tokens=False)
+
     def encode_documents(self, documents: list[str]) -> list[np.ndarray]:
         """The document side of each pair, all in one parallel call."""
-        return self.encode_texts(documents)
+        return [np.asarray(e.ids, dtype=np.int64) for e in self.document_encodings(documents)]
 
     def document_budget(self, query_ids: np.ndarray) -> int:
         return self.max_length - self.template.special_count - len(query_ids)
@@ -274,9 +280,6 @@ class PromptTokenizer(PairTokenizer):
             out.append(np.concatenate(flat[at: at + len(per_query)]))
             at += len(per_query)
         return out
-
-    def encode_documents(self, documents: list[str]) -> list[np.ndarray]:
-        return self.encode_texts([self.document_head + document for document in documents])
 
 
 def pair_tokenizer(tokenizer_path: str | Path, max_length: int, prompt: dict | None = None) -> PairTokenizer:

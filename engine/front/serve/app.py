@@ -124,23 +124,28 @@ class Models:
                         workers=model.scheduler.workers if model.scheduler else None)
             if what == "embedder":
                 info["dim"] = model.dim
+            else:
+                info["family"] = m.get("family", "bert")
+                info["instruction"] = {"accepted": model.accepts_instruction,
+                                       "default": (m.get("prompt") or {}).get("default_instruction")}
         return info
 
 
 # -- model work (on a thread of its own, never on the event loop) ----------------------------------
 
 def count_and_cut_pairs(reranker: Reranker, query: str, texts: list[str],
-                        max_tokens_per_doc: int | None) -> tuple[list[str], int]:
+                        max_tokens_per_doc: int | None, instruction: str | None = None) -> tuple[list[str], int]:
     """The documents cut at their ``max_tokens_per_doc``-th token (when given and shorter than the
     window allows), and the real tokens of the pairs the reranker will run."""
     tok = reranker.tokenizer
-    query_ids = tok.encode_texts([query])
-    encodings = tok.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+    query_ids = tok.encode_queries([query], instruction)
+    encodings = tok.document_encodings(texts) if texts else []
+    head = len(tok.document_head)  # a prompt template's text before the document (in the offsets)
     doc_ids = []
     for i, encoding in enumerate(encodings):
         ids = encoding.ids
         if max_tokens_per_doc is not None and len(ids) > max_tokens_per_doc:
-            texts[i] = texts[i][: encoding.offsets[max_tokens_per_doc - 1][1]]
+            texts[i] = texts[i][: max(0, encoding.offsets[max_tokens_per_doc - 1][1] - head)]
             ids = ids[:max_tokens_per_doc]
         doc_ids.append(np.asarray(ids, dtype=np.int64))
     overlap = reranker.chunk_overlap if reranker.long_documents == "chunk" else None
@@ -257,10 +262,10 @@ def build_app(config: ServeConfig, health_details: Callable[[], Awaitable[dict]]
             request = parse(p.parse_body(raw))
             reranker = models.need("reranker")
             texts, tokens = count_and_cut_pairs(reranker, request.query, list(request.texts),
-                                                request.max_tokens_per_doc)
+                                                request.max_tokens_per_doc, request.instruction)
             metrics.tokens.labels("reranker").inc(tokens)
             ranked = reranker.rerank(request.query, texts, top_n=request.top_n, return_documents=False,
-                                     raw_scores=request.raw_scores)
+                                     raw_scores=request.raw_scores, instruction=request.instruction)
             return Outcome(_json(p.rerank_response(request, ranked, tokens)), len(texts), tokens)
 
         return job

@@ -98,6 +98,7 @@ class RerankRequest:
     model: str | None = None
     version: int = 1                     # Cohere API version (1 or 2)
     extra: dict = field(default_factory=dict)
+    instruction: str | None = None       # instruct-aware rerankers only (others answer 422)
 
 
 def _document_text(document, i: int, rank_fields: list[str] | None) -> str:
@@ -127,7 +128,8 @@ def _top_n(body: dict) -> int | None:
 
 def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankRequest:
     """Cohere v1 (also Jina: documents as strings or {"text", ...} objects, rank_fields,
-    return_documents, default true) or Cohere v2 (documents as strings only)."""
+    return_documents, default true) or Cohere v2 (documents as strings only). Both take crossrank's
+    ``instruction`` (a string) for instruct-aware rerankers; a model without one answers 422."""
     model = _optional_model(body)
     query = _checked(check_query, body.get("query"), "query", name="query")
     documents = body.get("documents")
@@ -137,9 +139,13 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     _limit_count(documents, "documents", max_documents)
     top_n = _top_n(body)
     max_tokens = _positive_or_none(body, "max_tokens_per_doc")
+    instruction = body.get("instruction")
+    if instruction is not None:
+        _checked(check_query, instruction, "instruction", name="instruction")
     if version == 2:
         texts = [_checked(check_text, d, f"documents[{i}]", name=f"documents[{i}]") for i, d in enumerate(documents)]
-        return RerankRequest(COHERE, query, texts, documents, top_n, False, False, max_tokens, model, 2)
+        return RerankRequest(COHERE, query, texts, documents, top_n, False, False, max_tokens, model, 2,
+                             instruction=instruction)
     rank_fields = body.get("rank_fields")
     if rank_fields is not None:
         _checked(check_texts, rank_fields, "rank_fields", name="rank_fields")
@@ -147,7 +153,8 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     _checked(check_bool, return_documents, "return_documents", name="return_documents")
     _positive_or_none(body, "max_chunks_per_doc")
     texts = [_document_text(d, i, rank_fields) for i, d in enumerate(documents)]
-    return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1)
+    return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1,
+                         instruction=instruction)
 
 
 def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:
