@@ -198,8 +198,8 @@ class _Model:
         tokenizer = self.model.tokenizer
         queries = [r["query"] for r in requests]
         owner = np.repeat(np.arange(len(requests)), [len(r["documents"]) for r in requests])
-        rows = tokenizer.pair_rows(tokenizer.encode_texts(queries), owner,
-                                   tokenizer.encode_texts([d for r in requests for d in r["documents"]]))
+        rows = tokenizer.pair_rows(tokenizer.encode_queries(queries), owner,
+                                   tokenizer.encode_documents([d for r in requests for d in r["documents"]]))
         return rows.lengths
 
     def reset_stats(self) -> None:
