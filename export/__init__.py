@@ -8,6 +8,7 @@ Needs the ``export`` extra (torch, transformers, optimum-onnx); the runtime neve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -82,7 +83,7 @@ def _build_graph(source: SourceModel, raw_onnx: Path, precision: str):
         model, fused = onnx.load(str(raw_onnx)), {}
     else:
         model, fused = fuse_transformer(raw_onnx, family.fusion, source.num_heads, source.hidden_size,
-                                        for_gpu=precision == "fp16")
+                                        for_gpu=precision == "fp16", disabled=family.fusions_off)
     unknown = sorted({i.name for i in model.graph.input} - set(family.inputs) - {"position_ids"})
     if unknown:
         raise ExportError(f"the {family.name} graph takes inputs {unknown} that the family does not provide")
@@ -164,6 +165,9 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
     family = FAMILIES[source.family]
     recipe_name = family.check_precision(precision, int8_recipe)
     recipe = get_recipe(recipe_name) if recipe_name else None
+    if recipe is not None and family.int8_keep_fp32:
+        kept = "|".join(pattern for pattern in (recipe.keep_fp32, family.int8_keep_fp32) if pattern)
+        recipe = dataclasses.replace(recipe, keep_fp32=kept)
     if recipe is not None and recipe.needs_calibration and family.pairs != "segments":
         dynamic = [name for name in family.int8_recipes if not get_recipe(name).needs_calibration]
         raise InvalidArgumentError(f"--int8-recipe {recipe.name!r} is calibrated on segment pairs; the {family.name} "

@@ -14,19 +14,24 @@ import onnx
 
 
 def fuse_transformer(onnx_path: str | Path, optimizer_type: str, num_heads: int, hidden_size: int,
-                     for_gpu: bool = False) -> tuple[onnx.ModelProto, dict[str, int]]:
+                     for_gpu: bool = False, disabled: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Fuse the graph at ``onnx_path`` with onnxruntime's rules for ``optimizer_type`` (a model type
     of ``onnxruntime.transformers.optimizer``: "bert" for encoders, "qwen3" for Qwen decoders; the
-    export registry says which applies to a family); returns the fused model and the count of each
-    fused op."""
+    export registry says which applies to a family; ``disabled`` names FusionOptions flags to turn
+    off); returns the fused model and the count of each fused op."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
     if optimizer_type not in MODEL_TYPES:
         raise ValueError(f"no fusion rules for {optimizer_type!r}; onnxruntime knows {sorted(MODEL_TYPES)}")
+    options = FusionOptions(optimizer_type)
+    for flag in disabled:
+        if not isinstance(getattr(options, flag, None), bool):
+            raise ValueError(f"{flag!r} is not a FusionOptions flag")
+        setattr(options, flag, False)
     optimized = optimize_model(
         str(onnx_path), model_type=optimizer_type, num_heads=num_heads, hidden_size=hidden_size,
-        opt_level=0, use_gpu=for_gpu, optimization_options=FusionOptions(optimizer_type),
+        opt_level=0, use_gpu=for_gpu, optimization_options=options,
     )
     if not any(op.domain == "com.microsoft" for op in optimized.model.opset_import):
         optimized.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))

@@ -36,6 +36,8 @@ class Family:
     int8_recipes: tuple[str, ...]          # the int8 recipes that apply, the default first; empty: no int8
     bars: dict = field(default_factory=dict)  # (kind, precision) -> (metric, op, bar), over fidelity.BARS
     default_template: str | None = None    # "prompt" families: the template used without --template
+    fusions_off: tuple[str, ...] = ()      # onnxruntime FusionOptions flags turned off (passes that cannot match)
+    int8_keep_fp32: str = ""               # regex of node names every int8 recipe leaves in fp32 for this family
     precisions: tuple[str, ...] = ("fp32", "int8", "fp16")
     notes: str = ""                        # limits worth a line in the docs
 
