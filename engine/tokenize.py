@@ -73,20 +73,24 @@ class Rows:
 class PairTokenizer:
     """(query, document) pairs -> rows of ids for a cross-encoder with a window of max_length."""
 
+    accepts_instruction = False
+    document_head = ""  # text a prompt template puts before each document, tokenized with it
+
     def __init__(self, tokenizer_path: str | Path, max_length: int):
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.template = _template(self.tokenizer)
+        self.template = self._pair_template()
         self.max_length = max_length
         self.pad_id = _pad_id(self.tokenizer)
         if max_length <= self.template.special_count + 2:
-            raise ValueError(f"max_length {max_length} leaves no room for text")
+            raise ValueError(f"max_length {max_length} leaves no room for text after the "
+                             f"{self.template.special_count} fixed tokens of each pair")
         # A query may use at most half the window; the rest is the document's.
         self.max_query_tokens = (max_length - self.template.special_count) // 2
 
-    accepts_instruction = False
-    document_head = ""  # text the prompt puts before each document, tokenized with it
+    def _pair_template(self) -> PairTemplate:
+        return _template(self.tokenizer)
 
     def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -243,21 +247,15 @@ class PromptTokenizer(PairTokenizer):
     """
 
     def __init__(self, tokenizer_path: str | Path, max_length: int, prompt: dict):
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
         self.prompt = PromptTemplate.from_manifest(prompt)
         self.accepts_instruction = self.prompt.takes_instruction
         self.document_head = self.prompt.document[: -len("{document}")]
+        super().__init__(tokenizer_path, max_length)
+
+    def _pair_template(self) -> PairTemplate:
         empty = np.zeros(0, dtype=np.int64)
-        self.template = PairTemplate(prefix=self._pieces(self.prompt.prefix), middle=empty,
-                                     suffix=self._pieces(self.prompt.suffix), first_type=0, second_type=0)
-        self.max_length = max_length
-        self.pad_id = _pad_id(self.tokenizer)
-        if max_length <= self.template.special_count + 2:
-            raise ValueError(f"max_length {max_length} leaves no room for text after the prompt's "
-                             f"{self.template.special_count} fixed tokens")
-        self.max_query_tokens = (max_length - self.template.special_count) // 2
+        return PairTemplate(prefix=self._pieces(self.prompt.prefix), middle=empty,
+                            suffix=self._pieces(self.prompt.suffix), first_type=0, second_type=0)
 
     def _pieces(self, pieces) -> np.ndarray:
         ids = self.encode_texts(list(pieces)) if pieces else []
