@@ -114,6 +114,21 @@ def test_unsupported_architecture_is_refused_naming_the_supported_ones(tmp_path)
         export_model(folder, tmp_path / "out", kind="bi")
 
 
+def test_every_family_names_real_fusion_rules_and_recipes():
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    from crossrank.export.families import FAMILIES
+    from crossrank.kernels.quantize import RECIPES
+
+    assert set(FAMILIES) == {"bert", "modernbert", "deberta-v2", "qwen3-yes-no"}
+    for family in FAMILIES.values():
+        assert family.fusion in MODEL_TYPES, family.name
+        options = FusionOptions(family.fusion)
+        assert all(isinstance(getattr(options, flag, None), bool) for flag in family.fusions_off), family.name
+        assert set(family.int8_recipes) <= set(RECIPES), family.name
+
+
 def test_family_options_are_checked_before_any_work(family_model, tmp_path):
     with pytest.raises(InvalidArgumentError, match=r"'fp16' is not available for the qwen3-yes-no family"):
         export_model(family_model("qwen3"), tmp_path / "out", kind="cross", precision="fp16")

@@ -39,7 +39,6 @@ class Family:
     fusions_off: tuple[str, ...] = ()      # onnxruntime FusionOptions flags turned off (passes that cannot match)
     int8_keep_fp32: str = ""               # regex of node names every int8 recipe leaves in fp32 for this family
     precisions: tuple[str, ...] = ("fp32", "int8", "fp16")
-    notes: str = ""                        # limits worth a line in the docs
 
     def check_precision(self, precision: str, int8_recipe: str | None) -> str | None:
         """The int8 recipe to use (None for other precisions); refuses what does not apply."""

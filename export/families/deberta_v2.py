@@ -15,5 +15,4 @@ FAMILY = Family(
     # Its attention matches no onnxruntime pattern; and symbolic shape inference on its relative-position
     # graph never settled (12 layers, DeBERTa-v3-xsmall: > 15 minutes, 5 GB), so both passes are off.
     fusions_off=("enable_attention", "enable_embed_layer_norm", "enable_shape_inference"),
-    notes="the disentangled attention stays unfused",
 )

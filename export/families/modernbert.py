@@ -19,5 +19,4 @@ FAMILY = Family(
     # (gte-reranker-modernbert-base configuration, a pair alone vs beside a 512-token mate). In fp32 it
     # stays at the last bit: one 768 x 768 GEMM per pair.
     int8_keep_fp32=r"^/head/",
-    notes="attention stays unfused (rotary positions and the local window are not in onnxruntime's BERT rules)",
 )

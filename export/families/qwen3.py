@@ -15,5 +15,4 @@ FAMILY = Family(
     fusions_off=("enable_attention",),  # grouped-query attention with q/k norms: no onnxruntime pattern here
     default_template="qwen3-reranker",
     precisions=("fp32", "int8"),
-    notes="right padding; the head gathers the last real token, so padding never reaches a real token",
 )
