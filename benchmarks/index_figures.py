@@ -35,7 +35,8 @@ from crossrank.pipeline import STAGES, Pipeline
 
 def embed_corpus(embedder: Embedder, texts: list[str], cache: Path) -> tuple[np.ndarray, dict]:
     """Document vectors (cached) and {"seconds": embedding time, "cached": bool, "when": date}."""
-    path = cache / f"semanlink-vectors-{embedder.artifact.sha256[:16]}.npy"
+    model_sha256 = embedder.describe()["manifest"]["sha256"]
+    path = cache / f"semanlink-vectors-{model_sha256[:16]}.npy"
     timing = path.with_suffix(".json")
     if path.is_file() and timing.is_file():
         vectors = np.load(path)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             from crossrank.reranker import Reranker
 
             reranker = Reranker(args.reranker)
-            name = f"reranked by `{args.reranker}` ({reranker.artifact.precision})"
+            name = f"reranked by `{args.reranker}` ({reranker.precision})"
             pipelines[name] = (len(timed), pipeline_figures(embedder, index, reranker, timed))
     report = markdown(args, len(ids), len(queries), embed, figures, pipelines)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

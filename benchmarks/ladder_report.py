@@ -38,6 +38,7 @@ from starter_report import DEPTHS, RESULTS, ROOT, figures, reorder, write_card  
 
 from crossrank.evaluation.datasets import semanlink_queries  # noqa: E402
 from crossrank.evaluation.metrics import spearman  # noqa: E402
+from crossrank.progress import progress_bar  # noqa: E402
 
 MODELS = [ROOT / "models" / name for name in ("starter-reranker-L2", "starter-reranker-L4", "starter-reranker")]
 PRECISIONS = ("fp32", "int8")
@@ -76,10 +77,8 @@ def first_stage_lists(embedder, index, queries, k: int):
 
 def score_lists(reranker, queries, texts, desc: str, queries_per_call: int = 8) -> list[np.ndarray]:
     """The reranker's score of every candidate of every query (a score depends on its pair only)."""
-    from tqdm import tqdm
-
     scores = []
-    for begin in tqdm(range(0, len(queries), queries_per_call), desc=desc, unit="call"):
+    for begin in progress_bar(range(0, len(queries), queries_per_call), desc=desc, unit="call"):
         part = range(begin, min(begin + queries_per_call, len(queries)))
         flat = reranker.score([(queries[i].text, doc) for i in part for doc in texts[i]])
         offset = 0
@@ -92,14 +91,12 @@ def score_lists(reranker, queries, texts, desc: str, queries_per_call: int = 8) 
 def interleaved_latency(rerankers: dict, requests: list[tuple[str, list[str]]], warmup: int = 2) -> dict:
     """{name: list of ms} for one ``rerank(query, documents)`` per request and reranker, interleaved
     with rotating order (see the module docstring)."""
-    from tqdm import tqdm
-
     names = list(rerankers)
     for query, documents in requests[:warmup]:
         for name in names:
             rerankers[name].rerank(query, documents)
     samples = {name: [] for name in names}
-    for i, (query, documents) in enumerate(tqdm(requests, desc="timing 1 x 100 requests", unit="request")):
+    for i, (query, documents) in enumerate(progress_bar(requests, desc="timing 1 x 100 requests", unit="request")):
         for j in range(len(names)):
             name = names[(i + j) % len(names)]
             start = time.perf_counter()

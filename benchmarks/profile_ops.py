@@ -2,11 +2,10 @@
 
     python benchmarks/profile_ops.py ART [ART ...] [--pairs 200] [--optimization all] [--out FILE.md]
 
-Each model runs exactly as in production (same settings, same session builder,
-``crossrank.session.build_session`` through ``BatchRunner``); only ONNX Runtime's profiler is
-switched on (``profile_prefix``), so the profile is of exactly what the runtime runs, batches
-included (a Reranker's length-sorted token-budget batches, or an
-Embedder's). Prints, per artifact, the kernel time per operator type and its share; with several
+Each model runs exactly as in production (the same constructor, settings, session builder and
+graph check); only ONNX Runtime's profiler is switched on (``SessionOptions(profile_prefix=...)``),
+so the profile is of exactly what the runtime runs, batches included (a Reranker's length-sorted
+token-budget batches, or an Embedder's). Prints, per artifact, the kernel time per operator type and its share; with several
 artifacts, also each operator's time relative to the first artifact's total (same pairs, same
 run: the artifacts are profiled in turn, ``--rounds`` times, and the medians are kept).
 """
@@ -24,17 +23,13 @@ from pathlib import Path
 import crossrank
 from crossrank.artifact import load_artifact
 from crossrank.evaluation.datasets import load_semanlink, load_trec_rag
-from crossrank.runner import BatchRunner
 from crossrank.settings import GRAPH_OPTIMIZATIONS, physical_cores
 
 
 def _model(path: str, threads: int, optimization: str, prefix: str, batch_tokens: int | None = None):
-    kind = load_artifact(path).kind
-    cls = crossrank.Reranker if kind == "cross" else crossrank.Embedder
-    model = cls(path, threads=threads, batch_tokens=batch_tokens)
-    model.runner = BatchRunner(model.artifact.model_path, model.runner.settings, optimization=optimization,
-                               profile_prefix=prefix)
-    return model
+    cls = crossrank.Reranker if load_artifact(path).kind == "cross" else crossrank.Embedder
+    return cls(path, options=crossrank.SessionOptions(threads=threads, batch_tokens=batch_tokens,
+                                                      optimization=optimization, profile_prefix=prefix))
 
 
 def profile_once(path: str, pairs, texts, threads: int, optimization: str, prefix: str,
@@ -45,7 +40,7 @@ def profile_once(path: str, pairs, texts, threads: int, optimization: str, prefi
         model.score(pairs)
     else:
         model.embed(texts)
-    trace = Path(model.runner.session.end_profiling())
+    trace = model.end_profiling()
     per_op: dict[str, float] = defaultdict(float)
     for event in json.loads(trace.read_text()):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):

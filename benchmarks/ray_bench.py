@@ -57,7 +57,8 @@ def run(args) -> dict:
     from crossrank.export import ensure_artifact
     from crossrank.front.measure import machine_name
     from crossrank.front.ray.serve import build_application
-    from crossrank.front.serve.config import RayConfig, ServeConfig
+    from crossrank.front.ray.config import RayConfig
+    from crossrank.front.serve.config import ServeConfig
 
     os.environ.update(LOCAL)
     artifact = Path(args.reranker) if args.reranker else \

@@ -55,7 +55,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, artifact: Path, shared: bool, log: Path, workers: int = 1, threads: int | None = None):
+    """A ``crossrank serve`` subprocess on a free loopback port serving ``artifact`` as the model
+    "reranker", or the ``models`` flags given (e.g. several --reranker NAME=ART); ``extra``: more flags."""
+
+    def __init__(self, artifact: Path | None, shared: bool, log: Path, workers: int = 1, threads: int | None = None,
+                 models: list[str] | None = None, extra: list[str] = ()):
         import httpx
 
         self.port = free_port()
@@ -63,9 +67,9 @@ class Server:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()} | LOCAL
         self.log = open(log, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "crossrank", "serve", "--reranker", str(artifact), "--host", "127.0.0.1",
-             "--port", str(self.port), "--shared", "1" if shared else "0", "--log-level", "warning",
-             "--max-queue-tokens", str(1 << 22), "--workers", str(workers)]
+            [sys.executable, "-m", "crossrank", "serve", *(models or ["--reranker", f"reranker={artifact}"]),
+             "--host", "127.0.0.1", "--port", str(self.port), "--shared", "1" if shared else "0", "--log-level",
+             "warning", "--max-queue-tokens", str(1 << 22), "--workers", str(workers), *extra]
             + (["--threads", str(threads)] if threads else []),
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
@@ -102,8 +106,10 @@ class Server:
         self.log.close()
 
 
-async def closed_loop(url: str, requests: list[dict], concurrency: int) -> tuple[float, list[float]]:
-    """Send every request with ``concurrency`` clients in a closed loop; (seconds, latencies in s)."""
+async def closed_loop(url: str, requests: list[dict], concurrency: int,
+                      answered: list | None = None) -> tuple[float, list[float]]:
+    """Send every request with ``concurrency`` clients in a closed loop; (seconds, latencies in s).
+    ``answered`` (a list) gets (request body, latency s) of each, in the order they were answered."""
     import httpx
 
     queue = list(reversed(requests))
@@ -118,6 +124,8 @@ async def closed_loop(url: str, requests: list[dict], concurrency: int) -> tuple
                 if response.status_code != 200:
                     raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
                 latencies.append(time.perf_counter() - started)
+                if answered is not None:
+                    answered.append((body, latencies[-1]))
 
         started = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
@@ -234,7 +242,7 @@ def run(args) -> dict:
             "onnxruntime": __import__("onnxruntime").__version__,
             "artifact": str(artifact), "precision": manifest["precision"],
             "int8_recipe": (manifest.get("quantization") or {}).get("name"),
-            "threads": reranker.runner.settings.threads, "batch_tokens": reranker.runner.batch_tokens,
+            "threads": reranker.options.threads, "batch_tokens": reranker.options.batch_tokens,
             "rounds": args.rounds, "workers": cores, "load_average_at_end": os.getloadavg(), "levels": levels,
             "targets": targets(levels)}
 

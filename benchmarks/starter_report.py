@@ -23,6 +23,7 @@ import numpy as np
 
 from crossrank.evaluation.datasets import semanlink_queries
 from crossrank.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k, spearman
+from crossrank.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -40,11 +41,9 @@ def figures(ranked: list[list], queries) -> dict:
 
 def rerank_all(pipeline, queries, k: int, batch: int = 8):
     """Per query: candidate ids in first-stage order and their reranker scores; plus seconds."""
-    from tqdm import tqdm
-
     lists, scores = [], []
     start = time.perf_counter()
-    for begin in tqdm(range(0, len(queries), batch), desc="reranking", unit="batch"):
+    for begin in progress_bar(range(0, len(queries), batch), desc="reranking", unit="batch"):
         part = queries[begin: begin + batch]
         for result in pipeline.search_many([q.text for q in part], k=k, top_n=None):
             hits = sorted(result.hits, key=lambda h: h.first_stage_rank)

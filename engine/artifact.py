@@ -66,6 +66,16 @@ class Artifact:
         """Identity of the artifact: the sha256 of its model graph."""
         return self.manifest["files"][MODEL_FILE]
 
+    def summary(self) -> dict[str, Any]:
+        """What the manifest says about the model, in a few keys: kind, precision, max_length,
+        source (the folder or model id it was exported from), int8_recipe (None unless int8),
+        sha256 (of the graph), and dim (bi) or activation (cross)."""
+        m = self.manifest
+        shape = {"dim": m["dim"]} if self.kind == "bi" else {"activation": m["activation"]}
+        return {"kind": self.kind, "precision": self.precision, "max_length": self.max_length,
+                "source": (m.get("source") or {}).get("name"), "int8_recipe": (m.get("quantization") or {}).get("name"),
+                "sha256": self.sha256, **shape}
+
 
 def _is_sha256_map(files) -> str | None:
     if not isinstance(files, dict) or not files:
@@ -159,7 +169,7 @@ def _fields(data, start: int, end: int):
         elif wire == 5:
             at += 4
         else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
+            raise ArtifactError(f"unsupported protobuf wire type {wire}")
 
 
 def initializer_dims(model_path: str | Path, name_suffixes: tuple[str, ...]) -> list[int] | None:

@@ -3,78 +3,100 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from crossrank.artifact import check_graph, load_artifact
-from crossrank.errors import InvalidArgumentError, check_bool, check_int, check_texts
-from crossrank.runner import BatchRunner
-from crossrank.scheduler import Scheduler, run_async
-from crossrank.settings import MEMORY_ARENA, resolve_settings
+from crossrank.errors import check_bool, check_int, check_texts, check_token_budget
+from crossrank.model import Model, session_options
+from crossrank.runner import CoreBudget
+from crossrank.scheduler import run_async
+from crossrank.settings import SessionOptions
 from crossrank.tokenize import TextTokenizer
 
 CHUNK_TEXTS = 4096  # texts tokenized and run per step: bounds memory for huge inputs
 
 
-class Embedder:
-    """A bi-encoder artifact on ONNX Runtime; ``embed(texts)`` -> float32 [n, dim], input order.
+class Embeddings(NamedTuple):
+    """What ``embed_with_usage`` returns: the vectors (float32 [n, dim], L2-normalised, input
+    order), ``tokens``, the real tokens (special tokens included) of the rows that ran, and how
+    many texts were cut to the window (``truncated``) by how many tokens (``dropped_tokens``)."""
 
-    shared: concurrent callers' texts share batches through one worker thread
-    (``crossrank.scheduler``), at most ``max_queue_tokens`` tokens queued (beyond: OverloadedError),
-    ``workers`` threads running its batches.
-    ``aembed`` is the asyncio variant (the model never runs on the event loop).
+    vectors: np.ndarray
+    tokens: int
+    truncated: int = 0
+    dropped_tokens: int = 0
+
+
+class Embedder(Model):
+    """A bi-encoder artifact on ONNX Runtime or OpenVINO; ``embed(texts)`` -> float32 [n, dim], input order.
+
+    Options as for ``Reranker`` (threads, batch_tokens, io_binding, memory_arena, backend,
+    precision, allow_low_fidelity, or a ``SessionOptions``; ``max_length``). shared: concurrent callers' texts share batches through
+    one queue (``crossrank.scheduler``), at most ``max_queue_tokens`` tokens queued (beyond:
+    OverloadedError), ``workers`` threads running its batches. core_budget: a ``CoreBudget`` shared
+    with other models (model calls take turns on the cores). ``aembed`` is the asyncio variant
+    (the model never runs on the event loop).
     """
+
+    kind = "bi"
+    min_length = 4
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  max_length: int | None = None, batch_tokens: int | None = None,
-                 io_binding: bool | None = None, memory_arena: bool = MEMORY_ARENA, shared: bool = False,
-                 max_queue_tokens: int | None = None, workers: int = 1):
-        settings, self.settings_origin = resolve_settings(path, device, threads, batch_tokens, io_binding)
-        if not check_bool(shared, "shared") and (max_queue_tokens is not None or workers != 1):
-            raise InvalidArgumentError("max_queue_tokens and workers configure the shared queue: pass them with "
-                                       "shared=True")
-        self.artifact = load_artifact(path, expect_kind="bi")
-        limit = self.artifact.max_length
-        self.max_length = check_int(max_length, "max_length", 4, limit, allow_none=True) or limit
+                 io_binding: bool | None = None, memory_arena: bool | None = None, shared: bool = False,
+                 max_queue_tokens: int | None = None, workers: int = 1, *, options: SessionOptions | None = None,
+                 backend: str | None = None, precision: str | None = None,
+                 allow_low_fidelity: bool | None = None, core_budget: CoreBudget | None = None):
+        options = session_options(options, threads=threads, batch_tokens=batch_tokens, io_binding=io_binding,
+                                  memory_arena=memory_arena, backend=backend, precision=precision,
+                                  allow_low_fidelity=allow_low_fidelity)
+        super().__init__(path, device, max_length, options, shared, max_queue_tokens, workers, core_budget)
         self.dim = int(self.artifact.manifest["dim"])
-        self.tokenizer = TextTokenizer(self.artifact.tokenizer_path, self.max_length)
-        self.runner = BatchRunner(self.artifact.model_path, settings, memory_arena=memory_arena)
-        check_graph(self.artifact, self.runner.session)
-        self.scheduler = Scheduler(self.runner, self.tokenizer.pad_id, max_queue_tokens, name="embedder",
-                                   workers=workers) if shared else None
-        self.device = device
 
-    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """L2-normalised float32 [len(texts), dim] in input order. progress: a tqdm bar."""
+    def _load_tokenizer(self) -> TextTokenizer:
+        return TextTokenizer(self.artifact.tokenizer_path, self.max_length)
+
+    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        """Real tokens (special tokens included) of each text as ``embed`` runs it (truncated)."""
+        return self.tokenizer.rows(check_texts(texts, "texts")).lengths
+
+    def embed_with_usage(self, texts: Sequence[str], progress: bool = False,
+                         token_budget: int | None = None) -> Embeddings:
+        """``embed``'s vectors, the real tokens that ran and the truncation counts (one
+        tokenization). token_budget: refuse (TokenBudgetError) texts holding more real tokens,
+        before they run (checked per step of CHUNK_TEXTS texts, so what runs never exceeds it)."""
         texts = check_texts(texts, "texts")
         check_bool(progress, "progress")
+        token_budget = check_int(token_budget, "token_budget", allow_none=True)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        tokens = truncated = dropped_tokens = 0
         bar = None
-        runner = self.runner if self.scheduler is None else self.scheduler
         if progress:
-            from tqdm import tqdm
+            from crossrank.progress import progress_bar
 
-            bar = tqdm(total=len(texts), unit="doc", desc="embedding")
+            bar = progress_bar(total=len(texts), unit="doc", desc="embedding")
         for start in range(0, len(texts), CHUNK_TEXTS):
             part = texts[start: start + CHUNK_TEXTS]
-            rows = self.tokenizer.rows(part)
-            out[start: start + len(part)], _ = runner.run(rows, self.tokenizer.pad_id)
+            rows, dropped = self.tokenizer.rows_and_dropped(part)
+            tokens += int(rows.lengths.sum())
+            check_token_budget(tokens, token_budget, f"these {len(texts)} texts")
+            truncated += int((dropped > 0).sum())
+            dropped_tokens += int(dropped.sum())
+            out[start: start + len(part)], _ = self._run(rows)
             if bar is not None:
                 bar.update(len(part))
         if bar is not None:
             bar.close()
-        return out
+        return Embeddings(out, tokens, truncated, dropped_tokens)
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """L2-normalised float32 [len(texts), dim] in input order. progress: a tqdm bar."""
+        return self.embed_with_usage(texts, progress).vectors
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` for asyncio callers (on a thread of its own; cancelling drops queued texts)."""
         return await run_async(self.embed, texts)
 
-    def close(self) -> None:
-        """Stop the shared worker thread, if any."""
-        if self.scheduler is not None:
-            self.scheduler.close()
 
-    @property
-    def padding_fraction(self) -> float:
-        return self.runner.stats.padding_fraction
+__all__ = ["Embedder", "Embeddings"]

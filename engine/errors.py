@@ -11,6 +11,7 @@ the bad value and what would be accepted.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Sequence
 
@@ -57,7 +58,13 @@ class UsageError(CrossrankError, RuntimeError):
 
 
 class DeviceUnavailableError(CrossrankError, RuntimeError):
-    """The execution provider asked for is not installed (e.g. device="cuda" without onnxruntime-gpu)."""
+    """The execution provider asked for is not installed (e.g. device="cuda" without onnxruntime-gpu),
+    or the CPU lacks what a precision needs (bf16 without AVX-512 BF16 or AMX)."""
+
+
+class FidelityError(CrossrankError, RuntimeError):
+    """A precision or backend without a passing fidelity certificate was refused (see
+    crossrank.certificate; ``allow_low_fidelity=True`` runs it anyway)."""
 
 
 class OverloadedError(CrossrankError, RuntimeError):
@@ -67,6 +74,15 @@ class OverloadedError(CrossrankError, RuntimeError):
     def __init__(self, message: str, retry_after_s: float = 1.0):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class TokenBudgetError(InvalidArgumentError):
+    """A call would run more tokens than its ``token_budget``: refused before they ran (the
+    message names both figures)."""
+
+    def __init__(self, message: str, tokens: int, budget: int):
+        super().__init__(message)
+        self.tokens, self.budget = tokens, budget
 
 
 class MissingFileError(CrossrankError, FileNotFoundError):
@@ -81,22 +97,45 @@ class OutputExistsError(CrossrankError, FileExistsError):
     """An output path exists and would be replaced without permission (``--force``)."""
 
 
+class MissingExtraError(CrossrankError, ImportError):
+    """An optional part of crossrank is not installed; the message names the extra that installs it."""
+
+
+class UnsupportedModelError(CrossrankError, ValueError):
+    """A model crossrank cannot export as it is (architecture, head, pooling); the message says
+    what is supported."""
+
+
+class StoreError(CrossrankError, RuntimeError):
+    """A vector store (PostgreSQL + pgvector, Milvus) cannot be reached or refused an operation; the
+    message names the store with its credentials masked."""
+
+
+class NotOwnedError(StoreError):
+    """A table or collection exists that crossrank did not create: crossrank never writes to it
+    (open it read-only, or pick another name)."""
+
+
 # -- checks --------------------------------------------------------------------------------------
 
 def _show(value: Any) -> str:
     return f"{type(value).__name__} {value!r:.60}"
 
 
+def int_range_text(low: int | None, high: int | None) -> str:
+    """How the integers in [low, high] are named in messages ("a positive integer", ...)."""
+    if low is not None and high is not None:
+        return f"an integer in [{low}, {high}]"
+    if low == 1:
+        return "a positive integer"
+    return "an integer" + (f" >= {low}" if low is not None else "")
+
+
 def check_int(value, name: str, low: int | None = 1, high: int | None = None, allow_none: bool = False):
     """An integer (Python or numpy, never bool or float) within [low, high]; returns a Python int."""
     if value is None and allow_none:
         return None
-    if low is not None and high is not None:
-        accepted = f"an integer in [{low}, {high}]"
-    elif low == 1:
-        accepted = "a positive integer"
-    else:
-        accepted = "an integer" + (f" >= {low}" if low is not None else "")
+    accepted = int_range_text(low, high)
     if allow_none:
         accepted += " or None"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -114,9 +153,14 @@ def check_number(value, name: str, low: float = 0.0, allow_none: bool = False, f
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name} must be a number >= {low:g}{' or None' if allow_none else ''}, "
                                 f"got {_show(value)}")
-    if not (value >= low and (np.isfinite(value) or not finite)):
-        raise InvalidArgumentError(f"{name} must be a {'finite ' if finite else ''}number >= {low:g}, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)  # an integer too large for a float: OverflowError
+    except OverflowError:
+        number = math.nan
+    if not (number >= low and (math.isfinite(number) or not finite)):
+        raise InvalidArgumentError(f"{name} must be a {'finite ' if finite else ''}number >= {low:g}, "
+                                   f"got {value!r:.60}")
+    return number
 
 
 def check_bool(value, name: str, allow_none: bool = False):
@@ -187,9 +231,17 @@ def check_deadline_ms(deadline_ms, name: str = "deadline_ms"):
     return check_number(deadline_ms, name, low=0.0, allow_none=True, finite=False)
 
 
+def check_token_budget(tokens: int, budget: int | None, what: str) -> None:
+    """TokenBudgetError when ``tokens`` (of ``what``) exceed ``budget`` (None: no budget)."""
+    if budget is not None and tokens > budget:
+        raise TokenBudgetError(f"{what} holds {tokens} tokens, more than its token budget ({budget})", tokens, budget)
+
+
 def check_id(value, name: str):
-    """A document id: a str or an integer that fits int64 (numpy integers are the int they are)."""
+    """A document id: a str (valid Unicode) or an integer that fits int64 (numpy integers are the int
+    they are)."""
     if isinstance(value, str):
+        _check_encodable(value, name)
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ArgumentTypeError(f"{name} must be a str or an int, got {_show(value)}")
@@ -207,33 +259,46 @@ def check_ids(values, name: str = "ids") -> list:
 
 # -- file formats (manifests): a schema of fields, each with a check that names the problem ---------
 
-def check_fields(document, where: str, fields: dict, required, error: type[CrossrankError]) -> dict:
-    """Validate a parsed JSON object against ``fields`` (key -> check, a function returning a
-    problem or None); ``required`` keys must be present; unknown keys are refused. Raises
-    ``error`` naming ``where`` (the file) and the key."""
+def check_fields(document, where: str, fields: dict, required, error: type[CrossrankError], section: str = "") -> dict:
+    """The one schema checker of crossrank's JSON files (artifact manifest, index manifest,
+    runtime.json): validate a parsed JSON object against ``fields`` (key -> check, a function
+    returning a problem or None); ``required`` keys must be present; unknown keys are refused.
+    Raises ``error`` naming ``where`` (the file) and the key (as ``'section.key'`` inside a section)."""
     if not isinstance(document, dict):
-        raise error(f"{where}: expected a JSON object, got {type(document).__name__}")
+        what = f"{section!r} must be an object of settings" if section else "expected a JSON object"
+        raise error(f"{where}: {what}, got {type(document).__name__} {document!r:.60}")
+
+    def name(key: str) -> str:
+        return repr(f"{section}.{key}" if section else key)
+
     unknown = sorted(set(document) - set(fields))
     if unknown:
-        raise error(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+        raise error(f"{where}: unknown key {name(unknown[0])} (known: {', '.join(sorted(fields))})")
     missing = [key for key in required if key not in document]
     if missing:
-        raise error(f"{where}: lacks the key {missing[0]!r}")
+        raise error(f"{where}: lacks the key {name(missing[0])}")
     for key, check in fields.items():
         if key in document:
             problem = check(document[key])
             if problem:
-                raise error(f"{where}: {key!r} {problem}")
+                raise error(f"{where}: {name(key)} {problem}")
     return document
 
 
 def is_int(low: int | None = None, high: int | None = None):
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be an integer, got {value!r:.60}"
-        if (low is not None and value < low) or (high is not None and value > high):
-            return f"must be in [{low}, {high if high is not None else 'inf'}], got {value}"
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
+                or (high is not None and value > high):
+            return f"must be {int_range_text(low, high)}, got {value!r:.60}"
     return check
+
+
+def is_bool(value) -> str | None:
+    return None if isinstance(value, bool) else f"must be True or False, got {value!r:.60}"
+
+
+def is_object(value) -> str | None:
+    return None if isinstance(value, dict) else f"must be an object, got {value!r:.60}"
 
 
 def is_one_of(*choices):
@@ -268,9 +333,10 @@ def plain_file_name(name) -> str | None:
 
 __all__ = [
     "ArgumentTypeError", "ArtifactError", "CrossrankError", "DatasetNotFound", "DeviceUnavailableError",
-    "EmbedderMismatchError", "IndexFormatError", "InvalidArgumentError", "MissingFileError", "OutputExistsError",
-    "OverloadedError", "RuntimeConfigError", "UnknownIdError", "UsageError",
+    "EmbedderMismatchError", "FidelityError", "IndexFormatError", "InvalidArgumentError", "MissingExtraError",
+    "MissingFileError", "NotOwnedError", "OutputExistsError", "OverloadedError", "RuntimeConfigError", "StoreError",
+    "TokenBudgetError", "UnknownIdError", "UnsupportedModelError", "UsageError",
     "check_bool", "check_choice", "check_deadline_ms", "check_id", "check_ids", "check_int", "check_number",
-    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_top_n", "is_int",
-    "is_one_of", "is_type", "plain_file_name",
+    "check_fields", "check_queries", "check_query", "check_text", "check_texts", "check_token_budget", "check_top_n",
+    "int_range_text", "is_bool", "is_int", "is_object", "is_one_of", "is_type", "plain_file_name",
 ]

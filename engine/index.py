@@ -31,10 +31,11 @@ from crossrank.docstore import DocumentStore, chunks
 from crossrank.errors import (EmbedderMismatchError, IndexFormatError, InvalidArgumentError, MissingFileError,
                               OutputExistsError, UsageError, check_choice, check_id, check_ids, check_int, check_queries, check_query,
                               check_texts)
-from crossrank.index_files import (DOCUMENTS, DTYPES, FORMAT_VERSION, KIND, MANIFEST, METRICS, POINTER,
+from crossrank.index_files import (DOCUMENTS, DTYPES, FORMAT_VERSION, KIND, MANIFEST, METRICS, MIN_CONNECTIVITY, POINTER,
                                    VECTORS, commit_generation, fsync_dir, fsync_file, new_staging_folder,
                                    read_manifest)
 from crossrank.locks import ReadWriteLock
+from crossrank.retriever import Candidates, RetrieverBase
 from crossrank.version import __version__
 
 # HNSW defaults, chosen on Semanlink (7,245 MiniLM vectors, f16): recall@10 0.999 and recall@100
@@ -60,8 +61,8 @@ class _IdsAndSimilarities(NamedTuple):
     similarities: np.ndarray  # float32, 1 - cosine distance (1 = same direction)
 
 
-class Hits(_IdsAndSimilarities):
-    """First-stage results for one query, best first: ``ids, similarities = index.search(...)``.
+class Neighbors(_IdsAndSimilarities):
+    """The nearest documents to one query in an Index, best first: ``ids, similarities = index.search(...)``.
 
     ``keys`` (attribute, uint64) are the hits' keys in the document store, so that
     ``Index.fetch_documents`` reads their texts in one query.
@@ -71,6 +72,9 @@ class Hits(_IdsAndSimilarities):
         hits = super().__new__(cls, ids, similarities)
         hits.keys = np.zeros(0, dtype=np.uint64) if keys is None else np.asarray(keys, dtype=np.uint64)
         return hits
+
+
+Hits = Neighbors  # the earlier name, kept as an alias (docs/api.md)
 
 
 def embedder_identity(embedder) -> dict:
@@ -83,12 +87,13 @@ def embedder_identity(embedder) -> dict:
 
 # -- the index -------------------------------------------------------------------------------
 
-class Index:
+class Index(RetrieverBase):
     """usearch HNSW vectors + SQLite documents, tied to the embedder artifact that built them.
 
     Build with ``Index.build``, load with ``Index.load``. Searches are thread-safe; mutations
     (``add``, ``remove``) should come from one thread at a time. An index loaded with
-    ``view=True`` maps its files read-only and refuses ``add``/``remove``.
+    ``view=True`` maps its files read-only and refuses ``add``/``remove``. A retriever
+    (crossrank.retriever): ``retrieve_many`` returns candidates with their texts.
     """
 
     def __init__(self, vectors: usearch_index.Index, store: DocumentStore, settings: dict,
@@ -162,9 +167,9 @@ class Index:
         """
         check_choice(dtype, "dtype", DTYPES)
         check_choice(metric, "metric", METRICS)
-        for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
-                            ("expansion_search", expansion_search)):
-            check_int(value, name, allow_none=True)
+        check_int(connectivity, "connectivity", MIN_CONNECTIVITY, allow_none=True)
+        check_int(expansion_add, "expansion_add", allow_none=True)
+        check_int(expansion_search, "expansion_search", allow_none=True)
         dim = int(embedder.dim)
         graph = usearch_index.Index(ndim=dim, metric=metric, dtype=dtype,
                                     connectivity=connectivity or DEFAULT_CONNECTIVITY,
@@ -238,9 +243,9 @@ class Index:
         order = np.argsort([len(t) for t in texts], kind="stable")
         bar = None
         if progress:
-            from tqdm import tqdm
+            from crossrank.progress import progress_bar
 
-            bar = tqdm(total=len(texts), unit="doc", desc="indexing", smoothing=0.1)
+            bar = progress_bar(total=len(texts), unit="doc", desc="indexing", smoothing=0.1)
         try:
             for part in chunks(order, batch_size):
                 embedded = self._check_vectors(self.embedder.embed([texts[i] for i in part]), len(part))
@@ -273,8 +278,6 @@ class Index:
 
     # -- searching -------------------------------------------------------------------------
     def _query_vectors(self, queries, single: bool) -> np.ndarray:
-        if single and isinstance(queries, str):
-            queries = [queries]
         if isinstance(queries, np.ndarray):
             vectors = queries.reshape(1, -1) if single and queries.ndim == 1 else queries
             if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -283,7 +286,7 @@ class Index:
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             _check_finite(vectors, "query vector")
             return vectors
-        texts = [check_query(queries[0])] if single else check_queries(queries)
+        texts = [check_query(queries)] if single else check_queries(queries)
         if self.embedder is None:
             raise UsageError(
                 f"this index has no embedder to embed text queries: pass embedder= to Index.load "
@@ -291,18 +294,18 @@ class Index:
                 f"{str(self.embedder_info.get('sha256'))[:16]}...), or search with vectors")
         return self._check_vectors(self.embedder.embed(texts), len(texts))
 
-    def search(self, query, k: int = 100, exact: bool = False) -> Hits:
+    def search(self, query, k: int = 100, exact: bool = False) -> Neighbors:
         """The k nearest documents to a query text or a [dim] vector, best first.
 
         exact=True scans every vector (brute force) instead of walking the HNSW graph.
         """
         return self.search_vectors(self._query_vectors(query, single=True), k, exact)[0]
 
-    def search_many(self, queries, k: int = 100, exact: bool = False) -> list[Hits]:
+    def search_many(self, queries, k: int = 100, exact: bool = False) -> list[Neighbors]:
         """``search`` for a list of texts or an [n, dim] array; texts are embedded in one call."""
         return self.search_vectors(self._query_vectors(queries, single=False), k, exact)
 
-    def search_vectors(self, vectors: np.ndarray, k: int, exact: bool = False) -> list[Hits]:
+    def search_vectors(self, vectors: np.ndarray, k: int, exact: bool = False) -> list[Neighbors]:
         """``search`` for an [n, dim] float array of query vectors."""
         k = check_int(k, "k")
         vectors = self._query_vectors(np.asarray(vectors), single=False)
@@ -311,9 +314,9 @@ class Index:
         with self._lock.reading():
             return self._search_locked(vectors, k, exact)
 
-    def _search_locked(self, vectors: np.ndarray, k: int, exact: bool) -> list[Hits]:
+    def _search_locked(self, vectors: np.ndarray, k: int, exact: bool) -> list[Neighbors]:
         if len(self) == 0:
-            return [Hits([], np.zeros(0, dtype=np.float32)) for _ in range(len(vectors))]
+            return [Neighbors([], np.zeros(0, dtype=np.float32)) for _ in range(len(vectors))]
         matches = self._vectors.search(vectors, min(k, len(self)), exact=exact)
         keys = np.atleast_2d(matches.keys)
         distances = np.atleast_2d(matches.distances)
@@ -327,8 +330,30 @@ class Index:
                 raise IndexFormatError(f"vector key {missing[0]} has no document in the store "
                                        f"{self._store.path or '(memory)'}: the index is inconsistent")
             similarities = (1.0 - distances[row, : len(row_keys)]).astype(np.float32)
-            results.append(Hits([id_of[int(key)] for key in row_keys], similarities, row_keys))
+            results.append(Neighbors([id_of[int(key)] for key in row_keys], similarities, row_keys))
         return results
+
+    # -- the retriever protocol --------------------------------------------------------------
+    def retrieve_many(self, queries: Sequence[str], vectors: np.ndarray | None, k: int,
+                      timings: dict | None = None) -> list[Candidates]:
+        """Up to k candidates per query with their texts (crossrank.retriever). ``vectors``: the
+        queries' [n, dim] vectors (None: embedded here). The search and the fetch of the texts see
+        one state of the index (a concurrent remove waits); ``timings`` gets both in ms."""
+        k = check_int(k, "k")
+        vectors = self._query_vectors(queries if vectors is None else np.asarray(vectors), single=False)
+        start = time.perf_counter()
+        with self._lock.reading():
+            hits = self._search_locked(vectors, k, False) if len(vectors) else []
+            searched = time.perf_counter()
+            documents = self.fetch_documents(hits)
+        if timings is not None:
+            timings.update(search=(searched - start) * 1e3, fetch=(time.perf_counter() - searched) * 1e3)
+        return [Candidates(h.ids, h.similarities, docs) for h, docs in zip(hits, documents)]
+
+    def describe(self) -> dict:
+        return {"kind": "usearch", "path": str(self.path) if self.path else None, "documents": len(self),
+                **self.settings, "view": self.view, "score": "cosine similarity (1 - cosine distance)",
+                "embedder": {key: self.embedder_info.get(key) for key in ("sha256", "dim", "path", "precision")}}
 
     # -- reading back ----------------------------------------------------------------------
     def get_documents(self, ids: Sequence) -> list[str]:
@@ -342,7 +367,7 @@ class Index:
         of the index (``Pipeline`` searches and fetches the candidates' texts in one)."""
         return self._lock.reading()
 
-    def fetch_documents(self, hits: Sequence[Hits]) -> list[list[str]]:
+    def fetch_documents(self, hits: Sequence[Neighbors]) -> list[list[str]]:
         """The texts of every hit of several search results, in one store query (by key). Hold
         ``reading()`` around the search and the fetch when another thread may remove documents."""
         flat = np.concatenate([h.keys for h in hits]) if hits else np.zeros(0, dtype=np.uint64)
@@ -481,9 +506,10 @@ USEARCH_SCALARS = {"f32": "F32", "f16": "F16", "i8": "I8"}
 USEARCH_METRICS = {"cos": "Cos", "ip": "IP"}
 
 
-def _read_pointer(root: Path) -> str | None:
+def _read_pointer(root: Path) -> bytes | None:
+    """CURRENT as it is on disk (to notice a concurrent save switching it; read_manifest parses it)."""
     try:
-        return (root / POINTER).read_text()
+        return (root / POINTER).read_bytes()
     except OSError:
         return None
 

@@ -39,6 +39,7 @@ VECTORS = "vectors.usearch"
 DOCUMENTS = "documents.sqlite"
 DTYPES = ("f32", "f16", "i8")
 METRICS = ("cos", "ip")  # similarity = 1 - distance for both (ip on unit vectors == cos)
+MIN_CONNECTIVITY = 2     # usearch: fewer edges per node and the graph degenerates into ropes
 
 
 def _is_files(files) -> str | None:
@@ -61,12 +62,13 @@ def _is_embedder(info) -> str | None:
 
 MANIFEST_FIELDS = {
     "format": is_one_of(FORMAT_VERSION), "kind": is_one_of(KIND), "dim": is_int(1, 1 << 16),
-    "dtype": is_one_of(*DTYPES), "metric": is_one_of(*METRICS), "connectivity": is_int(1),
+    "dtype": is_one_of(*DTYPES), "metric": is_one_of(*METRICS), "connectivity": is_int(MIN_CONNECTIVITY),
     "expansion_add": is_int(1), "expansion_search": is_int(1), "count": is_int(0), "next_key": is_int(0),
     "embedder": _is_embedder, "metadata": is_type(dict), "files": _is_files,
     "crossrank_version": is_type(str), "usearch_version": is_type(str), "saved_at": is_type(str),
 }
-REQUIRED_FIELDS = ("format", "kind", "dim", "dtype", "metric", "count", "next_key", "embedder", "files")
+REQUIRED_FIELDS = ("format", "kind", "dim", "dtype", "metric", "connectivity", "expansion_add", "expansion_search",
+                   "count", "next_key", "embedder", "files")
 
 
 def fsync_file(path: Path) -> None:
@@ -93,7 +95,11 @@ def read_manifest(root: Path) -> tuple[Path, dict]:
     pointer = root / POINTER
     if not pointer.is_file():
         raise IndexFormatError(f"{str(root)!r} is not a crossrank index: no {POINTER} file")
-    name = pointer.read_text().strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (UnicodeDecodeError, OSError) as err:
+        raise IndexFormatError(f"{str(pointer)!r} is corrupted or unreadable ({err}): it should name the live "
+                               f"generation") from None
     if not name.startswith("gen-") or "/" in name or "\\" in name:
         raise IndexFormatError(f"{str(pointer)!r} is corrupted: it holds {name[:40]!r}, not a generation name")
     folder = root / name

@@ -1,4 +1,5 @@
-"""Locks: readers/writer between threads of one process, and an advisory file lock between processes.
+"""Locks: readers/writer between threads of one process, and an advisory file lock between processes;
+and ``write_text_atomically``, the one way crossrank replaces a small file (written aside, renamed).
 
 ``ReadWriteLock``: many readers (searches) at once, or one writer (add/remove); a waiting writer
 blocks new readers, so a stream of searches cannot starve it.
@@ -12,6 +13,7 @@ it when the holder dies, so a killed writer never leaves it locked. Where ``fcnt
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,3 +98,19 @@ def pid_alive(pid: int) -> bool:
 
 
 __all__ = ["ReadWriteLock", "file_lock", "pid_alive"]
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) in one rename: a reader sees the old file or the new
+    one, never a part; the temporary file is removed if writing fails."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

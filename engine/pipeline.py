@@ -1,13 +1,16 @@
-"""Two-stage (or multi-stage) search: embed the query, take k candidates from the Index, rerank
-them with one cross-encoder or a cascade of them, keep top_n.
+"""Two-stage (or multi-stage) search: embed the query, take k candidates from a retriever (the
+usearch Index, a store, a lexical or a hybrid retriever: crossrank.retriever), rerank them with
+one cross-encoder or a cascade of them, keep top_n.
 
 A cascade ``rerankers=[small, large], depths=[100, 20]`` reranks the first stage's top 100 with the
 small model, then the small model's top 20 with the large one; the final order is the large model's
 20, then the rest of the small model's 100 in its order, then any first-stage candidates beyond 100
 in their order. ``depths=[20]`` with one reranker reranks only the first stage's top 20.
 
-Timings are wall-clock milliseconds per stage: ``embed`` (query embedding), ``search`` (HNSW walk
-and key -> id lookup), ``fetch`` (candidate texts from the document store, by key, one query),
+Timings are wall-clock milliseconds per stage: ``embed`` (query embedding; 0 for a lexical
+retriever), ``search`` (the retriever's search: HNSW walk and key -> id lookup for the Index, the
+round trip for a store), ``fetch`` (candidate texts from the Index's document store, by key, one
+query; 0 for stores, which return the texts with the search),
 ``rerank`` (tokenizing the pairs and running the cross-encoders, all reranking stages; 0 without a
 reranker) and ``total``; ``SearchResult.stages`` has each reranking stage's depth, count scored and ms.
 """
@@ -19,18 +22,23 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, check_deadline_ms, check_int,
+from crossrank.embedder import Embedder
+from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, UsageError, check_deadline_ms, check_int,
                               check_queries, check_query, check_top_n)
-from crossrank.index import Index, check_embedder
+from crossrank.index import check_embedder
+from crossrank.reranker import Reranker
+from crossrank.retriever import Retriever, check_retriever
 from crossrank.scheduler import run_async
 
 STAGES = ("embed", "search", "fetch", "rerank", "total")
 
 
 @dataclass(frozen=True)
-class Hit:
+class SearchHit:
     """One result. ``rank`` is its final 1-based place; ``first_stage_rank`` its place among the
-    k candidates by ``similarity`` (1 - cosine distance). ``stage_scores`` holds each reranking
+    k candidates by ``similarity``, the first stage's score (1 - cosine distance for a dense
+    retriever; BM25, ts_rank or the RRF score for lexical and hybrid ones). ``metadata``: the
+    store's metadata of the document (None where it keeps none). ``stage_scores`` holds each reranking
     stage's score (after the artifact's activation; None where that stage did not score it, nan
     where a deadline stopped it first); ``score`` is the score of the last stage that scored it
     (None without a reranker)."""
@@ -42,6 +50,7 @@ class Hit:
     rank: int
     first_stage_rank: int
     stage_scores: tuple = ()
+    metadata: dict | None = None
 
 
 @dataclass
@@ -53,7 +62,7 @@ class SearchResult:
     """
 
     query: str
-    hits: list[Hit]
+    hits: list[SearchHit]
     candidates: int                  # how many the first stage returned (<= k)
     reranked: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -69,7 +78,19 @@ class SearchResult:
         return asdict(self)
 
 
-def check_cascade(rerankers, depths) -> tuple[list, list]:
+Hit = SearchHit  # the earlier name, kept as an alias (docs/api.md)
+
+
+def cascade_step(order: list[int], depth: int | None, ranking: Sequence[int]) -> list[int]:
+    """The candidates' order after one reranking stage: the first ``depth`` of ``order`` (None:
+    all) in the stage's ``ranking`` (positions into that head, best first), then the rest of
+    ``order`` as it was. The one cascade rule: ``Pipeline`` and ``crossrank select`` apply it."""
+    head = order[:depth]
+    return [head[i] for i in ranking] + order[len(head):]
+
+
+def check_cascade(rerankers: Sequence[Reranker], depths: Sequence[int | None] | None
+                  ) -> tuple[list[Reranker], list[int | None]]:
     """(rerankers, depths) as lists; depths[i] = candidates stage i reranks (None: all of them)."""
     if isinstance(rerankers, (str, bytes)) or not isinstance(rerankers, Sequence) or not rerankers:
         raise ArgumentTypeError(f"rerankers must be a non-empty list of Rerankers, got {rerankers!r:.80}")
@@ -89,17 +110,26 @@ def check_cascade(rerankers, depths) -> tuple[list, list]:
 
 
 class Pipeline:
-    """``Pipeline(embedder, index, reranker=None)``: first stage, then one reranker (or none: first-
-    stage results). ``Pipeline(embedder, index, rerankers=[small, large], depths=[100, 20])``: a
-    cascade (see the module docstring); ``depths`` also limits a single reranker (``depths=[20]``).
+    """``Pipeline(embedder, retriever, reranker=None)``: first stage, then one reranker (or none:
+    first-stage results). ``Pipeline(embedder, retriever, rerankers=[small, large], depths=[100,
+    20])``: a cascade (see the module docstring); ``depths`` also limits a single reranker
+    (``depths=[20]``). The retriever: ``crossrank.Index``, a store (``crossrank.stores``), a lexical
+    retriever or ``crossrank.Hybrid`` of both.
 
-    The embedder must be the artifact that built the index (checked: EmbedderMismatchError).
+    The embedder must be the artifact that built the retriever's vectors (checked:
+    EmbedderMismatchError); it may be None for a retriever that needs no query vectors (lexical).
     """
 
-    def __init__(self, embedder, index: Index, reranker=None, *, rerankers=None, depths=None):
-        if index.embedder_info:
-            check_embedder({"dim": index.dim, "embedder": index.embedder_info}, embedder,
-                           index.path or "(in memory)")
+    def __init__(self, embedder: Embedder | None, retriever: Retriever, reranker: Reranker | None = None, *,
+                 rerankers: Sequence[Reranker] | None = None, depths: Sequence[int | None] | None = None):
+        check_retriever(retriever)
+        if retriever.embedder_info and embedder is not None:
+            where = getattr(retriever, "where", None) or getattr(retriever, "path", None) or "(in memory)"
+            check_embedder({"dim": int(retriever.embedder_info["dim"]), "embedder": retriever.embedder_info},
+                           embedder, where)
+        if embedder is None and retriever.needs_vectors:
+            raise UsageError(f"{type(retriever).__name__} searches query vectors: give the Pipeline the embedder "
+                             f"that built it")
         if reranker is not None and rerankers is not None:
             raise InvalidArgumentError("give reranker= (one model) or rerankers= (a cascade), not both")
         if reranker is not None or rerankers is not None:
@@ -109,10 +139,15 @@ class Pipeline:
         else:
             self.rerankers, self.depths = [], []
         self.embedder = embedder
-        self.index = index
+        self.retriever = retriever
 
     @property
-    def reranker(self):
+    def index(self):
+        """The retriever (the name of the first stage before retrievers other than Index existed)."""
+        return self.retriever
+
+    @property
+    def reranker(self) -> Reranker | None:
         """The last (or only) reranking stage's Reranker; None for first-stage search."""
         return self.rerankers[-1] if self.rerankers else None
 
@@ -153,13 +188,14 @@ class Pipeline:
             timings[stage] = (now - last) * 1e3
             last = now
 
-        vectors = self.embedder.embed(list(queries))
+        vectors = self.embedder.embed(list(queries)) if self.retriever.needs_vectors else None
         lap("embed")
-        with self.index.reading():  # a concurrent remove waits until the candidates' texts are read
-            first = self.index.search_vectors(vectors, k)
-            lap("search")
-            documents = self.index.fetch_documents(first)
-        lap("fetch")
+        first_stage: dict = {}
+        first = self.retriever.retrieve_many(list(queries), vectors, k, first_stage)
+        timings["search"] = first_stage.get("search", 0.0)
+        timings["fetch"] = first_stage.get("fetch", 0.0)
+        last = time.perf_counter()
+        documents = [c.documents for c in first]
         orders = [list(range(len(hits.ids))) for hits in first]  # candidate positions, best first
         scores = [[[None] * len(self.rerankers) for _ in hits.ids] for hits in first]
         stages = [[] for _ in first]
@@ -178,7 +214,7 @@ class Pipeline:
                 head = heads[q]
                 for r in ranking:
                     scores[q][head[r.index]][number] = float(r.score)
-                orders[q] = [head[r.index] for r in ranking] + orders[q][len(head):]
+                orders[q] = cascade_step(orders[q], depth, [r.index for r in ranking])
                 scored[q] = ranking.scored
                 stages[q].append({"depth": len(head), "scored": ranking.scored, "ms": ms})
         lap("rerank")
@@ -190,8 +226,8 @@ class Pipeline:
                 stage_scores = tuple(scores[q][i])
                 last_score = next((s for s in reversed(stage_scores) if s is not None and not math.isnan(s)),
                                   stage_scores[0] if stage_scores else None)
-                chosen.append(Hit(hits.ids[i], docs[i], float(hits.similarities[i]), last_score, rank, i + 1,
-                                  stage_scores))
+                chosen.append(SearchHit(hits.ids[i], docs[i], float(hits.scores[i]), last_score, rank, i + 1,
+                                        stage_scores, hits.metadata[i] if hits.metadata is not None else None))
             results.append(SearchResult(query, chosen, len(hits.ids), bool(self.rerankers), dict(timings),
                                         len(queries), scored[q], stages[q]))
         return results

@@ -48,7 +48,7 @@ import numpy as np
 from crossrank.batching import ORDERS, batch_cost, plan_batches
 from crossrank.errors import OverloadedError, UsageError, check_choice, check_int
 from crossrank.runner import BatchRunner, Deadline
-from crossrank.settings import DEFAULT_MAX_QUEUE_TOKENS, SCHEDULER_WINDOW_BATCHES
+from crossrank.settings import DEFAULT_MAX_QUEUE_TOKENS, SCHEDULER_WINDOW_BATCHES, WORKERS_RANGE
 from crossrank.tokenize import Rows
 
 log = logging.getLogger("crossrank.scheduler")
@@ -308,7 +308,7 @@ class Scheduler:
                  window_batches: int = SCHEDULER_WINDOW_BATCHES, name: str = "model", workers: int = 1):
         max_queue_tokens = check_int(max_queue_tokens, "max_queue_tokens", allow_none=True) or DEFAULT_MAX_QUEUE_TOKENS
         check_int(window_batches, "window_batches")
-        self.workers = check_int(workers, "workers", 1, 64)
+        self.workers = check_int(workers, "workers", *WORKERS_RANGE)
         self.runner, self.pad_id, self.name = runner, pad_id, name
         self._queue = _Queue(runner, pad_id, max_queue_tokens, window_batches, name)
         for number in range(self.workers):

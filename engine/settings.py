@@ -1,15 +1,16 @@
 """The one place runtime defaults live, and ``runtime.json``: per-machine settings of an artifact.
 
-A model's runtime settings come from, in order: the constructor's arguments, the artifact
-folder's ``runtime.json`` section for the device (written by ``crossrank tune``), then the
-defaults below. ``resolve_settings`` applies that order and says where each value came from.
+A model's session options (``SessionOptions``) come from, in order: the constructor's arguments,
+the artifact folder's ``runtime.json`` section for the device (written by ``crossrank tune``), then
+the defaults below. ``SessionOptions.resolve`` applies that order and says where each value came from.
 
 ``runtime.json`` is not listed in the manifest (it is per machine, not part of the model): loading
 checks the manifest's files only, and ``tune`` never touches the manifest. Format (one section per
 device; a section's keys are all optional)::
 
     {"format": 1,
-     "cpu": {"threads": 2, "batch_tokens": 4096, "io_binding": false,
+     "cpu": {"threads": 2, "batch_tokens": 4096, "io_binding": false, "backend": "onnxruntime",
+             "precision": "int8", "spinning": "within-calls",
              "measured": {... what tune measured, free-form ...}}}
 
 A malformed file is an error naming the file and the bad key or value, never silently ignored.
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
-from crossrank.errors import InvalidArgumentError, RuntimeConfigError, check_bool, check_choice, check_int
+from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, RuntimeConfigError, check_bool, check_choice,
+                              check_fields, check_int, is_bool, is_int, is_object, is_one_of)
+from crossrank.locks import write_text_atomically
 
 DEVICES = ("cpu", "cuda")
 # Token budget per model call (rows x padded length). cpu: 512. The per-row int8 reranker on the
@@ -39,6 +42,7 @@ MAX_ROWS = 256                      # rows per model call, whatever the budget
 # takes at a time, round-robin across requests, to sort by length and cut into batches.
 DEFAULT_MAX_QUEUE_TOKENS = 1 << 20
 SCHEDULER_WINDOW_BATCHES = 4
+WORKERS_RANGE = (1, 64)             # scheduler threads per shared model
 THREADS_RANGE = (1, 1024)
 BATCH_TOKENS_RANGE = (16, 1 << 22)
 # ONNX Runtime graph optimisation at load. The export already ran the transformer fusions
@@ -48,20 +52,38 @@ GRAPH_OPTIMIZATION = "all"
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 # Intra-op thread spinning: "always" (ONNX Runtime's own default: idle workers busy-wait, also
 # between calls), "within-calls" (busy-wait while a call runs, stop as soon as it returns:
-# session.force_spinning_stop) or "never" (workers sleep whenever idle). On a machine shared with
-# other work (other callers, other processes: the normal case for a service) busy-waiting workers
-# steal the cores the slowest worker needs: "never" scored 1.7x the pairs/s of "within-calls" on
-# 2 loaded cores (benchmarks/rerank_bench.py compares the two in one run).
-# "within-calls" may win a few percent on a dedicated, otherwise idle machine.
-SPINNING = "never"
+# session.force_spinning_stop) or "never" (workers sleep whenever idle). The default is for the
+# common deployment, a quiet machine dedicated to the service: there the int8 reranker scored
+# 47.5 pairs/s with "within-calls" against 41.5 with "never" (1.14x; issue 20, 2 vCPUs of a Xeon).
+# On a machine shared with other work busy-waiting workers steal the cores the slowest worker
+# needs ("never" scored 1.7x "within-calls" on 2 loaded cores): `crossrank tune` measures both and
+# writes "never" to runtime.json where it wins. OpenVINO sessions ignore it (their own threading).
+SPINNING = "within-calls"
 SPINNING_MODES = ("within-calls", "always", "never")
 # ONNX Runtime's CPU arena keeps the largest buffers it ever served, so with requests of varying
 # shapes RSS only grows: off by default (see the memory soak in benchmarks/rerank_bench.py).
 MEMORY_ARENA = False
+# Long texts are cut before they are tokenized (crossrank.tokenize.encode_prefixes): a text is read
+# up to CUT_CHARS_PER_TOKEN characters per token its window can hold, cut at a word boundary; when
+# that prefix holds fewer tokens than the window (much whitespace, very long words) it is read
+# again CUT_GROWTH times further, up to CUT_MAX_CHARS_PER_TOKEN characters per token (and at least
+# CUT_MIN_CHARS: a word longer than WordPiece's 100 characters stays one [UNK]). A 5 MB document
+# then costs what its window holds, and the ids are those of the whole text.
+CUT_CHARS_PER_TOKEN = 8
+CUT_GROWTH = 4
+CUT_MAX_CHARS_PER_TOKEN = 64
+CUT_MIN_CHARS = 4096
+
+# Backends (crossrank.session): ONNX Runtime (CPU, CUDA) and OpenVINO (CPU; extra "openvino").
+# A model's default backend and precision follow the CPU's ISA (crossrank.isa's rule).
+BACKENDS = ("onnxruntime", "openvino")
+# Load-time precisions: the artifact's own (fp32, int8, fp16), or bf16 (an fp32 artifact computed
+# in bf16 by OpenVINO on a CPU with AVX-512 BF16 or AMX, with a passing certificate).
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 
 RUNTIME_FILE = "runtime.json"
 RUNTIME_FORMAT = 1
-TUNABLE = ("threads", "batch_tokens", "io_binding")
+TUNABLE = ("threads", "batch_tokens", "io_binding", "backend", "precision", "spinning")
 
 
 def physical_cores() -> int:
@@ -80,19 +102,6 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """What a model's session and batch planner run with."""
-
-    device: str
-    threads: int
-    batch_tokens: int
-    io_binding: bool
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k in TUNABLE}
-
-
 def check_device(device) -> str:
     return check_choice(device, "device", DEVICES)
 
@@ -105,73 +114,170 @@ def check_batch_tokens(batch_tokens, allow_none: bool = True):
     return check_int(batch_tokens, "batch_tokens", *BATCH_TOKENS_RANGE, allow_none=allow_none)
 
 
+def check_optimization(optimization, allow_none: bool = True):
+    return None if optimization is None and allow_none else \
+        check_choice(optimization, "optimization", GRAPH_OPTIMIZATIONS)
+
+
+def check_spinning(spinning, allow_none: bool = True):
+    return None if spinning is None and allow_none else check_choice(spinning, "spinning", SPINNING_MODES)
+
+
+def check_backend(backend, allow_none: bool = True):
+    return None if backend is None and allow_none else check_choice(backend, "backend", BACKENDS)
+
+
+def check_precision(precision, allow_none: bool = True):
+    return None if precision is None and allow_none else check_choice(precision, "precision", PRECISIONS)
+
+
 def default_settings(device: str) -> dict:
-    """What a model uses without runtime.json and without arguments."""
+    """The tunable settings (runtime.json's) a model uses without runtime.json and without arguments."""
     check_device(device)
-    return {"threads": physical_cores(), "batch_tokens": DEFAULT_BATCH_TOKENS[device],
-            "io_binding": device == "cuda"}
+    return {"threads": physical_cores(), "batch_tokens": DEFAULT_BATCH_TOKENS[device], "io_binding": device == "cuda"}
 
 
-def resolve_settings(folder: str | Path | None, device: str, threads=None, batch_tokens=None,
-                     io_binding=None) -> tuple[RuntimeSettings, dict[str, str]]:
-    """The settings to run with and where each came from ("argument", "runtime.json", "default")."""
-    check_device(device)
-    explicit = {"threads": check_threads(threads), "batch_tokens": check_batch_tokens(batch_tokens),
-                "io_binding": check_bool(io_binding, "io_binding", allow_none=True)}
-    tuned = runtime_settings(folder, device) if folder is not None else {}
-    default = default_settings(device)
-    chosen, origin = {}, {}
-    for key in TUNABLE:
-        if explicit[key] is not None:
-            chosen[key], origin[key] = explicit[key], "argument"
-        elif key in tuned:
-            chosen[key], origin[key] = tuned[key], RUNTIME_FILE
-        else:
-            chosen[key], origin[key] = default[key], "default"
-    return RuntimeSettings(device=device, **chosen), origin
+def default_options(device: str) -> dict:
+    """Every session option's default for ``device`` (backend and precision: ONNX Runtime and the
+    artifact's own precision, None here; a model replaces them by crossrank.isa's rule)."""
+    return {**default_settings(device), "memory_arena": MEMORY_ARENA, "optimization": GRAPH_OPTIMIZATION,
+            "spinning": SPINNING, "profile_prefix": None, "backend": "onnxruntime", "precision": None,
+            "allow_low_fidelity": False}
+
+
+ORIGINS = ("argument", RUNTIME_FILE, "default")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How a model's ONNX Runtime session and batch planner run: the one options object that
+    ``Reranker``, ``Embedder``, ``BatchRunner`` and ``crossrank.session.build_session`` agree on.
+
+    threads: intra-op threads. batch_tokens: token budget per model call (rows x padded length).
+    io_binding: bind inputs on the device (CUDA). memory_arena: ONNX Runtime's CPU arena (see
+    MEMORY_ARENA). optimization: graph optimisation level at load, one of GRAPH_OPTIMIZATIONS.
+    spinning: intra-op thread spinning, one of SPINNING_MODES. profile_prefix: write ONNX Runtime's
+    per-operator profile to files starting with it (``Model.end_profiling()`` returns the file).
+    backend: one of BACKENDS. precision: one of PRECISIONS (the artifact's own, or bf16 on
+    OpenVINO). allow_low_fidelity: run a precision that has no passing fidelity certificate
+    (crossrank.certificate) instead of refusing it.
+
+    A field left None is not chosen. ``resolve(folder, device)`` returns the options a model runs
+    with: each field from, in order, this object, the artifact folder's runtime.json section for the
+    device (TUNABLE: what ``crossrank tune`` writes), the defaults above (or ``defaults``);
+    ``origin`` then says where each value came from ("argument", "runtime.json" or "default").
+    Values are checked when the object is made: a bad one raises InvalidArgumentError naming it.
+    """
+
+    threads: int | None = None
+    batch_tokens: int | None = None
+    io_binding: bool | None = None
+    memory_arena: bool | None = None
+    optimization: str | None = None
+    spinning: str | None = None
+    profile_prefix: str | None = None
+    backend: str | None = None
+    precision: str | None = None
+    allow_low_fidelity: bool | None = None
+    origin: Mapping[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        check_threads(self.threads)
+        check_batch_tokens(self.batch_tokens)
+        check_bool(self.io_binding, "io_binding", allow_none=True)
+        check_bool(self.memory_arena, "memory_arena", allow_none=True)
+        check_optimization(self.optimization)
+        check_spinning(self.spinning)
+        check_backend(self.backend)
+        check_precision(self.precision)
+        check_bool(self.allow_low_fidelity, "allow_low_fidelity", allow_none=True)
+        if self.profile_prefix is not None:
+            if not isinstance(self.profile_prefix, (str, os.PathLike)):
+                raise ArgumentTypeError(f"profile_prefix must be a path (str) or None, got "
+                                        f"{type(self.profile_prefix).__name__}")
+            object.__setattr__(self, "profile_prefix", os.fspath(self.profile_prefix))
+        object.__setattr__(self, "origin", MappingProxyType(dict(self.origin)))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.init)
+
+    def values(self) -> dict:
+        """Every option's value (None where not chosen), without the origins."""
+        return {name: getattr(self, name) for name in self.names()}
+
+    def chosen(self) -> dict:
+        """The options given (not None)."""
+        return {name: value for name, value in self.values().items() if value is not None}
+
+    @property
+    def resolved(self) -> bool:
+        return set(self.origin) == set(self.names())
+
+    def merged(self, **given) -> "SessionOptions":
+        """These options plus keyword ones (None: not given). An option given both ways with two
+        different values is an InvalidArgumentError (it would be ambiguous which one runs)."""
+        values = self.values()
+        for name, value in given.items():
+            if value is None:
+                continue
+            if name not in values:
+                raise ArgumentTypeError(f"unknown session option {name!r}; known: {', '.join(self.names())}")
+            if values[name] is not None and values[name] != value:
+                raise InvalidArgumentError(f"{name} is given twice: {name}={value!r} and options.{name}="
+                                           f"{values[name]!r}; give it once")
+            values[name] = value
+        return SessionOptions(**values)
+
+    def resolve(self, folder: str | Path | None, device: str, defaults: dict | None = None) -> "SessionOptions":
+        """Every option filled in (see the class docstring), with ``origin`` for each; ``defaults``
+        replaces some of the defaults (a model's ISA rule for backend and precision)."""
+        check_device(device)
+        tuned = runtime_settings(folder, device) if folder is not None else {}
+        default = {**default_options(device), **(defaults or {})}
+        chosen, origin = {}, {}
+        for name, value in self.values().items():
+            if value is not None:
+                chosen[name], origin[name] = value, "argument"
+            elif name in tuned:
+                chosen[name], origin[name] = tuned[name], RUNTIME_FILE
+            else:
+                chosen[name], origin[name] = default[name], "default"
+        options = SessionOptions(**chosen)
+        object.__setattr__(options, "origin", MappingProxyType(origin))
+        return options
+
+
+    def with_defaults(self, **values) -> "SessionOptions":
+        """A copy where the options that came from the defaults take ``values`` instead (still
+        origin "default"): how a model applies a default that depends on its artifact and CPU."""
+        if not self.resolved:
+            raise InvalidArgumentError("with_defaults applies to resolved options (resolve them first)")
+        chosen = self.values()
+        chosen.update({k: v for k, v in values.items() if self.origin[k] == "default"})
+        options = SessionOptions(**chosen)
+        object.__setattr__(options, "origin", self.origin)
+        return options
 
 
 # -- runtime.json: read, validate, write ------------------------------------------------------
 
-def _check_section(where: str, device: str, section: Any) -> dict:
-    if not isinstance(section, dict):
-        raise RuntimeConfigError(f"{where}: {device!r} must be an object of settings, got {section!r:.60}")
-    for key, value in section.items():
-        name = f"'{device}.{key}'"
-        try:
-            if key == "threads":
-                check_int(value, name, *THREADS_RANGE)
-            elif key == "batch_tokens":
-                check_int(value, name, *BATCH_TOKENS_RANGE)
-            elif key == "io_binding":
-                check_bool(value, name)
-            elif key == "measured":
-                if not isinstance(value, dict):
-                    raise InvalidArgumentError(f"{name} must be an object, got {value!r:.60}")
-            else:
-                raise InvalidArgumentError(f"unknown key {name}; a device section holds threads, "
-                                           f"batch_tokens, io_binding and measured")
-        except InvalidArgumentError as err:
-            raise RuntimeConfigError(f"{where}: {err}") from None
-    return section
+# runtime.json's schema: a format, then per device a section of tunable settings (all optional)
+SECTION_FIELDS = {"threads": is_int(*THREADS_RANGE), "batch_tokens": is_int(*BATCH_TOKENS_RANGE),
+                  "io_binding": is_bool, "backend": is_one_of(*BACKENDS), "precision": is_one_of(*PRECISIONS),
+                  "spinning": is_one_of(*SPINNING_MODES), "measured": is_object}
 
 
 def validate_runtime(document: Any, where: str = RUNTIME_FILE) -> dict:
     """Check a parsed runtime.json; returns it unchanged or raises RuntimeConfigError."""
-    if not isinstance(document, dict):
-        raise RuntimeConfigError(f"{where}: expected a JSON object, got {type(document).__name__}")
-    if "format" not in document:
-        raise RuntimeConfigError(f"{where}: lacks the key 'format' (this crossrank writes {RUNTIME_FORMAT})")
-    if document["format"] != RUNTIME_FORMAT:
+    if isinstance(document, dict) and "format" in document and document["format"] != RUNTIME_FORMAT:
         raise RuntimeConfigError(
             f"{where}: 'format' = {document['format']!r} is not {RUNTIME_FORMAT}: run `crossrank tune` again")
-    for key, value in document.items():
-        if key == "format":
-            continue
-        if key not in DEVICES:
-            raise RuntimeConfigError(
-                f"{where}: unknown key {key!r}; runtime.json holds 'format' and one section per device {DEVICES}")
-        _check_section(where, key, value)
+    check_fields(document, where, {"format": is_int(), **{device: is_object for device in DEVICES}}, ("format",),
+                 RuntimeConfigError)
+    for device in DEVICES:
+        if device in document:
+            check_fields(document[device], where, SECTION_FIELDS, (), RuntimeConfigError, section=device)
     return document
 
 
@@ -189,7 +295,7 @@ def read_runtime(folder: str | Path) -> dict | None:
 
 
 def runtime_settings(folder: str | Path, device: str) -> dict:
-    """``{threads, batch_tokens, io_binding}`` (those present) for ``device`` from runtime.json;
+    """The TUNABLE settings (those present) for ``device`` from runtime.json;
     empty when the file or its section for that device is absent."""
     document = read_runtime(folder)
     if document is None:
@@ -209,23 +315,21 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
         section["measured"] = measured
     document[device] = section
     validate_runtime(document, str(path))
-    handle, tmp = tempfile.mkstemp(prefix=".runtime-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(json.dumps(document, indent=2) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return write_json_atomically(path, document)
+
+
+def write_json_atomically(path: Path, document: dict) -> Path:
+    """Write ``document`` to ``path`` atomically (crossrank.locks.write_text_atomically: a reader
+    sees the old file or the new one, never a part; runtime.json, certificates.json)."""
+    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
     return path
 
 
 __all__ = [
-    "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_QUEUE_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION",
+    "BACKENDS", "PRECISIONS", "check_backend", "check_precision", "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_QUEUE_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION",
     "MAX_ROWS", "MEMORY_ARENA", "SCHEDULER_WINDOW_BATCHES", "SPINNING", "SPINNING_MODES",
-    "RUNTIME_FILE", "RuntimeSettings", "THREADS_RANGE", "check_batch_tokens", "check_device", "check_threads",
-    "default_settings", "physical_cores", "read_runtime", "resolve_settings", "runtime_settings",
-    "validate_runtime", "write_runtime",
+    "ORIGINS", "RUNTIME_FILE", "SessionOptions", "THREADS_RANGE", "check_batch_tokens", "check_device",
+    "check_optimization", "check_spinning", "check_threads", "default_options", "default_settings", "physical_cores", "read_runtime",
+    "runtime_settings",
+    "validate_runtime", "write_json_atomically", "write_runtime",
 ]

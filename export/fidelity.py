@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from crossrank.errors import InvalidArgumentError
 from crossrank.evaluation.metrics import spearman, top_k_agreement
+from crossrank.certificate import BARS as CERTIFICATE_BARS, meets_bar
 from crossrank.session import build_session
 
 SAMPLE_QUERIES = 12
@@ -23,15 +25,9 @@ RELEVANT_PER_QUERY = 5
 BATCH_SIZE = 16
 ALONE_ROWS = 32  # rows re-run alone (no padding, no batch mates) for the batch-invariance figure
 
-# Bars from the export issue; below a bar the export fails unless --allow-low-fidelity.
-BARS = {
-    ("cross", "fp32"): ("max_abs_diff", "<=", 1e-4),
-    ("bi", "fp32"): ("max_abs_diff", "<=", 1e-4),
-    ("cross", "int8"): ("spearman", ">=", 0.99),
-    ("bi", "int8"): ("mean_cosine", ">=", 0.995),
-    ("cross", "fp16"): ("spearman", ">=", 0.999),
-    ("bi", "fp16"): ("mean_cosine", ">=", 0.9999),
-}
+# The bars (crossrank.certificate.BARS: the export's per precision, and bf16's for certificates);
+# below a bar the export fails unless --allow-low-fidelity.
+BARS = CERTIFICATE_BARS
 
 
 @dataclass(frozen=True)
@@ -76,11 +72,11 @@ def jsonl_sample(path: str | Path) -> FidelitySample:
     queries, documents = [], []
     for where, _, row in read_jsonl(path, "fidelity data file", ("query", "documents")):
         if not isinstance(row["documents"], list):
-            raise ValueError(f'{where}: "documents" must be a list of strings')
+            raise InvalidArgumentError(f'{where}: "documents" must be a list of strings')
         queries.append(str(row["query"]))
         documents.append([str(d) for d in row["documents"]])
     if sum(len(d) for d in documents) < 1:
-        raise ValueError(f"{path}: no documents found")
+        raise InvalidArgumentError(f"{path}: no documents found")
     return FidelitySample(str(path), queries, documents)
 
 
@@ -128,17 +124,19 @@ class _AloneCheck:
         return float(np.max(np.abs(np.asarray(self.alone, np.float64) - np.asarray(self.batched, np.float64))))
 
 
-def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int) -> dict:
+def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int, session=None) -> dict:
     """Run the PyTorch model and the ONNX graph on the same ids; return the agreement figures.
     Decoder rerankers: the model card's computation against the runtime's own pair building
-    (``_decoder_fidelity``)."""
+    (``_decoder_fidelity``). session: the session to measure (default: ONNX Runtime on CPU;
+    ``crossrank certify`` passes another backend's or precision's, built by
+    crossrank.session.build_session)."""
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     if source.template is not None:
-        return _decoder_fidelity(source, onnx_path, sample, max_length)
+        return _decoder_fidelity(source, onnx_path, sample, max_length, session)
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
-    session = build_session(onnx_path, device="cpu")
+    session = build_session(onnx_path, device="cpu") if session is None else session
     graph_inputs = {i.name for i in session.get_inputs()}
     torch.manual_seed(0)
     with torch.inference_mode():
@@ -203,7 +201,7 @@ def model_card_scores(model, hf_tokenizer, template: dict, pairs: list[tuple[str
     return (log_probs[:, 1] - log_probs[:, 0]).numpy(), log_probs[:, 1].exp().numpy(), ids
 
 
-def _decoder_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int) -> dict:
+def _decoder_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int, session=None) -> dict:
     """ONNX graph on the runtime's own rows (``crossrank.tokenize.PromptTokenizer``, right padding)
     against ``model_card_scores``; also the share of pairs whose runtime ids equal the card's."""
     import torch
@@ -214,7 +212,7 @@ def _decoder_fidelity(source, onnx_path: Path, sample: FidelitySample, max_lengt
 
     hf_tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
     runtime = PromptTokenizer(onnx_path.parent / "tokenizer.json", max_length, source.template)
-    session = build_session(onnx_path, device="cpu")
+    session = build_session(onnx_path, device="cpu") if session is None else session
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32).eval()
     pairs = sample.pairs
@@ -269,12 +267,10 @@ def bi_figures(ref: np.ndarray, got: np.ndarray, n_queries: int, source: str) ->
 
 
 def check_bar(kind: str, precision: str, figures: dict, bars: dict | None = None) -> tuple[bool, str]:
-    """(passed, verdict) of the figures against the bar of (kind, precision): ``bars`` (a family's
-    own) over BARS. A decoder reranker must also build the model card's ids for every pair."""
-    metric, op, bar = {**BARS, **(bars or {})}[(kind, precision)]
-    value = figures[metric]
-    ok = value <= bar if op == "<=" else value >= bar
-    verdict = f"{metric} = {value:.6g} (bar: {op} {bar:g})"
+    """(passed, a sentence): ``figures`` against the bar for ``precision`` (``bars``: a family's
+    own, over crossrank.certificate.BARS). A decoder reranker must also build the model card's ids
+    for every pair."""
+    ok, _, verdict = meets_bar(kind, precision, figures, bars)
     agreement = figures.get("prompt_ids_agreement")
     if agreement is not None:
         ok = ok and agreement == 1.0

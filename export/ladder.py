@@ -46,16 +46,26 @@ from crossrank.export.starter import (
     dev_figures,
     first_stage,
     group_logits,
+    run_recipe,
     save_model,
     seed_everything,
     training_groups,
 )
+from crossrank.errors import CrossrankError, InvalidArgumentError, MissingFileError, OutputExistsError
+from crossrank.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "models" / "starter-reranker"
 # Layer sets tried on the dev tags for each student depth (the first epoch decides); see the cards.
 DEFAULT_KEEP = {2: ("0,5", "2,5", "0,1"), 4: ("0,1,2,3", "0,2,4,5", "1,2,4,5")}
 CARD_START, CARD_END = "<!-- figures:start -->", "<!-- figures:end -->"
+
+
+class MissingTeacherScoreError(CrossrankError, KeyError):
+    """A training pair was not scored by the teacher (``TeacherScores.compute`` first)."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
 
 
 def spread_layers(n: int, teacher_layers: int) -> tuple[int, ...]:
@@ -69,12 +79,12 @@ def parse_keep(text: str, layers: int, teacher_layers: int) -> tuple[int, ...]:
     try:
         keep = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--keep {text!r} is not a comma-separated list of layer indices, e.g. 0,5") from None
+        raise InvalidArgumentError(f"--keep {text!r} is not a comma-separated list of layer indices, e.g. 0,5") from None
     if len(keep) != layers:
-        raise ValueError(f"--keep {text!r} names {len(keep)} layers; --layers asks for {layers}")
+        raise InvalidArgumentError(f"--keep {text!r} names {len(keep)} layers; --layers asks for {layers}")
     if list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= teacher_layers:
-        raise ValueError(f"--keep {text!r} must be distinct ascending indices in 0..{teacher_layers - 1} "
-                         f"(the teacher has {teacher_layers} layers)")
+        raise InvalidArgumentError(f"--keep {text!r} must be distinct ascending indices in 0..{teacher_layers - 1} "
+                                   f"(the teacher has {teacher_layers} layers)")
     return keep
 
 
@@ -129,7 +139,7 @@ def student_from_teacher(teacher, keep: tuple[int, ...]):
 
     total = teacher.config.num_hidden_layers
     if not keep or list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= total:
-        raise ValueError(f"keep={keep!r}: need distinct ascending layer indices in 0..{total - 1}")
+        raise InvalidArgumentError(f"keep={keep!r}: need distinct ascending layer indices in 0..{total - 1}")
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(keep)
     student = BertForSequenceClassification(config)
@@ -188,14 +198,12 @@ class TeacherScores:
 
     def compute(self, model, tokenizer, pairs, max_length: int, torch, chunk: int = 1024) -> int:
         """Score the pairs not cached yet (teacher in inference mode), save, return how many were new."""
-        from tqdm import tqdm
-
         todo = self.missing(pairs)
         if not todo:
             return 0
         model.eval()
         with torch.inference_mode():
-            for start in tqdm(range(0, len(todo), chunk), desc=f"teacher scores ({len(todo)} pairs)", unit="chunk"):
+            for start in progress_bar(range(0, len(todo), chunk), desc=f"teacher scores ({len(todo)} pairs)", unit="chunk"):
                 part = todo[start: start + chunk]
                 logits = group_logits(model, tokenizer, part, max_length, torch, micro_batch=128).tolist()
                 self.scores.update((pair_key(q, d), s) for (q, d), s in zip(part, logits))
@@ -215,7 +223,8 @@ class TeacherScores:
         try:
             return np.array([self.scores[pair_key(q, d)] for q, d in pairs], dtype=np.float32)
         except KeyError:
-            raise KeyError("a pair has no teacher score: call compute() on every training pair first") from None
+            raise MissingTeacherScoreError("a pair has no teacher score: call compute() on every training pair "
+                                           "first") from None
 
 
 def folder_size(folder: Path) -> int:
@@ -361,13 +370,11 @@ def train_steps(student, optimizer, schedule, groups, scores: TeacherScores, tex
                 desc: str, record: dict | None = None) -> dict:
     """Optimiser steps over ``groups`` (``args.groups_per_step`` per step). Appends to ``record``'s
     per-step losses and seconds (a new record when None) and returns it; see ``epoch_summary``."""
-    from tqdm import tqdm
-
     record = record if record is not None else {"loss": [], "ce": [], "kd": [], "mse": [], "seconds": 0.0}
     student.train()
     started = time.perf_counter()
     width = 1 + args.hard + args.random
-    bar = tqdm(range(0, len(groups), args.groups_per_step), desc=desc, unit="step")
+    bar = progress_bar(range(0, len(groups), args.groups_per_step), desc=desc, unit="step")
     for start in bar:
         part = groups[start: start + args.groups_per_step]
         pairs = [(q, text_of[d]) for q, pos, negs in part for d in [pos, *negs]]
@@ -400,14 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     out, teacher_folder = Path(args.out), Path(args.teacher)
     if args.rewrite_card:
         if not (out / "training_log.json").is_file():
-            sys.exit(f"--rewrite-card: {out} has no training_log.json")
+            raise MissingFileError(f"--rewrite-card: {out} has no training_log.json")
         write_card(out, json.loads((out / "training_log.json").read_text()), keep_figures=True)
         print(f"rewrote {out / 'README.md'}", file=sys.stderr)
         return 0
     if out.exists() and not args.force:
-        sys.exit(f"{out} exists: pass --force to retrain and replace it")
+        raise OutputExistsError(f"{out} exists: pass --force to retrain and replace it")
     if not (teacher_folder / "config.json").is_file():
-        sys.exit(f"--teacher {str(teacher_folder)!r} is not a model folder (no config.json)")
+        raise MissingFileError(f"--teacher {str(teacher_folder)!r} is not a model folder (no config.json)")
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
@@ -420,13 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     teacher = BertForSequenceClassification.from_pretrained(teacher_folder, dtype=torch.float32)
     teacher_layers = teacher.config.num_hidden_layers
     if args.layers >= teacher_layers:
-        sys.exit(f"--layers {args.layers}: a student needs fewer layers than the teacher's {teacher_layers}")
-    try:
-        candidates_keep = [parse_keep(k, args.layers, teacher_layers) for k in
-                           (args.keep or DEFAULT_KEEP.get(args.layers)
-                            or [",".join(map(str, spread_layers(args.layers, teacher_layers)))])]
-    except ValueError as error:
-        sys.exit(str(error))
+        raise InvalidArgumentError(f"--layers {args.layers}: a student needs fewer layers than the teacher's "
+                                   f"{teacher_layers}")
+    candidates_keep = [parse_keep(k, args.layers, teacher_layers) for k in
+                       (args.keep or DEFAULT_KEEP.get(args.layers)
+                        or [",".join(map(str, spread_layers(args.layers, teacher_layers)))])]
     tokenizer = AutoTokenizer.from_pretrained(teacher_folder, use_fast=True)
 
     documents, _ = load_semanlink()
@@ -533,4 +538,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_recipe(main, "python -m crossrank.export.ladder"))

@@ -2,7 +2,7 @@
 
 - ``check_output``: OUT must not be SRC, nor a folder above or inside it; an existing OUT is
   replaced only with ``force`` and only if it is an empty folder or a crossrank artifact holding
-  nothing but what crossrank wrote (its manifest's files, manifest.json, runtime.json).
+  nothing but what crossrank wrote (its manifest's files, manifest.json, runtime.json, certificates.json).
 - ``clean_stale``: leftovers of exports of the same OUT whose process died (``.OUT.partial-PID``
   build folders are removed; an ``.OUT.old-PID`` folder is moved back to OUT when OUT is missing —
   the old artifact of a replacement that was interrupted — else removed).
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from crossrank.artifact import KINDS, MANIFEST
 from crossrank.errors import OutputExistsError
+from crossrank.certificate import CERTIFICATES_FILE
 from crossrank.locks import file_lock, pid_alive
 from crossrank.settings import RUNTIME_FILE
 
@@ -32,7 +33,7 @@ def _crossrank_artifact_files(folder: Path) -> set[str] | None:
         return None
     if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS or not isinstance(manifest.get("files"), dict):
         return None
-    return {MANIFEST, RUNTIME_FILE, *map(str, manifest["files"])}
+    return {MANIFEST, RUNTIME_FILE, CERTIFICATES_FILE, *map(str, manifest["files"])}
 
 
 def check_output(out: Path, src: Path | None, force: bool) -> None:

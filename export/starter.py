@@ -32,7 +32,20 @@ from pathlib import Path
 
 import numpy as np
 
+from crossrank.errors import CrossrankError, OutputExistsError
+from crossrank.progress import progress_bar
+
 SEED = 20261125
+
+
+def run_recipe(main, prog: str, argv: list[str] | None = None) -> int:
+    """Run a training recipe's ``main``: an error it raises on purpose (a CrossrankError) is one
+    line on stderr and exit status 2, as in the ``crossrank`` command."""
+    try:
+        return main(argv)
+    except CrossrankError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -197,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     if out.exists() and not args.force:
-        sys.exit(f"{out} exists: pass --force to retrain and replace it")
+        raise OutputExistsError(f"{out} exists: pass --force to retrain and replace it")
     import torch
-    from tqdm import tqdm
     from transformers import AutoTokenizer, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     for epoch, groups in enumerate(epoch_groups, 1):
         model.train()
         epoch_start, losses = time.perf_counter(), []
-        bar = tqdm(range(0, len(groups), args.groups_per_step), desc=f"epoch {epoch}/{args.epochs}", unit="step")
+        bar = progress_bar(range(0, len(groups), args.groups_per_step), desc=f"epoch {epoch}/{args.epochs}", unit="step")
         for start in bar:
             part = groups[start: start + args.groups_per_step]
             width = 1 + args.hard + args.random
@@ -281,4 +293,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_recipe(main, "python -m crossrank.export.starter"))

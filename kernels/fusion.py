@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 
+from crossrank.errors import UnsupportedModelError
 
 def fuse_transformer(onnx_path: str | Path, optimizer_type: str, num_heads: int, hidden_size: int,
                      for_gpu: bool = False, disabled: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, int]]:
@@ -23,11 +24,12 @@ def fuse_transformer(onnx_path: str | Path, optimizer_type: str, num_heads: int,
     from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
     if optimizer_type not in MODEL_TYPES:
-        raise ValueError(f"no fusion rules for {optimizer_type!r}; onnxruntime knows {sorted(MODEL_TYPES)}")
+        raise UnsupportedModelError(f"no fusion rules for model type {optimizer_type!r}; onnxruntime knows "
+                                    f"{sorted(MODEL_TYPES)}")
     options = FusionOptions(optimizer_type)
     for flag in disabled:
         if not isinstance(getattr(options, flag, None), bool):
-            raise ValueError(f"{flag!r} is not a FusionOptions flag")
+            raise UnsupportedModelError(f"{flag!r} is not a FusionOptions flag")
         setattr(options, flag, False)
     optimized = optimize_model(
         str(onnx_path), model_type=optimizer_type, num_heads=num_heads, hidden_size=hidden_size,

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from crossrank.errors import UnsupportedModelError
+
 # Same epsilons as sentence-transformers' Pooling (clamp 1e-9) and torch.nn.functional.normalize.
 MASK_COUNT_EPS = 1e-9
 NORM_EPS = 1e-12
@@ -39,7 +41,7 @@ def _replace_outputs(model: onnx.ModelProto, nodes, initializers, output: onnx.V
 def _find_output(model: onnx.ModelProto, name: str) -> str:
     names = [out.name for out in model.graph.output]
     if name not in names:
-        raise ValueError(f"graph has no output {name!r}; its outputs are {names}")
+        raise UnsupportedModelError(f"graph has no output {name!r}; its outputs are {names}")
     return name
 
 
@@ -53,7 +55,7 @@ def add_pooling_head(
 ) -> onnx.ModelProto:
     """Replace the graph outputs by pooled (and L2-normalised) sentence embeddings [batch, dim]."""
     if pooling not in ("mean", "cls"):
-        raise ValueError(f"pooling {pooling!r} is not supported; use 'mean' or 'cls'")
+        raise UnsupportedModelError(f"pooling {pooling!r} is not supported; use 'mean' or 'cls'")
     hidden = _find_output(model, hidden_output)
     p = HEAD_PREFIX
     opset = _opset(model)
@@ -105,7 +107,7 @@ def add_score_head(
     softmax probability of the positive class.
     """
     if num_labels not in (1, 2):
-        raise ValueError(f"a cross-encoder needs 1 or 2 labels, the model has {num_labels}")
+        raise UnsupportedModelError(f"a cross-encoder needs 1 or 2 labels, the model has {num_labels}")
     source = _find_output(model, logits_output)
     p = HEAD_PREFIX
     renamed = p + "raw_logits"

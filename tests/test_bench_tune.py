@@ -172,7 +172,8 @@ def test_choose_respects_the_budget_and_noise():
     (("ART", "--queries", "-1"), "--queries: expected an integer >= 0"),
     (("ART", "--runs", "0"), "--runs: expected a positive integer"),
     (("ART", "--encoder-shape", "6,384"), "--encoder-shape: expected LAYERS,HIDDEN,INTERMEDIATE"),
-    (("ART", "--budgets", "1024,x"), "--budgets: expected comma-separated positive integers"),
+    # budgets are batch_tokens values: settings.BATCH_TOKENS_RANGE (issue 19)
+    (("ART", "--budgets", "1024,x"), "--budgets: expected comma-separated integers in [16, 4194304]"),
     (("ART", "--vs", "flashrank"), "invalid choice: 'flashrank'"),
     (("ART", "--device", "tpu"), "invalid choice: 'tpu'"),
 ])
@@ -185,10 +186,15 @@ def test_bench_usage_errors(capsys, argv, message):
     (("ART", "--latency-budget-ms", "0"), "--latency-budget-ms: expected a positive finite number"),
     (("ART", "--latency-budget-ms", "-5"), "--latency-budget-ms: expected a positive finite number"),
     (("ART", "--latency-budget-ms", "fast"), "--latency-budget-ms: expected a number of milliseconds"),
-    (("ART", "--threads", "0"), "--threads: expected comma-separated positive integers"),
-    (("ART", "--batch-tokens", "2k"), "--batch-tokens: expected comma-separated positive integers"),
+    # the ranges of --threads and --batch-tokens are settings.THREADS_RANGE / BATCH_TOKENS_RANGE (issue 19)
+    (("ART", "--threads", "0"), "--threads: expected comma-separated integers in [1, 1024]"),
+    (("ART", "--batch-tokens", "2k"), "--batch-tokens: expected comma-separated integers in [16, 4194304]"),
+    (("ART", "--batch-tokens", "8"), "--batch-tokens: expected comma-separated integers in [16, 4194304]"),
     (("ART", "--runs", "0"), "--runs: expected a positive integer"),
     (("ART", "--rounds", "-1"), "--rounds: expected an integer >= 0"),
+    (("ART", "--backends", "tvm"), "--backends: expected comma-separated backends of onnxruntime, openvino"),
+    (("ART", "--spinning", "sometimes"), "--spinning: expected comma-separated spinning modes of"),
+    (("ART", "--max-spread", "0"), "--max-spread: expected a positive finite number"),
 ])
 def test_tune_usage_errors(capsys, argv, message):
     assert message in usage_error(capsys, "tune", *argv)
@@ -218,8 +224,7 @@ def test_tune_errors_before_measuring(capsys, art, tmp_path):
     err = failure(capsys, "tune", art)
     assert str(art / RUNTIME_FILE) in err and "'cpu.threads' must be an integer in [1, 1024], got -1" in err and "fix or delete" in err
     (art / RUNTIME_FILE).unlink()
-    assert "must be in [16," in failure(capsys, "tune", art, "--batch-tokens", "8")
-    assert "physical cores" in failure(capsys, "tune", art, "--threads", "100000")
+    assert "physical cores" in failure(capsys, "tune", art, "--threads", "1000")  # in THREADS_RANGE, past the cores
     if not cuda_available():
         assert "onnxruntime-gpu" in failure(capsys, "tune", art, "--device", "cuda")
 
@@ -233,23 +238,56 @@ def test_tune_refuses_an_embedder(capsys, tiny_bi):
 def test_tune_writes_runtime_json_that_reranker_uses(capsys, art, workload):
     manifest = (art / "manifest.json").read_bytes()
     rc = cli("tune", art, "--workload", workload, "--threads", "1", "--batch-tokens", "256,512",
-             "--runs", "2", "--rounds", "0", "--quiet")
+             "--backends", "onnxruntime", "--spinning", "never", "--runs", "2", "--rounds", "0", "--quiet",
+             "--allow-noisy")
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "CHOSEN" in out and "baseline only" in out and "highest throughput" in out and "one sample" in out
+    assert "noise check: the defaults measured 3 times across the sweep" in out
     document = json.loads((art / RUNTIME_FILE).read_text())
     section = document["cpu"]
     assert section["threads"] == 1 and section["batch_tokens"] in (256, 512) and section["io_binding"] is False
+    assert (section["backend"], section["precision"], section["spinning"]) == ("onnxruntime", "fp32", "never")
     assert section["measured"]["model_sha256"] == load_artifact(art).sha256
+    assert len(section["measured"]["baseline_pairs_per_s"]) == 3 and section["measured"]["baseline_spread"] >= 0
     assert (art / "manifest.json").read_bytes() == manifest
     reranker = crossrank.Reranker(art)
-    assert reranker.runner.batch_tokens == section["batch_tokens"]
+    assert reranker.runner.batch_tokens == section["batch_tokens"] and reranker.options.spinning == "never"
     assert reranker.runner.session.get_session_options().intra_op_num_threads == 1
 
 
+def test_tune_sweeps_backends_and_round_trips_them_through_runtime_json(capsys, art, workload):
+    pytest.importorskip("openvino")
+    rc = cli("tune", art, "--workload", workload, "--threads", "1", "--batch-tokens", "512", "--runs", "2",
+             "--rounds", "0", "--quiet", "--allow-noisy", "--no-variants", "--repeat-baseline", "2")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for row in ("onnxruntime      fp32       1          512 within-calls", "onnxruntime      fp32       1          "
+                "512        never", "openvino      fp32       1          512            -"):
+        assert row in out, out
+    section = json.loads((art / RUNTIME_FILE).read_text())["cpu"]
+    chosen = {k: section[k] for k in ("backend", "precision", "spinning", "threads", "batch_tokens")}
+    reranker = crossrank.Reranker(art)
+    assert {k: reranker.options.values()[k] for k in chosen} == chosen
+    assert reranker.options.origin["backend"] == RUNTIME_FILE and reranker.backend == section["backend"]
+
+
+def test_tune_refuses_to_write_when_the_machine_is_too_noisy(capsys, art, workload):
+    args = ("tune", art, "--workload", workload, "--threads", "1", "--batch-tokens", "512", "--backends",
+            "onnxruntime", "--spinning", "never", "--runs", "2", "--rounds", "0", "--no-variants", "--quiet")
+    rc = cli(*args, "--max-spread", "1e-12")  # any two timings differ more than that
+    captured = capsys.readouterr()
+    assert rc == 1 and "TOO NOISY TO MEASURE" in captured.err and "runtime.json not written" in captured.err
+    assert "noise check: the defaults measured 3 times" in captured.out and "spread" in captured.out
+    assert not (art / RUNTIME_FILE).exists()
+    assert cli(*args, "--max-spread", "1e-12", "--allow-noisy") == 0
+    assert "--allow-noisy: writing anyway" in capsys.readouterr().err
+    assert json.loads((art / RUNTIME_FILE).read_text())["cpu"]["measured"]["baseline_spread"] > 1e-12
+
+
 def test_tune_with_an_impossible_budget_writes_nothing(capsys, art, workload):
-    rc = cli("tune", art, "--workload", workload, "--threads", "1", "--batch-tokens", "512",
-             "--runs", "2", "--latency-budget-ms", "0.0001", "--quiet", "--no-variants")
+    rc = cli("tune", art, "--workload", workload, "--threads", "1", "--batch-tokens", "512", "--backends",
+             "onnxruntime", "--runs", "2", "--latency-budget-ms", "0.0001", "--quiet", "--no-variants", "--allow-noisy")
     captured = capsys.readouterr()
     assert rc == 1
     assert "no setting meets the 0.0001 ms p95 budget" in captured.out
@@ -258,8 +296,8 @@ def test_tune_with_an_impossible_budget_writes_nothing(capsys, art, workload):
 
 
 def test_tune_confirms_the_gain_and_dry_run_writes_nothing(capsys, art, workload):
-    rc = cli("tune", art, "--workload", workload, "--threads", "1", "--batch-tokens", "256",
-             "--runs", "2", "--dry-run", "--quiet")
+    rc = cli("tune", art, "--workload", workload, "--threads", "1", "--batch-tokens", "256", "--backends",
+             "onnxruntime", "--spinning", "never", "--runs", "2", "--dry-run", "--quiet")
     out = capsys.readouterr().out
     assert rc == 0
     assert "gain over the defaults" in out and "final round" in out and "--dry-run" in out

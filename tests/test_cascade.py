@@ -64,11 +64,13 @@ def test_cascade_reranks_each_stage_on_the_previous_stage_top(embedder, index, s
         result = cascade.search(query.text, k=K, top_n=None)
         candidates = first.search(query.text, k=K, top_n=None).hits
         texts = [h.document for h in candidates]
-        small_scores = small.score([(query.text, t) for t in texts[:15]])
-        after_small = sorted(range(15), key=lambda i: -small_scores[i])
-        large_scores = {i: s for i, s in zip(after_small[:5], large.score([(query.text, texts[i])
-                                                                           for i in after_small[:5]]))}
-        expected = sorted(after_small[:5], key=lambda i: -large_scores[i]) + after_small[5:] + list(range(15, K))
+        small_pairs = [(query.text, t) for t in texts[:15]]
+        small_scores, small_raw = small.score(small_pairs), small.score(small_pairs, raw_scores=True)
+        after_small = sorted(range(15), key=lambda i: -small_raw[i])  # rankings are made on the raw scores
+        large_pairs = [(query.text, texts[i]) for i in after_small[:5]]
+        large_scores = dict(zip(after_small[:5], large.score(large_pairs)))
+        large_raw = dict(zip(after_small[:5], large.score(large_pairs, raw_scores=True)))
+        expected = sorted(after_small[:5], key=lambda i: -large_raw[i]) + after_small[5:] + list(range(15, K))
         assert [h.first_stage_rank - 1 for h in result.hits] == expected
         for hit in result.hits:
             i = hit.first_stage_rank - 1
@@ -125,8 +127,8 @@ def test_selection_rankings_equal_the_pipelines(embedder, index, small, large, q
     for query in queries:
         ids = first.search(query.text, k=K, top_n=None).ids
         texts = [h.document for h in first.search(query.text, k=K, top_n=None).hits]
-        scores = {"small": small.score([(query.text, t) for t in texts]),
-                  "large": large.score([(query.text, t) for t in texts])}
+        scores = {"small": small.score([(query.text, t) for t in texts], raw_scores=True),  # as select scores
+                  "large": large.score([(query.text, t) for t in texts], raw_scores=True)}
         for config in (Config(), Config(("large",), (10,)), Config(("small", "large"), (20, 5))):
             models = {"small": small, "large": large}
             pipeline = Pipeline(embedder, index, rerankers=[models[n] for n in config.rerankers],

@@ -212,7 +212,8 @@ def test_build_and_search_argument_errors(embedder, index, corpus):
         Index.build(embedder, texts[:3], dtype="f64", progress=False)
     with pytest.raises(ValueError, match="metric 'l2' is not one of"):
         Index.build(embedder, texts[:3], metric="l2", progress=False)
-    with pytest.raises(ValueError, match="connectivity must be a positive int"):
+    # usearch needs 2 edges per node at least: 1 is refused too, before usearch (issue 19)
+    with pytest.raises(ValueError, match="connectivity must be an integer >= 2"):
         Index.build(embedder, texts[:3], connectivity=0, progress=False)
     with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
         index.search("anything", k=0)

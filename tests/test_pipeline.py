@@ -224,9 +224,11 @@ def test_read_corpus_reports_bad_lines(tmp_path):
             read_corpus(tmp_path / "bad.jsonl")
 
 
-def test_cli_argument_errors(capsys, tmp_path):
+def test_cli_argument_errors(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("CROSSRANK_STORE", raising=False)
+    assert main(["search", "q"]) == 2  # the first stage: --index, --store or $CROSSRANK_STORE
+    assert "name the first stage: --index DIR or --store URL|DIR" in capsys.readouterr().err
     for argv, message in [
-        (["search", "q"], "the following arguments are required: --index"),
         (["search", "--index", "x", "--k", "0", "q"], "argument --k: expected a positive integer, got 0"),
         (["search", "--index", "x", "--top-n", "ten", "q"], "argument --top-n: expected a positive integer, got 'ten'"),
         (["index", "build", "--embedder", "e", "--out", "o"], "one of the arguments --corpus --semanlink is required"),

@@ -37,7 +37,8 @@ import crossrank
 from crossrank.errors import InvalidArgumentError, OutputExistsError
 from crossrank.front.cli import main
 from crossrank.front.ray.data import JOB_FILE, score_dataset
-from crossrank.front.serve.config import RayConfig, ServeConfig, deployment_options
+from crossrank.front.ray.config import RayConfig, deployment_options  # the ray wing's (issue 19: was serve.config)
+from crossrank.front.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_YAML = ROOT / "deploy" / "ray-serve.yaml"
@@ -75,7 +76,7 @@ def yaml_application(**overrides):
 @pytest.fixture(scope="class")
 def single_server(starter_fp32, tmp_path_factory):
     """The single-process ``crossrank serve`` on the same artifact, the reference."""
-    process = Server(["--reranker", str(starter_fp32), "--threads", "1"],
+    process = Server(["--reranker", f"starter={starter_fp32}", "--threads", "1"],
                      tmp_path_factory.mktemp("ray-single") / "server.log")
     yield process
     process.stop()
@@ -87,7 +88,7 @@ def deployed(ray_cluster, starter_fp32):
     down after the Serve tests: the Ray Data tests then have the cluster's 2 CPUs)."""
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    spec, app = yaml_application(reranker=str(starter_fp32), threads=1, replicas=2, health_check_period_s=1)
+    spec, app = yaml_application(reranker=f"starter={starter_fp32}", threads=1, replicas=2, health_check_period_s=1)
     serve.run(app, name=spec.name, route_prefix=spec.route_prefix)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -109,12 +110,12 @@ class TestServe:
             RayConfig(replicas=3, max_replicas=2)
 
     def test_cohere_through_serve_gets_what_the_single_process_server_returns(self, deployed, single_server,
-                                                                             trec_rag):
+                                                                             trec_rag, starter_fp32):
         via_ray = cohere.ClientV2(api_key="dummy", base_url=deployed)
         single = cohere.ClientV2(api_key="dummy", base_url=single_server.url)
         for row, top_n in ((trec_rag[0], None), (trec_rag[1], 5), (trec_rag[2], 1)):
-            got = via_ray.rerank(model="starter", query=row["query"], documents=row["documents"], top_n=top_n)
-            want = single.rerank(model="starter", query=row["query"], documents=row["documents"], top_n=top_n)
+            got = via_ray.rerank(model=starter_fp32.name, query=row["query"], documents=row["documents"], top_n=top_n)
+            want = single.rerank(model=starter_fp32.name, query=row["query"], documents=row["documents"], top_n=top_n)
             assert [(r.index, r.relevance_score) for r in got.results] == \
                    [(r.index, r.relevance_score) for r in want.results]
             assert got.meta == want.meta
@@ -124,14 +125,14 @@ class TestServe:
                      for url in (deployed, single_server.url))
         assert {**got, "id": None} == {**want, "id": None}
         info = httpx.get(deployed + "/info", timeout=30).json()
-        assert info["models"]["reranker"]["settings"]["threads"] == 1  # = the CPUs the replica reserved
-        assert info["models"]["reranker"]["shared"] is True
+        assert info["models"]["starter"]["settings"]["threads"] == 1  # = the CPUs the replica reserved
+        assert info["models"]["starter"]["shared"] is True
 
     def test_a_killed_replica_loses_no_retried_request_and_health_reports_it(self, deployed, single_server,
-                                                                            trec_rag):
+                                                                            trec_rag, starter_fp32):
         requests = [(row["query"], row["documents"][:LOAD_DOCUMENTS]) for row in trec_rag[10:10 + LOAD_REQUESTS * 2]]
         single = cohere.ClientV2(api_key="dummy", base_url=single_server.url)
-        want = [[(r.index, r.relevance_score) for r in single.rerank(model="m", query=q, documents=d).results]
+        want = [[(r.index, r.relevance_score) for r in single.rerank(model="starter", query=q, documents=d).results]
                 for q, d in requests]
         health = httpx.get(deployed + "/health", timeout=30).json()
         assert health["status"] == "ok" and health["deployment"]["replicas"] == {"RUNNING": 2}, health
@@ -149,7 +150,7 @@ class TestServe:
             for k in range(LOAD_REQUESTS):
                 n = (c * LOAD_REQUESTS + k) % len(requests)
                 try:
-                    response = co.rerank(model="m", query=requests[n][0], documents=requests[n][1],
+                    response = co.rerank(model="starter", query=requests[n][0], documents=requests[n][1],
                                          request_options={"max_retries": 8})
                     with lock:
                         results[(c, k)] = (n, [(r.index, r.relevance_score) for r in response.results])
@@ -296,7 +297,8 @@ def test_score_dataset_refuses_what_it_did_not_create_and_names_bad_input(starte
 
 def test_serve_command_line_needs_ray_for_replica_flags(starter_fp32, capsys):
     assert main(["serve", "--reranker", str(starter_fp32), "--replicas", "2"]) == 2
-    assert "--replicas, --max-replicas, --max-ongoing-requests and --address lay out replicas on Ray: add --ray" \
+    # one name for the cluster address in every command: --ray-address (issue 19: serve said --address)
+    assert "--replicas, --max-replicas, --max-ongoing-requests and --ray-address lay out replicas on Ray: add --ray" \
            in capsys.readouterr().err
 
 
@@ -309,9 +311,9 @@ def test_a_replica_refuses_an_artifact_other_than_the_one_the_application_was_bu
     from crossrank.errors import ArtifactError
     from crossrank.front.ray.serve import _check_same_artifacts, manifest_digests
 
-    config = ServeConfig(reranker=str(starter_fp32))
+    config = ServeConfig(reranker=f"starter={starter_fp32}")
     digests = manifest_digests(config)
-    assert digests == {"reranker": sha256_file(starter_fp32 / "manifest.json")}
+    assert digests == {"reranker starter": sha256_file(starter_fp32 / "manifest.json")}
     _check_same_artifacts(config, digests)  # the same artifact: accepted
     stale = tmp_path / "stale"
     shutil.copytree(starter_fp32, stale)
@@ -319,4 +321,4 @@ def test_a_replica_refuses_an_artifact_other_than_the_one_the_application_was_bu
     manifest["note"] = "another export"
     (stale / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="every node must see the same artifact at the same path"):
-        _check_same_artifacts(ServeConfig(reranker=str(stale)), digests)
+        _check_same_artifacts(ServeConfig(reranker=f"starter={stale}"), digests)

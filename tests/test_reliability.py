@@ -76,6 +76,7 @@ def test_export_force_replaces_an_artifact_atomically_and_only_a_pure_one(tiny_c
     out = tmp_path / "artifact"
     shutil.copytree(tiny_cross, out)
     (out / "runtime.json").write_text('{"format": 1}')  # crossrank's own (crossrank tune): may go
+    (out / "certificates.json").write_text('{"format": 1}')  # crossrank's own (crossrank certify): may go
     old = (out / "manifest.json").read_text()
     # A crash between "old artifact aside" and "new one in" leaves the old one restorable ...
     real_rename = os.rename
@@ -431,3 +432,75 @@ def test_import_order_of_usearch_and_onnxruntime(bi_fp32):
     assert inside.returncode == 0 and "(1, 384)" in inside.stdout, inside.stderr
     warned = subprocess.run([sys.executable, "-c", "import usearch, crossrank"], capture_output=True, text=True)
     assert "usearch was imported before onnxruntime" in warned.stderr
+
+
+# -- hostile use of the library: every failure a named CrossrankError (issue 19) ----------------------
+
+def test_an_index_manifest_without_its_hnsw_settings_is_refused(tmp_path):
+    path = tmp_path / "index"
+    small_index().save(path)
+    manifest_path = next(path.glob("gen-*/index.json"))
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["connectivity"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"index.json'?: lacks the key 'connectivity'"):
+        Index.load(path)
+
+
+def test_a_current_file_that_is_not_text_is_refused_naming_it(tmp_path):
+    path = tmp_path / "index"
+    small_index().save(path)
+    (path / "CURRENT").write_bytes(b"gen-\xff\xfe\x00")
+    with pytest.raises(IndexFormatError, match="CURRENT") as info:
+        Index.load(path)
+    assert str(path / "CURRENT") in str(info.value)
+
+
+def test_ids_with_a_lone_surrogate_and_bad_queries_are_refused():
+    index = small_index()
+    with pytest.raises(InvalidArgumentError, match=r"ids\[1\] is not valid Unicode: a lone surrogate"):
+        index.add(["one", "two"], ["fine", "bad \ud800"], vectors=np.eye(8, dtype=np.float32)[:2])
+    assert len(index) == 40  # nothing added
+    with pytest.raises(ArgumentTypeError, match="query must be a str, got NoneType None"):
+        index.search(None)
+    with pytest.raises(ArgumentTypeError, match="query must be a str, got int 5"):
+        index.search(5)
+
+
+def test_hnsw_settings_usearch_refuses_are_refused_first():
+    with pytest.raises(InvalidArgumentError, match=r"connectivity must be an integer >= 2 or None, got 1"):
+        small_index().build(small_index().embedder, ["a"], vectors=np.eye(8, dtype=np.float32)[:1], connectivity=1)
+
+
+def test_a_tokenizer_file_that_is_not_one_is_refused_naming_it(tiny_cross, tmp_path):
+    from crossrank.artifact import sha256_file
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(tiny_cross, copy)
+    (copy / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["tokenizer.json"] = sha256_file(copy / "tokenizer.json")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="is not a tokenizers file") as info:
+        crossrank.Reranker(copy)
+    assert str(copy / "tokenizer.json") in str(info.value)
+
+
+def test_export_and_kernel_refusals_are_crossrank_errors(tmp_path):
+    from crossrank.errors import CrossrankError, UnsupportedModelError
+    from crossrank.export.fidelity import jsonl_sample
+    from crossrank.export.ladder import parse_keep
+    from crossrank.kernels.fusion import fuse_transformer
+    from crossrank.kernels.heads import add_score_head
+
+    bad = tmp_path / "fidelity.jsonl"
+    bad.write_text('{"query": "q", "documents": "not a list"}\n')
+    with pytest.raises(InvalidArgumentError, match='"documents" must be a list of strings'):
+        jsonl_sample(bad)
+    with pytest.raises(InvalidArgumentError, match="names 3 layers"):
+        parse_keep("0,2,5", 2, 6)
+    with pytest.raises(UnsupportedModelError, match="needs 1 or 2 labels"):
+        add_score_head(None, num_labels=3)
+    with pytest.raises(UnsupportedModelError, match="no fusion rules for model type 'gpt2'"):
+        fuse_transformer(tmp_path / "model.onnx", "gpt2", 12, 768)
+    assert issubclass(UnsupportedModelError, CrossrankError) and issubclass(UnsupportedModelError, ValueError)

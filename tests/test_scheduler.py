@@ -284,7 +284,7 @@ def test_deadline_counts_the_time_spent_waiting_behind_others(tiny_cross):
 def test_cancelled_future_drops_its_rows(tiny_cross):
     reranker = crossrank.Reranker(tiny_cross, shared=True, batch_tokens=256)
     gate = Gate(reranker)
-    rows = reranker._encode_pre([QUERY], np.zeros(400, dtype=np.int64), (DOCS * 10))
+    rows = reranker._encode_pre([QUERY], np.zeros(400, dtype=np.int64), (DOCS * 10))[0]
     future = reranker.scheduler.submit(rows)
     assert gate.entered.wait(30)
     assert future.cancel()
@@ -356,3 +356,70 @@ def test_options_and_lifecycle(tiny_cross):
         reranker.rerank(QUERY, DOCS[:2])
     with pytest.raises(InvalidArgumentError, match="order"):
         Scheduler(crossrank.Reranker(tiny_cross).runner, 0).submit(None, order="random")
+
+
+# -- one core budget for several models (issue 23) ------------------------------------------------
+
+def test_core_budget_lets_one_call_run_at_a_time_first_come_first_served():
+    budget = crossrank.CoreBudget(1)
+    order, holder_in, release = [], threading.Event(), threading.Event()
+
+    def holder():
+        with budget:
+            holder_in.set()
+            release.wait(30)
+
+    def waiter(name):
+        with budget:
+            order.append(name)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert holder_in.wait(30)
+    waiters = []
+    for name in ("a", "b", "c"):
+        waiters.append(threading.Thread(target=waiter, args=(name,)))
+        waiters[-1].start()
+        wait_for(lambda: len(budget._waiting) == len(waiters))  # queued in this order
+    release.set()
+    for t in [first, *waiters]:
+        t.join(30)
+    assert order == ["a", "b", "c"] and budget.waited_seconds > 0
+    with pytest.raises(InvalidArgumentError, match="slots"):
+        crossrank.CoreBudget(0)
+
+
+def test_models_sharing_a_core_budget_never_run_at_once(tiny_cross):
+    budget = crossrank.CoreBudget(1)
+    models = [crossrank.Reranker(tiny_cross, shared=True, batch_tokens=64, core_budget=budget) for _ in range(2)]
+    running, most, lock = [0], [0], threading.Lock()
+    for model in models:
+        original = model.runner._run_batch
+
+        def run_batch(feeds, original=original):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.002)
+            try:
+                return original(feeds)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        model.runner._run_batch = run_batch
+    want = [models[0].rerank(QUERY, DOCS[:12]), models[1].rerank(QUERY, DOCS[12:24])]
+    got = [None, None]
+
+    def call(i):
+        got[i] = models[i].rerank(QUERY, DOCS[12 * i: 12 * i + 12])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert most[0] == 1 and got == want
+    assert models[0].describe()["sharing"]["core_budget_slots"] == 1
+    for model in models:
+        model.close()

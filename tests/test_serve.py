@@ -64,26 +64,35 @@ def free_port() -> int:
 class Server:
     """A ``python -m crossrank serve`` process; its log (stderr + stdout) goes to ``log_path``."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None, port: int | None = None,
+                 preexec_fn=None, scheme: str = "http", verify=True):
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.env = env or {}
         environment = {k: v for k, v in os.environ.items() if k not in DROPPED} | LOCAL_ONLY | (env or {})
         command = [sys.executable, "-m", "crossrank", "serve", *args]
         if port is None:
             command += ["--host", "127.0.0.1", "--port", str(self.port)]
         self._log = open(log_path, "w")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environment)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environment,
+                                        preexec_fn=preexec_fn)
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             assert self.process.poll() is None, f"server exited {self.process.returncode}:\n{self.log()}"
             assert time.monotonic() < deadline, f"server not healthy after {STARTUP_SECONDS} s:\n{self.log()}"
             try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=5, verify=verify).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+
+    def model(self, kind: str) -> str:
+        """The name the server serves its reranker or embedder by (GET /v1/models; a request's
+        "model" must name it: the artifact folder's name)."""
+        args, flag = self.process.args, f"--{kind}"
+        return Path(args[args.index(flag) + 1] if flag in args else self.env[f"CROSSRANK_{kind.upper()}"]).name
 
     def log(self) -> str:
         self._log.flush()
@@ -138,7 +147,8 @@ def plain(starter_fp32, bi_fp32, corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(plain, starter_fp32, bi_fp32, tmp_path_factory):
-    process = Server(["--reranker", str(starter_fp32), "--embedder", str(bi_fp32), "--index", str(plain["index_path"]),
+    process = Server(["--reranker", f"starter={starter_fp32}", "--embedder", f"minilm={bi_fp32}",
+                      "--index", str(plain["index_path"]),
                       "--max-documents", str(MAX_DOCUMENTS), "--max-request-bytes", str(MAX_REQUEST_BYTES)],
                      tmp_path_factory.mktemp("serve") / "server.log")
     yield process
@@ -149,7 +159,7 @@ def server(plain, starter_fp32, bi_fp32, tmp_path_factory):
 def small_server(starter_int8, tmp_path_factory):
     """The int8 export with a small queue, configured through environment variables only."""
     port = free_port()
-    env = {"CROSSRANK_RERANKER": str(starter_int8), "CROSSRANK_HOST": "127.0.0.1", "CROSSRANK_PORT": str(port),
+    env = {"CROSSRANK_RERANKER": f"m={starter_int8}", "CROSSRANK_HOST": "127.0.0.1", "CROSSRANK_PORT": str(port),
            "CROSSRANK_MAX_QUEUE_TOKENS": str(SMALL_QUEUE_TOKENS)}
     process = Server([], tmp_path_factory.mktemp("serve-small") / "server.log", env=env, port=port)
     yield process
@@ -165,7 +175,7 @@ def ranked(reranker, query, docs, top_n=None, raw=False):
 def test_cohere_v1_client(server, plain, trec_rag):
     client = cohere.Client(api_key="dummy", base_url=server.url)
     row = trec_rag[0]
-    response = client.rerank(model="starter", query=row["query"], documents=row["documents"], top_n=5,
+    response = client.rerank(model=server.model("reranker"), query=row["query"], documents=row["documents"], top_n=5,
                              return_documents=True)
     want = plain["reranker"].rerank(row["query"], row["documents"], top_n=5)
     assert [(r.index, r.relevance_score) for r in response.results] == [(r.index, r.score) for r in want]
@@ -178,7 +188,7 @@ def test_cohere_v1_client(server, plain, trec_rag):
 def test_cohere_v2_client(server, plain, trec_rag):
     client = cohere.ClientV2(api_key="dummy", base_url=server.url)
     row = trec_rag[1]
-    response = client.rerank(model="starter", query=row["query"], documents=row["documents"])
+    response = client.rerank(model=server.model("reranker"), query=row["query"], documents=row["documents"])
     assert [(r.index, r.relevance_score) for r in response.results] == ranked(plain["reranker"], row["query"],
                                                                             row["documents"])
     assert response.meta.api_version.version == "2"
@@ -190,7 +200,7 @@ def test_langchain_cohere_rerank(server, plain, trec_rag):
     from langchain_core.documents import Document
 
     row = trec_rag[2]
-    compressor = CohereRerank(model="starter", base_url=server.url, cohere_api_key="dummy", top_n=3)
+    compressor = CohereRerank(model=server.model("reranker"), base_url=server.url, cohere_api_key="dummy", top_n=3)
     documents = [Document(page_content=text, metadata={"n": i}) for i, text in enumerate(row["documents"])]
     kept = compressor.compress_documents(documents, row["query"])
     want = plain["reranker"].rerank(row["query"], row["documents"], top_n=3)
@@ -228,7 +238,7 @@ def test_tei_rerank(server, plain, trec_rag):
 
 def test_max_tokens_per_doc_cuts_documents(server, plain, trec_rag):
     row = trec_rag[4]
-    body = server.post("/v2/rerank", {"model": "m", "query": row["query"], "documents": row["documents"][:5],
+    body = server.post("/v2/rerank", {"model": "starter", "query": row["query"], "documents": row["documents"][:5],
                                       "max_tokens_per_doc": 16}).json()
     tokenizer = plain["reranker"].tokenizer.tokenizer
     cut = []
@@ -243,26 +253,21 @@ def test_openai_embeddings_base64_and_float(server, plain, corpus):
     client = openai.OpenAI(api_key="dummy", base_url=server.url + "/v1", max_retries=0)
     texts = corpus[1][:9]
     want = plain["embedder"].embed(texts)
-    by_default = client.embeddings.create(model="minilm", input=texts)  # the SDK asks for base64 and decodes it
+    name = server.model("embedder")
+    by_default = client.embeddings.create(model=name, input=texts)  # the SDK asks for base64 and decodes it
     np.testing.assert_array_equal(np.asarray([d.embedding for d in by_default.data], dtype=np.float32), want)
-    as_float = client.embeddings.create(model="minilm", input=texts, encoding_format="float")
+    as_float = client.embeddings.create(model=name, input=texts, encoding_format="float")
     np.testing.assert_array_equal(np.asarray([d.embedding for d in as_float.data], dtype=np.float32), want)
-    raw = client.embeddings.create(model="minilm", input=texts[0], encoding_format="base64")
+    raw = client.embeddings.create(model=name, input=texts[0], encoding_format="base64")
     assert isinstance(raw.data[0].embedding, str)
     assert by_default.usage.prompt_tokens == int(plain["embedder"].tokenizer.rows(texts).lengths.sum())
-    assert [d.index for d in by_default.data] == list(range(len(texts))) and by_default.model == "minilm"
+    assert [d.index for d in by_default.data] == list(range(len(texts))) and by_default.model == name
     root = openai.OpenAI(api_key="dummy", base_url=server.url, max_retries=0)  # /embeddings without /v1
     # Other texts, other batches: the fp32 bi-encoder moves a vector by about one ulp with its batch's
     # row count (README "Serving"; with the 512-token CPU budget, text 1 runs alone among the 9).
-    np.testing.assert_allclose(np.float32(root.embeddings.create(model="m", input=texts[:2]).data[1].embedding),
+    np.testing.assert_allclose(np.float32(root.embeddings.create(model="minilm", input=texts[:2]).data[1].embedding),
                                want[1], rtol=0, atol=1e-6)
-    assert {m.id for m in client.models.list().data} == {Path(p).name for p in (server_args(server, "--reranker"),
-                                                                                server_args(server, "--embedder"))}
-
-
-def server_args(server: Server, flag: str) -> str:
-    args = server.process.args
-    return args[args.index(flag) + 1]
+    assert {m.id for m in client.models.list().data} == {"starter", "minilm"}
 
 
 def test_tei_embed(server, plain, corpus):
@@ -288,18 +293,20 @@ def test_search(server, plain):
 def test_health_info_and_metrics(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     info = httpx.get(server.url + "/info").json()
-    assert info["models"]["reranker"]["precision"] == "fp32" and info["models"]["reranker"]["max_length"] == 512
-    assert info["models"]["reranker"]["shared"] and info["models"]["embedder"]["dim"] == 384
+    assert info["models"]["starter"]["precision"] == "fp32" and info["models"]["starter"]["max_length"] == 512
+    assert info["models"]["starter"]["shared"] and info["models"]["minilm"]["dim"] == 384
+    assert info["models"]["starter"]["default"] and info["models"]["starter"]["scores"] == "sigmoid"
+    assert info["models"]["starter"]["memory_mb"] > 0 and info["models"]["minilm"]["memory_mb"] > 0
     assert info["limits"] == {"max_queue_tokens": 1 << 20, "max_documents": MAX_DOCUMENTS,
                               "max_request_bytes": MAX_REQUEST_BYTES}
     assert info["index"]["documents"] == 200
     metrics = server.metrics()
     for name in ('crossrank_requests_total{endpoint="/v1/rerank",status="200"}',
                  'crossrank_request_seconds_count{endpoint="/v1/rerank"}',
-                 'crossrank_batch_rows_count{model="reranker"}', 'crossrank_queue_tokens{model="reranker"}',
-                 'crossrank_model_computed_tokens_total{model="reranker"}', 'crossrank_tokens_total{model="embedder"}'):
+                 'crossrank_batch_rows_count{model="starter"}', 'crossrank_queue_tokens{model="starter"}',
+                 'crossrank_model_computed_tokens_total{model="starter"}', 'crossrank_tokens_total{model="minilm"}'):
         assert name in metrics, name
-    assert metrics['crossrank_queue_tokens{model="reranker"}'] == 0
+    assert metrics['crossrank_queue_tokens{model="starter"}'] == 0
 
 
 # -- many clients at once -------------------------------------------------------------------------
@@ -326,7 +333,8 @@ def test_sixteen_concurrent_clients_each_get_their_single_request_answer(server,
                     got = [(r.index, r.relevance_score) for r in v1.rerank(query=query, documents=docs).results]
                 elif kind == 1:
                     got = [(r.index, r.relevance_score)
-                           for r in v2.rerank(model="starter", query=query, documents=docs).results]
+                           for r in v2.rerank(model=server.model("reranker"), query=query,
+                                              documents=docs).results]
                 else:
                     body = server.post("/rerank", {"query": query, "texts": docs}).json()
                     got = [(r["index"], r["score"]) for r in body]
@@ -349,12 +357,12 @@ def test_sixteen_concurrent_clients_each_get_their_single_request_answer(server,
                  - before.get(f'crossrank_requests_total{{endpoint="{e}",status="200"}}', 0)
                  for e in ("/v1/rerank", "/v2/rerank", "/rerank"))
     assert served == 32
-    rows = (after['crossrank_model_rows_total{model="reranker"}'] - before['crossrank_model_rows_total{model="reranker"}'])
+    rows = (after['crossrank_model_rows_total{model="starter"}'] - before['crossrank_model_rows_total{model="starter"}'])
     assert rows == sum(len(docs) for job in jobs for _, docs in job)  # every pair run exactly once
-    alone = (after['crossrank_batch_requests_bucket{le="1.0",model="reranker"}']
-             - before['crossrank_batch_requests_bucket{le="1.0",model="reranker"}'])
-    batches = (after['crossrank_batch_requests_count{model="reranker"}']
-               - before['crossrank_batch_requests_count{model="reranker"}'])
+    alone = (after['crossrank_batch_requests_bucket{le="1.0",model="starter"}']
+             - before['crossrank_batch_requests_bucket{le="1.0",model="starter"}'])
+    batches = (after['crossrank_batch_requests_count{model="starter"}']
+               - before['crossrank_batch_requests_count{model="starter"}'])
     assert batches > alone, "no batch held rows of two requests"
 
 
@@ -369,10 +377,10 @@ def test_client_that_disconnects_has_its_rows_dropped(server, trec_rag):
         assert time.monotonic() < deadline, "the server did not notice the disconnect"
         time.sleep(0.2)
     deadline = time.monotonic() + 120
-    while server.metrics()['crossrank_queue_tokens{model="reranker"}'] > 0:
+    while server.metrics()['crossrank_queue_tokens{model="starter"}'] > 0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    rows = server.metrics()['crossrank_model_rows_total{model="reranker"}'] - before['crossrank_model_rows_total{model="reranker"}']
+    rows = server.metrics()['crossrank_model_rows_total{model="starter"}'] - before['crossrank_model_rows_total{model="starter"}']
     assert rows < len(docs), f"all {len(docs)} pairs ran for a client that had gone"
 
 
@@ -411,10 +419,15 @@ BAD = [
     ("/v1/embeddings", {"model": "m", "input": [[1, 2, 3]]}, 422, "openai", ["input", "token ids"]),
     ("/v1/embeddings", {"model": "m", "input": ["ok", None]}, 422, "openai", ["input[1]"]),
     ("/v1/embeddings", {"model": "m", "input": "x", "encoding_format": "hex"}, 422, "openai", ["encoding_format"]),
-    ("/v1/embeddings", {"model": "m", "input": "x", "dimensions": 128}, 422, "openai", ["dimensions", "384"]),
+    ("/v1/embeddings", {"model": "minilm", "input": "x", "dimensions": 128}, 422, "openai", ["dimensions", "384"]),
     ("/embeddings", {"model": 3, "input": "x"}, 422, "openai", ["model"]),
     ("/v1/embeddings", {"model": "m", "input": ["x"] * (MAX_DOCUMENTS + 1)}, 413, "openai", ["input"]),
     ("/v1/search", {"query": "q", "k": 0}, 422, "cohere", ["k"]),
+    ("/v2/rerank", {"model": "rerank-v3.5", "query": "q", "documents": DOCS}, 404, "cohere",
+     ["'rerank-v3.5' is not served here", "starter"]),
+    ("/rerank", {"model": "nope", "query": "q", "texts": DOCS}, 404, "tei", ["'nope'", "starter"]),
+    ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}, 404, "openai", ["minilm"]),
+    ("/v1/search", {"model": "minilm", "query": "q"}, 404, "cohere", ["'minilm' is not served here", "starter"]),
     ("/v1/search", {"query": "q", "deadline_ms": -5}, 422, "cohere", ["deadline_ms"]),
 ]
 
@@ -441,13 +454,15 @@ def test_sdk_raises_the_servers_message(server):
         openai.OpenAI(api_key="dummy", base_url=server.url + "/v1", max_retries=0).embeddings.create(
             model="m", input="x", encoding_format="hex")
     with pytest.raises(cohere.errors.UnprocessableEntityError) as caught:
-        cohere.ClientV2(api_key="dummy", base_url=server.url).rerank(model="m", query=" ", documents=DOCS)
+        cohere.ClientV2(api_key="dummy", base_url=server.url).rerank(model=server.model("reranker"), query=" ",
+                                                                     documents=DOCS)
     assert "query" in caught.value.body["message"]
 
 
 def test_one_log_line_per_request(server):
     lines = [line for line in server.log().splitlines() if "crossrank.serve INFO POST" in line]
-    assert any(re.search(r"POST /v1/rerank 200 [\d.]+ ms documents=20 tokens=\d{4,}", line) for line in lines), lines[-5:]
+    assert any(re.search(r"POST /v1/rerank 200 [\d.]+ ms model=starter documents=20 tokens=\d{4,} truncated=0 "
+                         r"dropped_tokens=0", line) for line in lines), lines[-5:]
     assert any(re.search(r"POST /v1/embeddings 422 [\d.]+ ms", line) for line in lines)
 
 
@@ -467,8 +482,8 @@ def test_int8_server_meets_the_fidelity_bar(small_server, starter_int8, starter_
 
     def call(i):
         client = cohere.ClientV2(api_key="dummy", base_url=small_server.url)
-        results[i] = {r.index: r.relevance_score for r in client.rerank(model="m", query=rows[i][0],
-                                                                         documents=rows[i][1]).results}
+        answer = client.rerank(model=small_server.model("reranker"), query=rows[i][0], documents=rows[i][1])
+        results[i] = {r.index: r.relevance_score for r in answer.results}
 
     for group in ((0, 1, 2), (3, 4, 5)):  # three at a time: within the small queue
         threads = [threading.Thread(target=call, args=(i,)) for i in group]
@@ -488,7 +503,7 @@ def test_int8_server_meets_the_fidelity_bar(small_server, starter_int8, starter_
 def test_overload_gives_429_then_the_server_stays_healthy(small_server, trec_rag):
     info = httpx.get(small_server.url + "/info").json()
     assert info["limits"]["max_queue_tokens"] == SMALL_QUEUE_TOKENS  # from CROSSRANK_MAX_QUEUE_TOKENS
-    assert info["models"]["reranker"]["precision"] == "int8"
+    assert info["models"]["m"]["precision"] == "int8"
     before = small_server.metrics()
     responses = [None] * 8
     barrier = threading.Barrier(8)
@@ -515,7 +530,7 @@ def test_overload_gives_429_then_the_server_stays_healthy(small_server, trec_rag
     assert (after['crossrank_overloaded_total{endpoint="/v1/rerank"}']
             - before.get('crossrank_overloaded_total{endpoint="/v1/rerank"}', 0)) == statuses.count(429)
     assert httpx.get(small_server.url + "/health").status_code == 200
-    assert after['crossrank_queue_tokens{model="reranker"}'] == 0
+    assert after['crossrank_queue_tokens{model="m"}'] == 0
     again = small_server.post("/rerank", {"query": trec_rag[210]["query"], "texts": trec_rag[210]["documents"][:3]})
     assert again.status_code == 200 and len(again.json()) == 3
 
@@ -586,13 +601,95 @@ def test_serve_command_line_errors(capsys, tmp_path, monkeypatch):
     assert "TCP port" in capsys.readouterr().err
 
 
+# -- the routes alone, in process (issue 19) -------------------------------------------------------
+
+def one_prefix_each(seen: list[str], texts: list[str]) -> bool:
+    """Whether ``seen`` holds one prefix of each text and nothing else (a long text is tokenized only
+    as far as its tokens are needed: crossrank.tokenize.encode_prefixes)."""
+    left = list(texts)
+    for text in sorted(seen, key=len, reverse=True):
+        match = next((t for t in left if t.startswith(text)), None)
+        if match is None:
+            return False
+        left.remove(match)
+    return not left
+
+
+def test_a_request_is_tokenized_once(tiny_cross, bi_fp32, trec_rag):
+    """Tokenizations per request: every text of a /rerank or /v1/embeddings request goes through
+    the tokenizer exactly once (a long one only as far as its window needs; the core's count comes
+    back with the result), usage included."""
+    from count_tokenizations import CountingTokenizer
+    from starlette.testclient import TestClient
+
+    from crossrank.front.serve.app import build_app
+    from crossrank.front.serve.config import ServeConfig
+
+    app = build_app(ServeConfig(reranker={"m": str(tiny_cross)}, embedder={"e": str(bi_fp32)}, shared=False))
+    models = app.state.models
+    models.load()
+    reranker, embedder = models.reranker("m").model, models.embedder("e").model
+    reranker_tokens = reranker.tokenizer.tokenizer = CountingTokenizer(reranker.tokenizer.tokenizer)
+    embedder_tokens = embedder.tokenizer.tokenizer = CountingTokenizer(embedder.tokenizer.tokenizer)
+    row = trec_rag[5]
+    client = TestClient(app)
+    for path, body in (("/v2/rerank", {"model": "m", "query": row["query"], "documents": row["documents"],
+                                       "max_tokens_per_doc": 32}),
+                       ("/rerank", {"query": row["query"], "texts": row["documents"]})):
+        reranker_tokens.texts.clear()
+        response = client.post(path, json=body)
+        assert response.status_code == 200
+        assert one_prefix_each(reranker_tokens.texts, [row["query"], *row["documents"]]), path
+    usage = client.post("/v2/rerank", json={"model": "m", "query": row["query"],
+                                            "documents": row["documents"], "max_tokens_per_doc": 32}
+                        ).json()["meta"]["tokens"]["input_tokens"]
+    plain = crossrank.Reranker(tiny_cross)
+    assert usage == plain.rerank(row["query"], row["documents"], max_tokens_per_doc=32).tokens
+    embedder_tokens.texts.clear()
+    embedded = client.post("/v1/embeddings", json={"model": "e", "input": row["documents"][:5]}).json()
+    assert one_prefix_each(embedder_tokens.texts, row["documents"][:5])
+    assert embedded["usage"]["prompt_tokens"] == int(embedder.token_lengths(row["documents"][:5]).sum())
+
+
+def test_one_mapping_from_errors_to_answers():
+    from crossrank.errors import CrossrankError, OverloadedError
+    from crossrank.front.serve.errors import (BadRequest, NotConfigured, NotReady, ServeError, TooLarge,
+                                              error_reply)
+    from crossrank.front.serve.protocols import error_body
+
+    for err, status in ((BadRequest("bad top_n", param="top_n"), 422), (TooLarge("too big", "body"), 413),
+                        (NotReady("loading"), 503), (NotConfigured("no embedder"), 404)):
+        assert isinstance(err, ServeError) and isinstance(err, CrossrankError)
+        reply = error_reply(err)
+        assert (reply.status, reply.message, reply.headers) == (status, str(err), {})
+    assert error_reply(BadRequest("bad top_n", param="top_n")).param == "top_n"
+    overloaded = error_reply(OverloadedError("queue full", retry_after_s=2.2))
+    assert (overloaded.status, overloaded.headers) == (429, {"Retry-After": "3"})
+    assert error_reply(crossrank.InvalidArgumentError("k must be ...")).status == 422
+    assert error_reply(KeyError("x")).status == 500 and "KeyError" in error_reply(KeyError("x")).message
+    assert error_body("tei", 429, "full") == {"error": "full", "error_type": "Overloaded"}
+    assert error_body("openai", 404, "no", "model")["error"] == {"message": "no", "type": "invalid_request_error",
+                                                                 "param": "model", "code": None}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("port", 70000, r"port must be an integer in \[0, 65535\]"), ("max_documents", 0, "max_documents must be"),
+    ("max_request_bytes", "8M", "max_request_bytes must be"), ("workers", 65, r"workers must be an integer in \[1, 64\]"),
+    ("device", "tpu", "device 'tpu' is not one of"), ("threads", 0, "threads must be"), ("shared", "yes", "shared must be")])
+def test_serve_config_checks_itself(field, value, message):
+    from crossrank.front.serve.config import ServeConfig
+
+    with pytest.raises(crossrank.InvalidArgumentError, match=message):
+        ServeConfig(reranker="x", **{field: value})
+
+
 @pytest.mark.parametrize("family", ["modernbert", "deberta-v2", "qwen3"])
 def test_each_export_family_serves_through_the_cohere_sdk(family, family_artifact, trec_rag, tmp_path):
     """The tiny random model of each family (tests/test_families.py) behind ``crossrank serve``: the
     cohere SDK's answers equal the in-process Reranker's (fp32, batch-invariant); the decoder takes
     crossrank's ``instruction`` field (sent as an additional body parameter of the SDK)."""
     artifact = family_artifact(family)
-    process = Server(["--reranker", str(artifact)], tmp_path / "server.log")
+    process = Server(["--reranker", f"{family}={artifact}"], tmp_path / "server.log")
     try:
         reranker = crossrank.Reranker(artifact)
         client = cohere.ClientV2(api_key="dummy", base_url=process.url)
@@ -600,7 +697,7 @@ def test_each_export_family_serves_through_the_cohere_sdk(family, family_artifac
         response = client.rerank(model=family, query=row["query"], documents=row["documents"][:8], top_n=5)
         assert [(r.index, r.relevance_score) for r in response.results] == ranked(reranker, row["query"],
                                                                                 row["documents"][:8], top_n=5)
-        info = httpx.get(process.url + "/info", timeout=30).json()["models"]["reranker"]
+        info = httpx.get(process.url + "/info", timeout=30).json()["models"][family]
         assert info["instruction"]["accepted"] is (family == "qwen3")
         if family == "qwen3":
             instruction = "Given a question, retrieve passages that disagree with it"

@@ -42,14 +42,20 @@ def read_jsonl(path: str | Path, what: str, fields: Sequence[str]) -> Iterator[t
             if not line.strip():
                 continue
             where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InvalidArgumentError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line "
-                                 f"must be an object with {keys}") from err
+            row = json_line(line, where, keys)
             if not isinstance(row, dict) or any(name not in row for name in fields):
                 raise InvalidArgumentError(f"{where}: expected an object with {keys}, got {line.strip()[:80]!r}")
             yield where, number, row
+
+
+def json_line(line: str | bytes, where: str, keys: str):
+    """One parsed line of a JSON-lines file; InvalidArgumentError naming ``where`` ("file:line") and
+    the keys each line must hold when it is not JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InvalidArgumentError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line "
+                                   f"must be an object with {keys}") from err
 
 
 def semanlink_dir() -> Path:

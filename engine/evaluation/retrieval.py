@@ -59,9 +59,9 @@ def evaluate(pipeline, queries, k: int = 100, batch: int = 8, progress: bool = F
         totals["reranked"] = dict.fromkeys(names, 0.0)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from crossrank.progress import progress_bar
 
-        bar = tqdm(total=len(queries), unit="query", desc="evaluating")
+        bar = progress_bar(total=len(queries), unit="query", desc="evaluating")
     for start in range(0, len(queries), batch):
         part = queries[start: start + batch]
         for query, result in zip(part, pipeline.search_many([q.text for q in part], k=k, top_n=None)):

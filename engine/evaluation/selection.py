@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from crossrank.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from crossrank.pipeline import cascade_step
+from crossrank.reranker import best_first
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,7 @@ def rank_candidates(config: Config, scores: dict[str, np.ndarray]) -> list[int]:
     n = max((len(s) for s in scores.values()), default=0)
     order = list(range(n))
     for name, depth in zip(config.rerankers, config.depths):
-        head = order[:depth]
-        own = scores[name]
-        head = sorted(head, key=lambda i: -own[i])  # stable: ties keep the previous order
-        order = head + order[len(head):]
+        order = cascade_step(order, depth, best_first(np.asarray(scores[name])[order[:depth]]))
     return order
 
 

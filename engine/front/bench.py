@@ -27,14 +27,17 @@ import numpy as np
 
 from crossrank.artifact import load_artifact, sha256_file
 from crossrank.embedder import Embedder
-from crossrank.errors import InvalidArgumentError, OutputExistsError
-from crossrank.front.args import add_workload_arguments, int_list_arg, positive_int_arg
+from crossrank.errors import InvalidArgumentError, MissingFileError, OutputExistsError
+from crossrank.front.args import (add_workload_arguments, batch_tokens_arg, int_list_arg, int_list_type,
+                                  positive_int_arg, threads_arg)
 from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gflops, machine_name, measure_latency,
                                      measure_throughput, peak_rss_mb)
+from crossrank.front.peers import sentence_transformers
 from crossrank.front.workload import load_workload, request_of_size, spread
+from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
-from crossrank.runner import RunStats
 from crossrank.session import require_device
+from crossrank.settings import BATCH_TOKENS_RANGE
 
 VS_CHOICES = ("sentence-transformers",)
 DEFAULT_SIZES = {"cross": (20, 100), "bi": (1, 20)}
@@ -42,7 +45,6 @@ REPORT_SIZES = {"cross": (1, 5, 10, 20, 50, 100), "bi": (1, 5, 20, 100)}
 REPORT_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 BUDGET_ITEMS = 200      # items per point of the throughput-vs-budget curve
 CHUNK_ITEMS = 256       # items per scoring call in the throughput run (progress granularity)
-ST_BATCH = 32           # sentence-transformers' default batch size
 
 
 def _sizes(text: str) -> list[int] | str:
@@ -78,10 +80,10 @@ def add_bench(sub) -> None:
                         "the default with --workload is own)")
     p.add_argument("--runs", type=positive_int_arg, default=None, metavar="N",
                    help="timed runs per request size (default: about 200 pairs' worth, 3 to 20)")
-    p.add_argument("--threads", type=positive_int_arg, default=None, help="intra-op threads (default: runtime.json, else physical cores)")
-    p.add_argument("--batch-tokens", type=positive_int_arg, default=None, metavar="N",
+    p.add_argument("--threads", type=threads_arg, default=None, help="intra-op threads (default: runtime.json, else physical cores)")
+    p.add_argument("--batch-tokens", type=batch_tokens_arg, default=None, metavar="N",
                    help="token budget per model call (default: runtime.json, else the device default)")
-    p.add_argument("--budgets", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--budgets", type=int_list_type(*BATCH_TOKENS_RANGE), default=None, metavar="N,N,...",
                    help="batch token budgets for the throughput-vs-budget curve (default with --report: "
                         f"{','.join(map(str, REPORT_BUDGETS))}; else none)")
     p.add_argument("--encoder-shape", type=_encoder_shape, default=None, metavar="L,H,I",
@@ -102,7 +104,7 @@ def _source_folder(artifact, explicit: str | None) -> Path | None:
     if explicit is not None:
         folder = Path(explicit)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"--source {explicit!r} is not a Hugging Face model folder (no config.json)")
+            raise MissingFileError(f"--source {explicit!r} is not a Hugging Face model folder (no config.json)")
         return folder
     name = (artifact.manifest.get("source") or {}).get("name")
     if name and (Path(name) / "config.json").is_file():
@@ -133,26 +135,19 @@ def resolve_encoder_shape(artifact, explicit: dict | None, source: Path | None) 
 
 
 class _Progress:
-    """One tqdm bar over all the work (items), its description naming the phase."""
+    """One progress bar over all the work (items), its description naming the phase."""
 
     def __init__(self, total: int, unit: str, quiet: bool):
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit=unit, desc="bench", file=sys.stderr, leave=False)
+        self.bar = progress_bar(total=total, unit=unit, desc="bench", file=sys.stderr, leave=False, disable=quiet)
 
     def phase(self, name: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(name)
+        self.bar.set_description(name)
 
     def add(self, items: int) -> None:
-        if self.bar is not None:
-            self.bar.update(items)
+        self.bar.update(items)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def _chunks(requests: list[dict], items: int) -> list[list[dict]]:
@@ -194,24 +189,8 @@ class _Model:
     def lengths(self, requests: list[dict]) -> np.ndarray:
         """Real token lengths of every item (pair rows / text rows)."""
         if self.kind == "bi":
-            return self.model.tokenizer.rows([d for r in requests for d in r["documents"]]).lengths
-        tokenizer = self.model.tokenizer
-        queries = [r["query"] for r in requests]
-        owner = np.repeat(np.arange(len(requests)), [len(r["documents"]) for r in requests])
-        rows = tokenizer.pair_rows(tokenizer.encode_queries(queries), owner,
-                                   tokenizer.encode_documents([d for r in requests for d in r["documents"]]))
-        return rows.lengths
-
-    def reset_stats(self) -> None:
-        self.model.runner.stats = RunStats()
-
-    @property
-    def settings(self) -> dict:
-        return self.model.runner.settings.as_dict()
-
-    @property
-    def settings_origin(self) -> dict:
-        return dict(self.model.settings_origin)
+            return self.model.token_lengths([d for r in requests for d in r["documents"]])
+        return self.model.token_lengths([(r["query"], d) for r in requests for d in r["documents"]])
 
 
 def _runs_for(size: int, runs: int | None) -> int:
@@ -263,7 +242,7 @@ def _budget_curve(artifact, args, requests: list[dict], budgets, progress: _Prog
         progress.phase(f"budget {budget}")
         model = _Model(artifact, args.device, args.threads, budget)
         model.run(subset[:1])
-        model.reset_stats()
+        model.model.reset_stats()
         rate, seconds = measure_throughput(lambda: model.run(subset), count)
         progress.add(count)
         points.append({"batch_tokens": budget, "items_per_s": rate, "seconds": seconds,
@@ -273,28 +252,10 @@ def _budget_curve(artifact, args, requests: list[dict], budgets, progress: _Prog
 
 def _vs_sentence_transformers(artifact, source: Path, args, chunks, requests, sizes, threads: int,
                               progress: _Progress) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    device = "cuda" if args.device == "cuda" else "cpu"
-    max_length = artifact.max_length
-    if artifact.kind == "cross":
-        from sentence_transformers import CrossEncoder
-
-        model = CrossEncoder(str(source), max_length=max_length, device=device)
-        run = lambda reqs: model.predict([(r["query"], d) for r in reqs for d in r["documents"]],
-                                         batch_size=ST_BATCH, show_progress_bar=False)
-        request = lambda q, docs: model.rank(q, docs)
-        system = f"sentence-transformers CrossEncoder, torch fp32, batch {ST_BATCH}"
-    else:
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(str(source), device=device)
-        model.max_seq_length = max_length
-        run = lambda reqs: model.encode([d for r in reqs for d in r["documents"]], batch_size=ST_BATCH,
-                                        normalize_embeddings=True, show_progress_bar=False)
-        request = lambda q, docs: model.encode(docs, batch_size=ST_BATCH, normalize_embeddings=True)
-        system = f"sentence-transformers SentenceTransformer, torch fp32, batch {ST_BATCH}"
+    peer = sentence_transformers(source, artifact.kind, artifact.max_length, args.device, threads)
+    cross = artifact.kind == "cross"
+    run = lambda reqs: peer.score([(r["query"], d) if cross else d for r in reqs for d in r["documents"]])
+    request, system = peer.request, peer.system
     progress.phase("sentence-transformers")
     run(chunks[0][:1])
     items, start = 0, time.perf_counter()
@@ -348,7 +309,7 @@ def run_bench(args) -> int:
     budgets = args.budgets if args.budgets is not None else (list(REPORT_BUDGETS) if args.report else [])
 
     model = _Model(artifact, args.device, args.threads, args.batch_tokens)
-    origin = model.settings_origin
+    options = model.model.options
     unit = model.unit
     chunks = _chunks(measured, CHUNK_ITEMS)
     n_items = sum(len(r["documents"]) for r in measured)
@@ -361,7 +322,7 @@ def run_bench(args) -> int:
     try:
         lengths = model.lengths(measured)
         model.run(measured[:1])  # warm-up
-        model.reset_stats()
+        model.model.reset_stats()
         progress.phase("throughput")
 
         def run_all():
@@ -374,9 +335,8 @@ def run_bench(args) -> int:
         latency = _latency(model, measured if sizes == "own" else requests, sizes, args.runs, progress)
         curve = _budget_curve(artifact, args, measured, budgets, progress) if budgets else []
         peak = peak_rss_mb()
-        settings = model.settings
         model = None  # free the session (and its memory) before sentence-transformers loads
-        vs = (_vs_sentence_transformers(artifact, source, args, chunks, requests, sizes, settings["threads"], progress)
+        vs = (_vs_sentence_transformers(artifact, source, args, chunks, requests, sizes, options.threads, progress)
               if args.vs else None)
     finally:
         progress.close()
@@ -390,7 +350,7 @@ def run_bench(args) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_name(),
         "artifact": str(artifact.path), "kind": artifact.kind, "precision": artifact.precision,
-        "device": args.device, "settings": settings, "settings_from": origin,
+        "device": args.device, "settings": options.values(), "settings_from": dict(options.origin),
         "workload": workload_name, "requests": len(measured), "unit": unit, "items": n_items,
         "mean_tokens": float(lengths.mean()) if len(lengths) else 0.0,
         "throughput": {"items_per_s": rate, "seconds": seconds, "padding_fraction": padding},

@@ -15,14 +15,16 @@ from pathlib import Path
 from crossrank.artifact import load_artifact
 from crossrank.errors import CrossrankError, InvalidArgumentError, MissingFileError
 from crossrank.evaluation.datasets import read_jsonl
-from crossrank.front.args import add_device_argument
+from crossrank.front.args import add_device_argument, needs_extra
 from crossrank.front.bench import add_bench
+from crossrank.front.calibrate import add_calibrate
 from crossrank.front.ray import add_score_dataset
 from crossrank.front.search import add_search_commands
 from crossrank.front.select import add_select
 from crossrank.front.serve import add_serve
 from crossrank.front.tune import add_tune
 from crossrank.reranker import Reranker
+from crossrank.settings import BACKENDS
 
 
 def _add_export(sub) -> None:
@@ -61,12 +63,8 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    try:
+    with needs_extra("export"):
         from crossrank.export import export_model
-    except ImportError as err:
-        print(f"crossrank export needs the 'export' extra (pip install 'crossrank[export]'): {err}",
-              file=sys.stderr)
-        return 2
     manifest = export_model(
         args.src, args.out, kind=args.kind, precision=args.precision, force=args.force,
         allow_low_fidelity=args.allow_low_fidelity, max_length=args.max_length,
@@ -88,6 +86,39 @@ def describe_artifact(path: Path, manifest: dict) -> str:
             f"max_length {manifest['max_length']}, {size_mb:.1f} MB, exported in {manifest['export_seconds']} s\n"
             f"  fidelity vs PyTorch on {fid.get('pairs') or fid.get('texts')} real "
             f"{'pairs' if 'pairs' in fid else 'texts'}: {figures} [{'pass' if fid['passed'] else 'BELOW BAR'}: {fid['bar']}]")
+
+
+def _add_certify(sub) -> None:
+    p = sub.add_parser(
+        "certify", help="measure a backend/precision of an artifact against PyTorch and record a certificate",
+        description="Run the artifact on another backend or precision (e.g. OpenVINO bf16 on a CPU with "
+                    "AVX-512 BF16 or AMX) over the export's fidelity set, compare with the PyTorch model it "
+                    "was exported from (SRC), and write the figures, the bar and this CPU's ISA to "
+                    "ART/certificates.json. Reranker/Embedder(ART, precision='bf16') runs only with a passing "
+                    "certificate for this graph and this CPU's bf16 path. Bars: Spearman >= 0.999 (cross), "
+                    "mean cosine >= 0.999 (bi) for bf16; the export's for the artifact's own precision. "
+                    "Needs the 'export' extra (PyTorch) and, for OpenVINO, the 'openvino' extra.")
+    p.add_argument("artifact", metavar="ART", help="artifact folder (fp32 for bf16)")
+    p.add_argument("src", metavar="SRC", help="the Hugging Face model folder ART was exported from")
+    p.add_argument("--backend", default="openvino", choices=list(BACKENDS), help="default: openvino")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "int8", "fp16"],
+                   help="bf16 (of an fp32 artifact) or the artifact's own precision; default: bf16")
+    p.add_argument("--fidelity-data", default=None,
+                   help="JSONL of {\"query\": ..., \"documents\": [...]} (default: the sample the export measured)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
+    p.set_defaults(func=_run_certify)
+
+
+def _run_certify(args) -> int:
+    with needs_extra("export"):
+        from crossrank.export.certify import certify
+    record, path = certify(args.artifact, args.src, args.backend, args.precision, args.fidelity_data,
+                           threads=args.threads)
+    figures = record["figures"]
+    print(f"{path}: {record['backend']}-{record['precision']} on {record['cpu']['model']} "
+          f"({' '.join(record['cpu']['isa'])}): {record['verdict']} -> {'PASS' if record['passed'] else 'FAIL'}; "
+          f"batch invariance max abs diff {figures.get('batch_invariance_max_abs_diff', float('nan')):.3g}")
+    return 0 if record["passed"] else 1
 
 
 def _add_info(sub) -> None:
@@ -161,12 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback of a failure (also: environment variable CROSSRANK_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_export(sub)
+    _add_certify(sub)
     _add_info(sub)
     _add_rerank(sub)
     add_search_commands(sub)
     add_bench(sub)
     add_tune(sub)
     add_select(sub)
+    add_calibrate(sub)
     add_serve(sub)
     add_score_dataset(sub)
     return parser

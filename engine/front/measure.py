@@ -7,7 +7,6 @@ No torch here; peers (sentence-transformers) are imported only by the callers th
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -17,18 +16,13 @@ from typing import Callable
 
 import numpy as np
 
+from crossrank.isa import cpu_model, isa_flags
 from crossrank.settings import physical_cores
 
 
 def machine_name() -> str:
-    """CPU model and physical cores, e.g. "AMD EPYC 7R13 Processor, 2 physical cores"."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {physical_cores()} physical cores"
+    """CPU model, physical cores and ISA flags, e.g. "AMD EPYC 7R13 Processor, 2 physical cores, ISA avx2"."""
+    return f"{cpu_model()}, {physical_cores()} physical cores, ISA {' '.join(isa_flags()) or '-'}"
 
 
 def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -94,14 +88,14 @@ def measure_throughput(call: Callable[[], object], items: int) -> tuple[float, f
     return items / seconds, seconds
 
 
-def cold_start_seconds(artifact: str, device: str = "cpu", kind: str = "cross") -> float:
+def cold_start_seconds(artifact: str, device: str = "cpu", kind: str = "cross", backend: str | None = None) -> float:
     """Wall time from a fresh Python process's start to its first result (rerank or embed)."""
     if kind == "cross":
-        call = "crossrank.Reranker(%r, device=%r).rerank('what is a cross-encoder', " \
+        call = "crossrank.Reranker(%r, device=%r, backend=%r).rerank('what is a cross-encoder', " \
                "['A cross-encoder reads query and passage together.'])"
     else:
-        call = "crossrank.Embedder(%r, device=%r).embed(['what is a bi-encoder'])"
-    code = "import crossrank; " + call % (str(artifact), device)
+        call = "crossrank.Embedder(%r, device=%r, backend=%r).embed(['what is a bi-encoder'])"
+    code = "import crossrank; " + call % (str(artifact), device, backend)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return time.perf_counter() - start

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.embedder import Embedder
 from crossrank.errors import InvalidArgumentError
 from crossrank.evaluation.datasets import read_jsonl, semanlink_queries
 from crossrank.evaluation.selection import Config, Point, best_within, config_metrics, mark_pareto, ranked_ids
 from crossrank.front.args import add_device_argument, int_list_arg, positive_float_arg, positive_int_arg
 from crossrank.front.measure import machine_name
-from crossrank.index import Index, recorded_embedder_path
-from crossrank.index_files import index_info
+from crossrank.front.model_folders import add_model_folder_arguments, reranker_artifacts
+from crossrank.front.search import add_store_arguments, locate_first_stage, open_first_stage
 from crossrank.pipeline import Pipeline
+from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
 
 DEFAULT_DEPTHS = (10, 20, 50, 100)
@@ -82,13 +82,14 @@ def candidate_configs(names: list[str], depths: list[int], cascades: list[tuple[
 
 def score_candidates(reranker: Reranker, queries: list[str], documents: list[list[str]], depth: int,
                      progress) -> list[np.ndarray]:
-    """The reranker's scores of each query's top ``depth`` candidates (one pass, shared batches)."""
+    """The reranker's raw scores of each query's top ``depth`` candidates (one pass, shared
+    batches): rankings are made on them, calibrated or not."""
     out = []
     step = 8
     for start in range(0, len(queries), step):
         part_q = queries[start: start + step]
         part_d = [docs[:depth] for docs in documents[start: start + step]]
-        ranked = reranker.rerank_many(part_q, part_d, return_documents=False)
+        ranked = reranker.rerank_many(part_q, part_d, return_documents=False, raw_scores=True)
         for docs, ranking in zip(part_d, ranked):
             scores = np.full(len(docs), np.nan, dtype=np.float32)
             for r in ranking:
@@ -135,13 +136,15 @@ def add_select(sub) -> None:
                     "request) of the first stage alone, every reranker at every depth, and every cascade at "
                     "every chain of depths; print the table with the Pareto front marked, the best "
                     "configuration within --latency-budget-ms, and (--out) a plot of quality vs latency.",
-        epilog="example: crossrank select --index artifacts/semanlink-index --rerankers "
-               "artifacts/L2-int8,artifacts/L6-int8 --cascades L2-int8>L6-int8 --dataset semanlink --split dev "
+        epilog="example (after make demo): crossrank select --index artifacts/semanlink-index --rerankers "
+               "models/starter-reranker-L2,models/starter-reranker-L4,models/starter-reranker "
+               "--cascades 'starter-reranker-L2>starter-reranker' --dataset semanlink --split dev "
                "--latency-budget-ms 500 --out select-report")
-    p.add_argument("--index", required=True, metavar="DIR", help="index folder holding the documents")
+    add_store_arguments(p, "the first stage (holding the labelled documents)")
     p.add_argument("--embedder", metavar="ART", help="bi-encoder artifact (default: the one recorded in the index)")
-    p.add_argument("--rerankers", required=True, metavar="ART,ART,...",
-                   help="cross-encoder artifacts to compare; each is named by its folder's name")
+    p.add_argument("--rerankers", required=True, metavar="DIR,DIR,...",
+                   help="cross-encoders to compare: artifact folders, or Hugging Face model folders (exported "
+                        "once into --artifacts); each is named by its folder's name")
     p.add_argument("--cascades", metavar="A>B,...",
                    help="cascades to compare, by reranker names (default: each reranker into every slower one)")
     p.add_argument("--no-cascades", action="store_true", help="compare single rerankers only")
@@ -160,10 +163,25 @@ def add_select(sub) -> None:
     p.add_argument("--latency-budget-ms", type=positive_float_arg, default=None, metavar="MS",
                    help="p95 budget: name the best configuration within it")
     add_device_argument(p, "where models run")
+    add_model_folder_arguments(p)
     p.add_argument("--out", metavar="DIR", help="write select.md, select.json and select.png here")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_select)
+
+
+def score_with_each(rerankers: dict[str, Reranker], texts: list[str], documents: list[list[str]], depth: int,
+                    quiet: bool) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
+    """Each reranker's scores of every query's top ``depth`` candidates, and its seconds."""
+    scores, seconds = {}, {}
+    with progress_bar(total=sum(min(len(d), depth) for d in documents) * len(rerankers), unit="pair",
+                      desc="scoring candidates", disable=quiet) as bar:
+        for name, reranker in rerankers.items():
+            bar.set_description(f"scoring with {name}")
+            start = time.perf_counter()
+            scores[name] = score_candidates(reranker, texts, documents, depth, bar.update)
+            seconds[name] = time.perf_counter() - start
+    return scores, seconds
 
 
 def _names(paths: list[str]) -> list[str]:
@@ -183,7 +201,7 @@ def run_select(args) -> int:
     cascades = [] if args.no_cascades else parse_cascades(args.cascades, names) if args.cascades else None
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InvalidArgumentError(f"--out {args.out!r} exists and is not a folder")
-    index_info(args.index)
+    embedder_path = locate_first_stage(args)  # before any model loads or exports
     if args.queries:
         labelled = read_labelled_queries(args.queries)
         source = str(args.queries)
@@ -191,8 +209,8 @@ def run_select(args) -> int:
         labelled = [LabelledQuery(q.text, q.relevant) for q in semanlink_queries(args.split)]
         source = f"semanlink {args.split} tags"
     labelled = labelled[: args.limit]
-    embedder = Embedder(args.embedder or recorded_embedder_path(args.index), device=args.device)
-    index = Index.load(args.index, view=True, embedder=embedder)
+    paths = reranker_artifacts(paths, args)
+    embedder, index = open_first_stage(args, args.device, embedder_path)
     rerankers = {name: Reranker(path, device=args.device) for name, path in zip(names, paths)}
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     started = time.perf_counter()
@@ -203,23 +221,7 @@ def run_select(args) -> int:
     results = [first.search(text, k=args.k, top_n=None) for text in texts]  # as each request will see it
     candidate_ids = [r.ids for r in results]
     documents = [[h.document for h in r.hits] for r in results]
-    deepest = max(args.depths)
-    total_pairs = sum(min(len(d), deepest) for d in documents) * len(rerankers)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_pairs, unit="pair", desc="scoring candidates", file=sys.stderr)
-    tick = (lambda n: bar.update(n)) if bar is not None else (lambda n: None)
-    scores_by_model, seconds_by_model = {}, {}
-    for name, reranker in rerankers.items():
-        if bar is not None:
-            bar.set_description(f"scoring with {name}")
-        start = time.perf_counter()
-        scores_by_model[name] = score_candidates(reranker, texts, documents, deepest, tick)
-        seconds_by_model[name] = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    scores_by_model, seconds_by_model = score_with_each(rerankers, texts, documents, max(args.depths), args.quiet)
     if cascades is None:
         order = sorted(names, key=lambda n: seconds_by_model[n])
         cascades = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
@@ -232,15 +234,9 @@ def run_select(args) -> int:
     expected = {c: [ranked_ids(c, candidate_ids[q], per_query[q]) for q in sample] for c in configs}
     pipelines = {c: Pipeline(embedder, index, rerankers=[rerankers[n] for n in c.rerankers], depths=list(c.depths))
                  if c.rerankers else first for c in configs}
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(configs) * len(sample), unit="request", desc="timing configurations", file=sys.stderr)
-    latency = measure_latency(configs, pipelines, [texts[q] for q in sample], args.k, expected,
-                              (lambda n: bar.update(n)) if bar is not None else (lambda n: None))
-    if bar is not None:
-        bar.close()
+    with progress_bar(total=len(configs) * len(sample), unit="request", desc="timing configurations",
+                      disable=args.quiet) as bar:
+        latency = measure_latency(configs, pipelines, [texts[q] for q in sample], args.k, expected, bar.update)
     points = [Point(c, quality[c]["ndcg@10"], latency[c]["p50_ms"], {**quality[c], **latency[c]}) for c in configs]
     front = mark_pareto(points)
     best = best_within(points, args.latency_budget_ms)

@@ -1,10 +1,15 @@
 """``crossrank tune``: sweep a reranker's runtime settings on this machine and write runtime.json.
 
-``crossrank tune ART`` measures the settings that matter on the machine it runs on (intra-op
-threads, batch token budget and, on CUDA, IO binding), picks the fastest whose p95 latency for
+``crossrank tune ART`` measures the settings that matter on the machine it runs on (backend and
+precision where the CPU and the installed packages offer a choice, intra-op threads, thread
+spinning, batch token budget and, on CUDA, IO binding), picks the fastest whose p95 latency for
 the reference request (1 query x 20 documents) stays within the caller's budget, and writes
 them to ``ART/runtime.json`` (format and precedence: crossrank.settings). ``Reranker(ART)`` then
 uses them; explicit constructor arguments win.
+
+A machine too noisy to measure is refused: the default settings are measured again between parts
+of the sweep, and when their spread ((max - min) / median) exceeds ``--max-spread`` nothing is
+written unless ``--allow-noisy`` (the spread is printed either way and recorded in runtime.json).
 """
 
 from __future__ import annotations
@@ -19,32 +24,75 @@ from pathlib import Path
 from typing import Callable
 
 from crossrank.artifact import MANIFEST, load_artifact
-from crossrank.errors import InvalidArgumentError, RuntimeConfigError
-from crossrank.front.args import add_workload_arguments, count_arg, int_list_arg, positive_float_arg, positive_int_arg
+from crossrank.certificate import artifact_runtime, certificate_problem, read_certificates
+from crossrank.errors import CrossrankError, InvalidArgumentError, RuntimeConfigError
+from crossrank.front.args import (add_workload_arguments, choice_list_type, count_arg, int_list_type,
+                                  positive_float_arg, positive_int_arg)
+from crossrank.isa import bf16_path, cpu_flags, describe_cpu
 from crossrank.front.measure import machine_name, measure_latency, measure_throughput
 from crossrank.front.workload import load_workload, request_of_size, spread
+from crossrank.openvino_session import openvino_installed
 from crossrank.reranker import Reranker
-from crossrank.runner import RunStats
 from crossrank.session import require_device
-from crossrank.settings import (BATCH_TOKENS_RANGE, RUNTIME_FILE, default_settings, physical_cores, read_runtime,
-                                write_runtime)
+from crossrank.settings import (BACKENDS, BATCH_TOKENS_RANGE, RUNTIME_FILE, SPINNING, SPINNING_MODES, THREADS_RANGE,
+                                SessionOptions, default_settings, physical_cores, read_runtime, write_runtime)
 
 DEFAULT_SWEEP_BATCH_TOKENS = (256, 512, 1024, 2048, 4096)
 REFERENCE_DOCUMENTS = 20  # the reference request: one query with 20 candidates
 NOISE = 0.03              # throughputs within 3% of the best are treated as equal
 FINAL_CHUNK_PAIRS = 40    # final round: finalists take turns every 40 pairs (2 requests of 20)
 FINALISTS = 2             # fastest settings within budget that go to the final round (plus the defaults)
+DEFAULT_SWEEP_SPINNING = ("within-calls", "never")
+MAX_SPREAD = 0.10         # the default settings' repeated throughputs may spread this much ((max-min)/median)
+BASELINE_REPEATS = 3      # how often the default settings are measured across the sweep
 
 
-def settings_grid(device: str, threads: list[int] | None = None,
-                  batch_tokens: list[int] | None = None) -> list[dict]:
-    """Every combination to try: threads 1..physical cores, the batch budgets, and on CUDA IO
+def runtimes(artifact, device: str, backends: list[str] | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """(backend, precision) pairs to sweep for this artifact on this machine, and notes on those
+    left out: ONNX Runtime at the artifact's precision; on CPU, OpenVINO when installed (the
+    artifact's precision, and bf16 of an fp32 artifact where the CPU has a bf16 path and a passing
+    certificate exists). ``backends`` restricts the backends."""
+    backends = backends or list(BACKENDS)
+    found, notes = [], []
+    if "onnxruntime" in backends:
+        found.append(("onnxruntime", artifact.precision))
+    if "openvino" in backends:
+        if device != "cpu":
+            notes.append(f"openvino: CPU only, not {device}")
+        elif not openvino_installed():
+            notes.append("openvino: not installed (pip install 'crossrank[openvino]')")
+        else:
+            found.append(("openvino", artifact.precision))
+            flags = cpu_flags()
+            if artifact.precision == "fp32" and bf16_path(flags):
+                record = read_certificates(artifact.path).get("openvino-bf16")
+                problem = certificate_problem(artifact, record, "openvino", "bf16", flags)
+                if problem is None:
+                    found.append(("openvino", "bf16"))
+                else:
+                    notes.append(f"openvino bf16: {problem}")
+            elif artifact.precision == "fp32":
+                notes.append(f"openvino bf16: this CPU has no AVX-512 BF16 or AMX ({describe_cpu(flags)})")
+    return found, notes
+
+
+def settings_grid(device: str, threads: list[int] | None = None, batch_tokens: list[int] | None = None,
+                  runtimes: list[tuple[str, str]] | None = None, spinning: list[str] | None = None) -> list[dict]:
+    """Every combination to try: each (backend, precision) of ``runtimes`` (default: ONNX Runtime
+    at fp32), threads 1..physical cores, the batch budgets, on ONNX Runtime's CPU sessions each
+    spinning mode (OpenVINO and CUDA: the default; OpenVINO threads its own way), and on CUDA IO
     binding on and off (on CPU it only adds a copy, so it is not swept there)."""
     threads = threads or list(range(1, physical_cores() + 1))
     batch_tokens = batch_tokens or list(DEFAULT_SWEEP_BATCH_TOKENS)
+    runtimes = runtimes or [("onnxruntime", "fp32")]
     bindings = (False, True) if device == "cuda" else (False,)
-    return [{"threads": t, "batch_tokens": b, "io_binding": io}
-            for t in threads for b in batch_tokens for io in bindings]
+    grid = []
+    for backend, precision in runtimes:
+        spins = (spinning or list(DEFAULT_SWEEP_SPINNING)) if backend == "onnxruntime" and device == "cpu" \
+            else [SPINNING]
+        grid += [{"backend": backend, "precision": precision, "threads": t, "batch_tokens": b, "io_binding": io,
+                  "spinning": spin} for t in threads for b in batch_tokens for io in bindings for spin in spins]
+    return grid
 
 
 @dataclass
@@ -54,6 +102,9 @@ class Trial:
     threads: int
     batch_tokens: int
     io_binding: bool
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    spinning: str = SPINNING
     pairs_per_s: float = 0.0
     p50_ms: float = 0.0
     p95_ms: float = 0.0
@@ -66,18 +117,25 @@ class Trial:
 
     @property
     def settings(self) -> dict:
-        return {"threads": self.threads, "batch_tokens": self.batch_tokens, "io_binding": self.io_binding}
+        return {"threads": self.threads, "batch_tokens": self.batch_tokens, "io_binding": self.io_binding,
+                "backend": self.backend, "precision": self.precision, "spinning": self.spinning}
 
     @property
     def rate(self) -> float:
         return statistics.median(self.final) if self.final else self.pairs_per_s
 
 
+def _reranker(path: str | Path, device: str, settings: dict) -> Reranker:
+    """A Reranker with exactly ``settings`` (runtime.json is not read for them: they are all given);
+    bf16 needs its passing certificate, as for any caller."""
+    return Reranker(path, device=device, options=SessionOptions(**settings))
+
+
 def _fresh_throughput(path: str | Path, device: str, settings: dict, pairs: list[tuple[str, str]]):
     """(Reranker, pairs/s of one bulk ``score(pairs)``) on a new Reranker after a warm-up call."""
-    reranker = Reranker(path, device=device, **settings)
+    reranker = _reranker(path, device, settings)
     reranker.score(pairs[:8])  # warm-up: first-call allocations, thread pool start
-    reranker.runner.stats = RunStats()
+    reranker.reset_stats()
     return reranker, measure_throughput(lambda: reranker.score(pairs), len(pairs))[0]
 
 
@@ -87,8 +145,8 @@ def measure(path: str | Path, device: str, settings: dict, pairs: list[tuple[str
     reranker, pairs_per_s = _fresh_throughput(path, device, settings, pairs)
     padding = reranker.padding_fraction
     latency = measure_latency(lambda: reranker.rerank(*reference), runs=runs, warmup=1)
-    return Trial(settings["threads"], settings["batch_tokens"], settings["io_binding"], pairs_per_s,
-                 latency.p50_ms, latency.p95_ms, padding)
+    return Trial(**settings, pairs_per_s=pairs_per_s, p50_ms=latency.p50_ms, p95_ms=latency.p95_ms,
+                 padding_fraction=padding)
 
 
 def within_budget(trials: list[Trial], latency_budget_ms: float | None) -> list[Trial]:
@@ -107,7 +165,7 @@ def final_round(path: str | Path, device: str, finalists: list[Trial], pairs: li
     ``chunk_pairs`` pairs (who goes first rotates), so a burst of outside load lands on all of
     them alike; a round's rate is all its pairs over the summed time of its turns.
     """
-    rerankers = [Reranker(path, device=device, **trial.settings) for trial in finalists]
+    rerankers = [_reranker(path, device, trial.settings) for trial in finalists]
     for reranker in rerankers:
         reranker.score(pairs[:8])
     chunks = [pairs[i:i + chunk_pairs] for i in range(0, len(pairs), chunk_pairs)]
@@ -155,24 +213,63 @@ def choose(trials: list[Trial], latency_budget_ms: float | None) -> tuple[Trial 
 
 
 def describe(trial: Trial) -> str:
-    return (f"threads {trial.threads}, batch_tokens {trial.batch_tokens}"
+    return (f"{trial.backend} {trial.precision}, threads {trial.threads}, batch_tokens {trial.batch_tokens}"
+            + (f", spinning {trial.spinning}" if trial.backend == "onnxruntime" else "")
             + (", io_binding" if trial.io_binding else ""))
+
+
+def default_tune_settings(artifact, device: str) -> dict:
+    """What ``Reranker(ART)`` runs with when runtime.json says nothing: the settings defaults, the
+    default spinning, and the ISA rule's backend and precision."""
+    choice = artifact_runtime(artifact, device, cpu_flags())
+    return {**default_settings(device), "backend": choice.backend, "precision": choice.precision,
+            "spinning": SPINNING}
+
+
+@dataclass
+class Spread:
+    """The default settings' throughput measured again across the sweep (pairs/s)."""
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: 0 on a quiet machine."""
+        if len(self.samples) < 2:
+            return 0.0
+        return (max(self.samples) - min(self.samples)) / statistics.median(self.samples)
+
+    def text(self) -> str:
+        return (f"{', '.join(f'{x:.1f}' for x in self.samples)} pairs/s "
+                f"(spread {self.spread:.1%} = (max - min) / median)")
 
 
 def sweep(path: str | Path, device: str, grid: list[dict], pairs: list[tuple[str, str]],
           reference: tuple[str, list[str]], runs: int,
-          progress: Callable[[int, int, Trial, float], None] | None = None) -> list[Trial]:
-    """``measure`` every setting of the grid; ``progress(i, n, trial, seconds)`` after each."""
-    default = default_settings(device)
-    trials = []
-    for i, settings in enumerate(grid, start=1):
+          progress: Callable[[int, int, Trial, float], None] | None = None,
+          default: dict | None = None, repeats: int = 0) -> tuple[list[Trial], Spread]:
+    """``measure`` every setting of the grid; ``progress(i, n, trial, seconds)`` after each. With
+    ``repeats`` >= 2 the ``default`` settings' throughput is measured that many times, spread evenly
+    over the sweep (before the first setting, between parts, after the last): how noisy the
+    machine is while the settings are compared."""
+    trials, spread = [], Spread()
+    checkpoints = [round(k * len(grid) / (repeats - 1)) for k in range(repeats)] if repeats >= 2 else []
+    for i, settings in enumerate(grid + [None]):
+        for _ in range(checkpoints.count(i)):  # a short grid: several repeats at one place
+            spread.samples.append(_fresh_throughput(path, device, default, pairs)[1])
+        if settings is None:
+            break
         start = time.perf_counter()
-        trial = measure(path, device, settings, pairs, reference, runs)
+        try:
+            trial = measure(path, device, settings, pairs, reference, runs)
+        except CrossrankError as err:  # e.g. a graph OpenVINO cannot run: reported, not fatal
+            if progress is not None:
+                progress(i + 1, len(grid), None, f"skipped {settings['backend']} {settings['precision']}: {err}")
+            continue
         trial.is_default = settings == default
         trials.append(trial)
         if progress is not None:
-            progress(i, len(grid), trial, time.perf_counter() - start)
-    return trials
+            progress(i + 1, len(grid), trial, time.perf_counter() - start)
+    return trials, spread
 
 
 def precision_variants(path: str | Path) -> list[Path]:
@@ -199,19 +296,23 @@ def precision_variants(path: str | Path) -> list[Path]:
 
 
 def measured_record(trial: Trial, latency_budget_ms: float | None, workload: str, pairs: int,
-                    model_sha256: str, gain: float | None) -> dict:
+                    model_sha256: str, gain: float | None, spread: Spread | None = None) -> dict:
     """The ``measured`` block written next to the chosen settings: where they come from."""
     record = {
         "pairs_per_s": round(trial.rate, 2), "p50_1x20_ms": round(trial.p50_ms, 1),
         "p95_1x20_ms": round(trial.p95_ms, 1), "padding_fraction": round(trial.padding_fraction, 4),
         "latency_budget_ms": latency_budget_ms, "workload": workload, "pairs": pairs,
-        "machine": machine_name(), "physical_cores": physical_cores(), "model_sha256": model_sha256,
+        "machine": machine_name(), "physical_cores": physical_cores(), "cpu": describe_cpu(),
+        "model_sha256": model_sha256,
         "tuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if trial.final:
         record["final_round_pairs_per_s"] = [round(x, 2) for x in trial.final]
     if gain is not None:
         record["gain_over_default"] = round(gain, 3)
+    if spread is not None and spread.samples:
+        record["baseline_pairs_per_s"] = [round(x, 2) for x in spread.samples]
+        record["baseline_spread"] = round(spread.spread, 4)
     return record
 
 
@@ -219,24 +320,42 @@ def measured_record(trial: Trial, latency_budget_ms: float | None, workload: str
 
 def add_tune(sub) -> None:
     p = sub.add_parser(
-        "tune", help="sweep threads and batch budgets on this machine and write runtime.json",
-        description="Measure a reranker artifact under each setting (intra-op threads 1..physical cores, "
-                    "batch token budget, IO binding on CUDA), re-measure the fastest against the defaults "
+        "tune", help="sweep backend, precision, threads, spinning and batch budgets on this machine and write "
+                     "runtime.json",
+        description="Measure a reranker artifact under each setting (backend and precision: ONNX Runtime, and "
+                    "OpenVINO when installed, bf16 where the CPU has AVX-512 BF16/AMX and a certificate passes; "
+                    "intra-op threads 1..physical cores; thread spinning on ONNX Runtime CPU; batch token "
+                    "budget; IO binding on CUDA), re-measure the fastest against the defaults "
                     "in interleaved rounds, pick the highest throughput whose p95 for the reference request "
                     "(1 query x 20 documents) is within --latency-budget-ms, and write it to "
                     "ART/runtime.json (the manifest is not touched). Reranker(ART) then uses it; explicit "
                     "arguments win. Sibling artifacts of the same model in other precisions are measured at "
-                    "the chosen settings, for comparison.",
+                    "the chosen settings, for comparison. The defaults are measured again across the sweep: "
+                    "when their spread exceeds --max-spread the machine is too noisy to compare settings and "
+                    "nothing is written (unless --allow-noisy).",
     )
     p.add_argument("artifact", metavar="ART", help="cross-encoder artifact folder")
     p.add_argument("--latency-budget-ms", type=positive_float_arg, default=None, metavar="N",
                    help="p95 limit for 1 query x 20 documents (default: none, highest throughput wins)")
     add_workload_arguments(p, 8, "scored per setting")
-    p.add_argument("--threads", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--threads", type=int_list_type(*THREADS_RANGE), default=None, metavar="N,N,...",
                    help="thread counts to try (default 1..physical cores)")
-    p.add_argument("--batch-tokens", type=int_list_arg, default=None, metavar="N,N,...",
+    p.add_argument("--batch-tokens", type=int_list_type(*BATCH_TOKENS_RANGE), default=None, metavar="N,N,...",
                    help="batch token budgets to try (default "
                         f"{','.join(map(str, DEFAULT_SWEEP_BATCH_TOKENS))})")
+    p.add_argument("--backends", type=choice_list_type("backends", BACKENDS), default=None, metavar="B,B",
+                   help=f"backends to try, of {','.join(BACKENDS)} (default: those installed for the device)")
+    p.add_argument("--spinning", type=choice_list_type("spinning modes", SPINNING_MODES), default=None, metavar="S,S",
+                   help=f"ONNX Runtime spinning modes to try, of {','.join(SPINNING_MODES)} "
+                        f"(default {','.join(DEFAULT_SWEEP_SPINNING)})")
+    p.add_argument("--repeat-baseline", type=positive_int_arg, default=BASELINE_REPEATS, metavar="N",
+                   help=f"measure the default settings N times across the sweep for the noise check "
+                        f"(default {BASELINE_REPEATS}; 1 = no check)")
+    p.add_argument("--max-spread", type=positive_float_arg, default=MAX_SPREAD, metavar="F",
+                   help=f"largest spread ((max - min) / median) of those repeats under which the machine counts as "
+                        f"quiet enough to measure (default {MAX_SPREAD:g})")
+    p.add_argument("--allow-noisy", action="store_true",
+                   help="write runtime.json even when the machine measured too noisy (the spread is recorded)")
     p.add_argument("--runs", type=positive_int_arg, default=7, metavar="N",
                    help="timed 1 x 20 requests per setting for the p95 (default 7)")
     p.add_argument("--rounds", type=count_arg, default=3, metavar="N",
@@ -260,9 +379,6 @@ def run_tune(args) -> int:
     except RuntimeConfigError as err:
         raise RuntimeConfigError(f"{err} -- fix or delete {artifact.path / RUNTIME_FILE}, then tune again") from None
     require_device(args.device)
-    low, high = BATCH_TOKENS_RANGE
-    if args.batch_tokens and not all(low <= b <= high for b in args.batch_tokens):
-        raise InvalidArgumentError(f"--batch-tokens values must be in [{low}, {high}], got {args.batch_tokens}")
     cores = physical_cores()
     if args.threads and max(args.threads) > 4 * cores:
         raise InvalidArgumentError(f"--threads {max(args.threads)} is far above this machine's {cores} physical cores")
@@ -270,20 +386,30 @@ def run_tune(args) -> int:
     measured_requests = spread(requests, args.queries or None)
     pairs = [(r["query"], d) for r in measured_requests for d in r["documents"]]
     reference = request_of_size(requests, REFERENCE_DOCUMENTS)
-    grid = settings_grid(args.device, args.threads, args.batch_tokens)
-    default = default_settings(args.device)
+    found, left_out = runtimes(artifact, args.device, args.backends)
+    grid = settings_grid(args.device, args.threads, args.batch_tokens, found, args.spinning)
+    default = default_tune_settings(artifact, args.device)
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    say(f"tuning {artifact.path} ({artifact.precision}, {args.device}): {len(grid)} settings x "
+    say(f"tuning {artifact.path} ({artifact.precision}, {args.device}) on {describe_cpu()}: {len(grid)} settings x "
         f"({len(pairs)} pairs + {args.runs} x 1x{REFERENCE_DOCUMENTS} requests); {cores} physical cores")
+    for note in left_out:
+        say(f"  not swept: {note}")
 
     def progress(i, total, trial, seconds):
+        if trial is None:
+            say(f"  [{i}/{total}] {seconds}")
+            return
         say(f"  [{i}/{total}] {describe(trial)}: {trial.pairs_per_s:.1f} pairs/s, p95 {trial.p95_ms:.0f} ms "
             f"({seconds:.0f} s)")
 
-    trials = sweep(artifact.path, args.device, grid, pairs, reference, args.runs, progress)
+    trials, noise = sweep(artifact.path, args.device, grid, pairs, reference, args.runs, progress, default,
+                          args.repeat_baseline)
+    noisy = noise.spread > args.max_spread
+    if noise.samples:
+        say(f"  defaults repeated across the sweep: {noise.text()}")
     baseline = next((t for t in trials if t.is_default), None)
     if baseline is None:  # the defaults are outside the grid: measured as the baseline, not a candidate
-        say(f"  [+] default settings (threads {default['threads']}, batch_tokens {default['batch_tokens']})")
+        say(f"  [+] default settings ({', '.join(f'{k} {v}' for k, v in default.items())})")
         baseline = measure(artifact.path, args.device, default, pairs, reference, args.runs)
         baseline.is_default, baseline.candidate = True, False
         baseline.notes.append("baseline only (outside the grid)")
@@ -303,8 +429,10 @@ def run_tune(args) -> int:
         at = chosen.settings if chosen is not None else default
         for folder in precision_variants(artifact.path):
             say(f"  [variant] {folder.name}")
-            try:
-                trial = measure(folder, args.device, at, pairs, reference, args.runs)
+            own = load_artifact(folder, verify=False).precision
+            try:  # ONNX Runtime at the variant's own precision, the chosen threads, budget, spinning
+                trial = measure(folder, args.device, {**at, "backend": "onnxruntime", "precision": own}, pairs,
+                                reference, args.runs)
             except (ValueError, RuntimeError) as err:  # a broken sibling is reported, not fatal
                 say(f"    skipped: {err}")
                 continue
@@ -316,6 +444,18 @@ def run_tune(args) -> int:
     elif chosen is not None and chosen.final and baseline.final:
         gain = chosen.rate / baseline.rate
     print(format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain, workload_name, len(pairs)))
+    if noise.samples:
+        print(f"\nnoise check: the defaults measured {len(noise.samples)} times across the sweep: {noise.text()}; "
+              f"limit {args.max_spread:.0%}")
+    if noisy:
+        print(f"\nWARNING: THIS MACHINE IS TOO NOISY TO MEASURE: the same settings spread {noise.spread:.0%} "
+              f"(> {args.max_spread:.0%}) during the sweep, so differences between settings are not "
+              f"trustworthy. Stop other work on the machine and tune again"
+              + (", or pass --allow-noisy." if not args.allow_noisy else "; --allow-noisy: writing anyway."),
+              file=sys.stderr)
+        if not args.allow_noisy and not args.dry_run:
+            print("\nruntime.json not written: the machine was too noisy to measure", file=sys.stderr)
+            return 1
     if chosen is None:
         print(f"\nruntime.json not written: {reason}. Raise --latency-budget-ms, or use a faster "
               f"precision variant.", file=sys.stderr)
@@ -325,7 +465,7 @@ def run_tune(args) -> int:
         return 0
     path = write_runtime(artifact.path, args.device, chosen.settings,
                          measured_record(chosen, args.latency_budget_ms, workload_name, len(pairs),
-                                         artifact.sha256, gain))
+                                         artifact.sha256, gain, noise))
     print(f"\nwrote {path}: Reranker({str(artifact.path)!r}, device={args.device!r}) now uses "
           f"{describe(chosen)} (explicit arguments still win)")
     return 0
@@ -337,8 +477,8 @@ def format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain
     lines = [f"crossrank tune {artifact.path} ({artifact.precision}, {args.device}); workload: {workload}, "
              f"{n_pairs} pairs per setting; reference request 1 x 20, {args.runs} runs"
              + (f"; p95 budget {budget:g} ms" if budget is not None else "; no latency budget"), "",
-             f"  {'threads':>7} {'batch_tokens':>12} {'io_binding':>10} {'pairs/s':>8} {'final':>6} {'p50 ms':>7} "
-             f"{'p95 ms':>7} {'padding':>7}  note"]
+             f"  {'backend':>11} {'precision':>9} {'threads':>7} {'batch_tokens':>12} {'spinning':>12} "
+             f"{'io_binding':>10} {'pairs/s':>8} {'final':>6} {'p50 ms':>7} {'p95 ms':>7} {'padding':>7}  note"]
 
     def row(t, label=""):
         notes = list(t.notes)
@@ -349,7 +489,9 @@ def format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain
         if label:
             notes.insert(0, label)
         final = f"{t.rate:.1f}" if t.final else "-"
-        return (f"  {t.threads:>7} {t.batch_tokens:>12} {'on' if t.io_binding else 'off':>10} "
+        spinning = t.spinning if t.backend == "onnxruntime" else "-"
+        return (f"  {t.backend:>11} {t.precision:>9} {t.threads:>7} {t.batch_tokens:>12} {spinning:>12} "
+                f"{'on' if t.io_binding else 'off':>10} "
                 f"{t.pairs_per_s:>8.1f} {final:>6} {t.p50_ms:>7.0f} {t.p95_ms:>7.0f} {t.padding_fraction:>7.1%}  "
                 + ", ".join(notes))
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from crossrank.errors import ArgumentTypeError, InvalidArgumentError, check_top_n
-from crossrank.reranker import Ranked, Reranker
+from crossrank.reranker import RankedDocument, Reranker
+from crossrank.settings import TUNABLE
 
 # Reranker keyword arguments an adapter accepts and serialises, with Reranker's defaults.
 RERANKER_OPTIONS: dict[str, Any] = {
@@ -58,7 +59,7 @@ def resolve_reranker(model: str | Path | None, reranker: Reranker | None, option
     if reranker is not None:
         if model is not None:
             raise InvalidArgumentError(f"give model (an artifact folder) or reranker (a crossrank.Reranker), not both; "
-                             f"got model={str(model)!r} and a Reranker for {str(reranker.artifact.path)!r}")
+                             f"got model={str(model)!r} and a Reranker for {str(reranker.path)!r}")
         if not isinstance(reranker, Reranker):
             raise ArgumentTypeError(f"reranker must be a crossrank.Reranker, got {type(reranker).__name__}")
         ignored = {k: v for k, v in options.items() if v != RERANKER_OPTIONS[k]}
@@ -79,14 +80,14 @@ def reranker_settings(reranker: Reranker) -> dict[str, Any]:
     long-document mode, device), and of the machine-dependent settings (threads, token budget, IO
     binding) only those given as arguments, so a pipeline saved here uses the next machine's own
     defaults or runtime.json there."""
-    chosen = reranker.runner.settings.as_dict()
+    options = reranker.options
     return {
-        "model": str(reranker.artifact.path),
+        "model": str(reranker.path),
         "device": reranker.device,
         "max_length": reranker.max_length,
         "long_documents": reranker.long_documents,
         "chunk_overlap": reranker.chunk_overlap,
-        **{key: chosen[key] if reranker.settings_origin[key] == "argument" else None for key in chosen},
+        **{key: getattr(options, key) if options.origin[key] == "argument" else None for key in TUNABLE},
     }
 
 
@@ -103,8 +104,8 @@ def text_or_empty(text: str | None) -> str:
     return "" if text is None else text
 
 
-def rank_texts(reranker: Reranker, query: str, texts: Sequence[str], top_n: int | None) -> list[Ranked]:
-    """``Reranker.rerank`` (best first, ties in input order, ``Ranked.index`` = position in ``texts``);
+def rank_texts(reranker: Reranker, query: str, texts: Sequence[str], top_n: int | None) -> list[RankedDocument]:
+    """``Reranker.rerank`` (best first, ties in input order, ``RankedDocument.index`` = position in ``texts``);
     no texts give no result, whatever the query."""
     checked_top_n(top_n)
     if not texts:

@@ -5,6 +5,8 @@
   naming ``crossrank.front.ray.serve:app_builder``; ``deploy/ray-serve.yaml``).
 - ``crossrank.front.ray.data``: ``score_dataset``, offline scoring of large pair sets with Ray
   Data, Parquet out, resumable (``crossrank score-dataset``).
+- ``crossrank.front.ray.config``: ``RayConfig``, the deployment options and the ``--ray*`` flags
+  of ``crossrank serve`` (no Ray imported).
 
 This module only registers the ``score-dataset`` subcommand: Ray and pyarrow are imported when a
 command runs, so the rest of the CLI works without the extra. ``import crossrank`` never loads it.
@@ -12,10 +14,11 @@ command runs, so the rest of the CLI works without the extra. ``import crossrank
 
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 
 from crossrank.errors import MissingFileError
-from crossrank.front.args import add_device_argument, positive_int_arg
+from crossrank.front.args import add_device_argument, needs_extra, positive_int_arg, threads_arg
+from crossrank.front.ray.config import add_ray_address
 
 
 def add_score_dataset(sub) -> None:
@@ -34,11 +37,10 @@ def add_score_dataset(sub) -> None:
                    help="pairs: .jsonl ({\"id\"?, \"query\", \"document\"} per line) or .parquet (those columns)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="folder for the Parquet parts (created; a folder of an earlier run of this same job resumes)")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="Ray cluster to join ('auto': the one `ray start` runs here; default: start a local one)")
+    add_ray_address(p)
     p.add_argument("--concurrency", type=positive_int_arg, default=None, metavar="N",
                    help="actors, each with its own Reranker (default: the cluster's CPUs // --threads; GPUs on cuda)")
-    p.add_argument("--threads", type=positive_int_arg, default=1, metavar="N",
+    p.add_argument("--threads", type=threads_arg, default=1, metavar="N",
                    help="intra-op threads per actor, = CPUs each reserves (default 1)")
     p.add_argument("--block-rows", type=positive_int_arg, default=None, metavar="N",
                    help="rows per block: the unit of progress, writing and resuming (default 10000)")
@@ -53,13 +55,8 @@ def add_score_dataset(sub) -> None:
 
 
 def run_score_dataset(args) -> int:
-    try:
+    with needs_extra("ray"):
         from crossrank.front.ray.data import DEFAULT_BLOCK_ROWS, score_dataset
-    except ImportError as err:
-        print(f"crossrank score-dataset needs the 'ray' extra (pip install 'crossrank[ray]'): {err}", file=sys.stderr)
-        return 2
-    from pathlib import Path
-
     if not Path(args.reranker).is_dir():
         raise MissingFileError(f"--reranker {args.reranker!r} is not a folder")
     report = score_dataset(args.reranker, args.input, args.output, address=args.ray_address,

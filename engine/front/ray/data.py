@@ -5,8 +5,8 @@ The input (JSONL ``{"id"?, "query", "document"}`` lines, or a Parquet file with 
 cut into blocks of ``block_rows`` consecutive rows. Ray Data runs ``map_batches`` over the block
 descriptions with a stateful class (``ScoreBlocks``): an actor pool, each actor building one
 ``Reranker`` once and then, per block, reading its rows from the input (a path every node sees, as
-for artifacts), sorting them by length (so each model call holds pairs of similar length: little
-padding) and scoring them, and writing ``part-NNNNNN.parquet`` (columns ``row``, ``id``,
+for artifacts), scoring them (``Reranker.score`` sorts them by token length, so each model call
+holds pairs of similar length: little padding), and writing ``part-NNNNNN.parquet`` (columns ``row``, ``id``,
 ``score``) atomically: written aside under a dot-name, then renamed. A re-run of the same job
 skips the blocks already written, so a job stopped half-way resumes where it stopped; a job file
 (``_crossrank_score_dataset.json``: input sha256, reranker manifest sha256, window, block size)
@@ -36,8 +36,10 @@ import pyarrow.parquet as pq
 from crossrank.artifact import load_artifact, sha256_file
 from crossrank.errors import (InvalidArgumentError, MissingFileError, OutputExistsError, check_bool, check_choice,
                               check_int)
+from crossrank.evaluation.datasets import json_line
+from crossrank.progress import progress_bar
 from crossrank.reranker import Reranker
-from crossrank.settings import DEVICES
+from crossrank.settings import DEVICES, check_threads
 
 JOB_FILE = "_crossrank_score_dataset.json"
 JOB_FORMAT = 1
@@ -105,11 +107,7 @@ def scan_jsonl(path: Path, block_rows: int, fields: dict) -> tuple[list[Block], 
             if not line.strip():
                 continue
             where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InvalidArgumentError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line must "
-                                           f"be an object with \"{fields['query']}\" and \"{fields['document']}\"") from err
+            row = json_line(line, where, f"\"{fields['query']}\" and \"{fields['document']}\"")
             if id_required is None:
                 id_required = isinstance(row, dict) and fields["id"] in row
             _check_pair(row, where, fields, id_required)
@@ -205,17 +203,14 @@ def write_atomically(table: pa.Table, path: Path) -> None:
 
 
 def score_block(reranker: Reranker, job: dict, block: Block) -> int:
-    """Score one block's pairs, longest first, and write its part; returns its rows."""
+    """Score one block's pairs (the Reranker sorts them by token length into its batches) and
+    write its part; returns its rows."""
     ids, queries, documents = read_block(job, block)
-    lengths = np.fromiter((len(q) + len(d) for q, d in zip(queries, documents)), dtype=np.int64, count=len(queries))
-    order = np.argsort(-lengths, kind="stable")
-    sorted_scores = reranker.score([(queries[i], documents[i]) for i in order], raw_scores=job["raw_scores"])
-    scores = np.empty(len(order), dtype=np.float32)
-    scores[order] = sorted_scores
+    scores = reranker.score(list(zip(queries, documents)), raw_scores=job["raw_scores"])
     table = pa.table({"row": pa.array(np.arange(block.start, block.stop, dtype=np.int64)), "id": ids,
                       "score": pa.array(scores)})
     write_atomically(table, part_path(job["output"], block.index))
-    return len(order)
+    return len(scores)
 
 
 class ScoreBlocks:
@@ -291,10 +286,8 @@ def score_dataset(reranker: str | Path, input: str | Path, output: str | Path, *
     ``id_field`` of each row (JSONL: in every row or none; Parquet: the column), else the row
     number. Returns what was done; blocks already written by this job are skipped.
     """
-    import ray  # here, so that reading this module (e.g. for the CLI's --help) does not start Ray's imports
-
     reranker, input, output = Path(reranker), Path(input), Path(output)
-    check_int(threads, "threads", 1, 1024)
+    check_threads(threads, allow_none=False)
     check_int(block_rows, "block_rows", 1)
     check_int(concurrency, "concurrency", 1, allow_none=True)
     check_choice(device, "device", DEVICES)
@@ -318,9 +311,18 @@ def score_dataset(reranker: str | Path, input: str | Path, output: str | Path, *
     pending = [b for b in blocks if not _written(output, b)]
     started = time.perf_counter()
     report = ScoreReport(output, rows, len(blocks), len(blocks) - len(pending), 0, 0, 0.0)
-    if not pending:
-        return report
+    if pending:
+        _score_on_ray(job, pending, report, address, concurrency, progress, input.name)
+    report.seconds = time.perf_counter() - started
+    return report
 
+
+def _score_on_ray(job: dict, pending: list[Block], report: ScoreReport, address: str | None,
+                  concurrency: int | None, progress: bool, name: str) -> None:
+    """Score the pending blocks on a pool of actors (see ``score_dataset``), counting into ``report``."""
+    import ray  # here, so that reading this module (e.g. for the CLI's --help) does not start Ray's imports
+
+    device, threads, rows = job["device"], job["threads"], report.rows
     started_here = not ray.is_initialized()
     if started_here:
         if address is None:
@@ -341,10 +343,8 @@ def score_dataset(reranker: str | Path, input: str | Path, output: str | Path, *
         scored = dataset.map_batches(ScoreBlocks, fn_constructor_kwargs={"job": job}, batch_size=1,
                                      compute=ray.data.ActorPoolStrategy(size=min(actors, len(pending))),
                                      batch_format="numpy", **options)
-        from tqdm.auto import tqdm
-
-        with tqdm(total=rows, initial=rows - sum(b.stop - b.start for b in pending), unit="pair",
-                  desc=f"scoring {input.name}", disable=not progress) as bar:
+        with progress_bar(total=rows, initial=rows - sum(b.stop - b.start for b in pending), unit="pair",
+                          desc=f"scoring {name}", disable=not progress) as bar:
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
                 done = int(np.sum(batch["rows"]))
                 report.written_blocks += len(batch["block"])
@@ -354,8 +354,6 @@ def score_dataset(reranker: str | Path, input: str | Path, output: str | Path, *
         context.enable_progress_bars = saved_bars
         if started_here:
             ray.shutdown()
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 __all__ = ["Block", "DEFAULT_BLOCK_ROWS", "JOB_FILE", "ScoreBlocks", "ScoreReport", "part_path", "read_block",

@@ -16,10 +16,10 @@ instead of serving another model.
 
 Three ways in:
 
-- ``crossrank serve --ray [--replicas N] [--max-replicas M] [--address auto]`` (``run_on_ray``);
+- ``crossrank serve --ray [--replicas N] [--max-replicas M] [--ray-address auto]`` (``run_on_ray``);
 - ``serve run``/``serve deploy`` a config file whose application names ``import_path:
   crossrank.front.ray.serve:app_builder`` with the ``crossrank serve`` settings as ``args``
-  (``engine/front/ray/serve_config.yaml`` is a documented one);
+  (``deploy/ray-serve.yaml`` is a documented one);
 - Python: ``serve.run(build_application(ServeConfig(reranker=...), RayConfig(replicas=2)))``.
 """
 
@@ -38,9 +38,11 @@ import ray
 from ray import serve
 
 from crossrank.artifact import sha256_file
-from crossrank.errors import ArtifactError, InvalidArgumentError, MissingFileError, UsageError
+from crossrank.errors import ArtifactError, InvalidArgumentError, MissingFileError
+from crossrank.front.ray.config import RayConfig, deployment_options
 from crossrank.front.serve.app import build_app
-from crossrank.front.serve.config import RayConfig, ServeConfig, deployment_options
+from crossrank.front.serve.config import ServeConfig
+from crossrank.front.serve.errors import NotReady
 
 log = logging.getLogger("crossrank.ray")
 
@@ -49,23 +51,30 @@ DEPLOYMENT_NAME = "crossrank"
 STATUS_CACHE_S = 0.5  # /health asks the Serve controller at most this often per replica
 
 
+def _artifacts(config: ServeConfig) -> dict[str, Path]:
+    """"<kind> <name>" -> artifact folder, for every model the config names."""
+    return {f"{what} {name}": Path(path) for what in ("reranker", "embedder") for name, path in getattr(config, what).items()}
+
+
 def manifest_digests(config: ServeConfig) -> dict[str, str]:
     """The sha256 of ``manifest.json`` of each artifact the config names, as this machine sees it."""
     digests = {}
-    for what in ("reranker", "embedder"):
-        path = getattr(config, what)
-        if path:
-            manifest = Path(path) / "manifest.json"
-            if not manifest.is_file():
-                raise MissingFileError(f"{what} {str(path)!r} has no manifest.json: expected an artifact folder "
-                                       f"(crossrank export)")
-            digests[what] = sha256_file(manifest)
+    for what, path in _artifacts(config).items():
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            raise MissingFileError(f"{what} {str(path)!r} has no manifest.json: expected an artifact folder "
+                                   f"(crossrank export)")
+        digests[what] = sha256_file(manifest)
     return digests
 
 
 def _check_same_artifacts(config: ServeConfig, expected: dict[str, str]) -> None:
+    folders = _artifacts(config)
+    if set(folders) != set(expected):
+        raise ArtifactError(f"this replica's models {sorted(folders)} are not the ones the application was built "
+                            f"with {sorted(expected)}")
     for what, digest in expected.items():
-        manifest = Path(getattr(config, what)) / "manifest.json"
+        manifest = folders[what] / "manifest.json"
         seen = sha256_file(manifest) if manifest.is_file() else "no manifest.json"
         if seen != digest:
             raise ArtifactError(f"{what} {str(manifest)!r} on this node has sha256 {seen}, the application was built "
@@ -94,6 +103,9 @@ class CrossrankReplica:
         self._status: tuple[float, dict] | None = None
         self._status_lock = asyncio.Lock()
         self.crossrank_app = build_app(config, health_details=self.health_details)
+        if not self.crossrank_app.state.keys:
+            log.warning("replica %s has no API keys (api_key_file): every caller that reaches Serve's proxy is "
+                        "served", self.replica)
         models = self.crossrank_app.state.models
         await asyncio.to_thread(models.load)
         if models.error is not None:  # Serve reports the replica as failed to start and retries
@@ -106,7 +118,7 @@ class CrossrankReplica:
         """Serve's periodic health check: a replica whose models failed is replaced."""
         error = self.crossrank_app.state.models.error
         if error is not None:
-            raise RuntimeError(f"crossrank models failed: {error}")
+            raise NotReady(f"crossrank models failed: {error}")
 
     async def health_details(self) -> dict:
         """This replica's id and its deployment's replicas by state, from the Serve controller;
@@ -134,10 +146,7 @@ def build_application(config: ServeConfig, ray_config: RayConfig | None = None) 
     """The Serve application (``serve.run(app, name=APP_NAME, route_prefix="/")``). With an index,
     each replica memory-maps it from the shared path (one copy in each node's page cache)."""
     ray_config = ray_config or RayConfig()
-    if not config.reranker and not config.embedder:
-        raise UsageError("a crossrank Serve application needs a model: reranker and/or embedder")
-    if config.index and not config.embedder:
-        raise UsageError("index needs embedder (the artifact that built the index) to embed queries")
+    config.require_models()
     deployment = serve.deployment(CrossrankReplica, name=DEPLOYMENT_NAME, **deployment_options(config, ray_config))
     return deployment.bind(config, manifest_digests(config))
 
@@ -148,8 +157,9 @@ RAY_FIELDS = {f.name for f in dataclasses.fields(RayConfig)} - {"address"}
 
 def app_builder(args: dict) -> serve.Application:
     """Serve's application builder (``import_path: crossrank.front.ray.serve:app_builder``): ``args``
-    holds ``crossrank serve`` settings (reranker, embedder, max_queue_tokens, max_documents,
-    max_request_bytes, shared, workers, device, threads) and the replica layout (replicas,
+    holds ``crossrank serve`` settings (reranker, embedder, cascade, index, max_queue_tokens,
+    max_documents, max_request_bytes, shared, workers, device, threads, core_sharing; several
+    models as lists of NAME=FOLDER or mappings of name -> folder) and the replica layout (replicas,
     max_replicas, max_ongoing_requests, health_check_period_s). Host and port are Serve's
     ``http_options``."""
     args = dict(args or {})

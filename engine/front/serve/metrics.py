@@ -1,9 +1,12 @@
 """Prometheus metrics of one server (a registry of its own, so several apps can live in a process).
 
-Per endpoint: requests by status, latency, documents per request, 429s. Per model: tokens
-submitted, and from the runner's totals batches, rows, real and computed tokens (padding = 1 -
-real / computed); with sharing on, from the scheduler: rows and requests per batch, padding per
-batch, queue depth in tokens and requests.
+Per endpoint: requests by status, latency, documents per request, 429s. Per API key (its name):
+requests by status, tokens, refusals by quota. Connections closed by a limit, by reason. Per model
+(the served name, a cascade's included): tokens submitted, documents truncated and their tokens no
+window read; per loaded model: resident memory its loading added, and from its totals
+(``Model.stats()``) batches, rows, real and computed tokens (padding = 1 - real / computed); with
+sharing on, from its shared queue: rows and requests per batch, padding per batch, queue depth in
+tokens and requests.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FRACTION_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 
-class _RunnerTotals:
-    """Collector of each model's BatchRunner totals (covers sharing on and off alike)."""
+class _ModelTotals:
+    """Collector of each model's totals (``Model.stats()``: sharing on and off alike)."""
 
     def __init__(self):
         self.models: dict[str, object] = {}
@@ -30,8 +33,8 @@ class _RunnerTotals:
             "computed_tokens": CounterMetricFamily("crossrank_model_computed_tokens",
                                                    "Tokens computed (rows x padded length)", labels=["model"]),
         }
-        for name, runner in self.models.items():
-            stats = runner.stats
+        for name, model in self.models.items():
+            stats = model.stats()
             for key, family in families.items():
                 family.add_metric([name], getattr(stats, key))
         yield from families.values()
@@ -50,6 +53,12 @@ class Metrics:
         self.overloaded = Counter("crossrank_overloaded", "Requests refused with 429 (queue full)",
                                   ["endpoint"], registry=r)
         self.tokens = Counter("crossrank_tokens", "Real tokens submitted by requests", ["model"], registry=r)
+        self.truncated = Counter("crossrank_truncated_documents", "Documents with tokens no window read",
+                                 ["model"], registry=r)
+        self.dropped_tokens = Counter("crossrank_dropped_tokens", "Document tokens no window read (truncated)",
+                                      ["model"], registry=r)
+        self.memory = Gauge("crossrank_model_memory_bytes", "Resident memory a model's loading added",
+                            ["model"], registry=r)
         self.batch_rows = Histogram("crossrank_batch_rows", "Rows per shared batch", ["model"],
                                     buckets=COUNT_BUCKETS, registry=r)
         self.batch_requests = Histogram("crossrank_batch_requests", "Requests with rows in a shared batch",
@@ -62,17 +71,34 @@ class Metrics:
                                   ["model"], registry=r)
         self.queue_requests = Gauge("crossrank_queue_requests", "Requests waiting in a model's shared queue",
                                     ["model"], registry=r)
-        self._totals = _RunnerTotals()
+        # per API key, by its name (crossrank.front.serve.security): requests by status, tokens run,
+        # refusals by quota; and connections the HTTP layer closed or refused (crossrank.front.serve.http)
+        self.key_requests = Counter("crossrank_key_requests", "Requests per API key (by its name) and status",
+                                    ["key", "status"], registry=r)
+        self.key_tokens = Counter("crossrank_key_tokens", "Real tokens run per API key", ["key"], registry=r)
+        self.key_refused = Counter("crossrank_key_refused", "Requests refused with 429 per API key and quota",
+                                   ["key", "quota"], registry=r)
+        self.in_flight = Gauge("crossrank_requests_in_flight", "HTTP requests past the gate and not yet answered",
+                               registry=r)
+        self.connections_closed = Counter("crossrank_connections_closed",
+                                          "Connections closed or refused by the server's limits, by reason",
+                                          ["reason"], registry=r)
+        self._totals = _ModelTotals()
         r.register(self._totals)
 
-    def watch_model(self, name: str, model) -> None:
-        """Export a Reranker's or Embedder's runner totals and, when shared, its scheduler's batches."""
-        self._totals.models[name] = model.runner
-        scheduler = getattr(model, "scheduler", None)
-        if scheduler is None:
+    def watch_model(self, served) -> None:
+        """Export a served Reranker's or Embedder's memory, totals and, when shared, its queue and
+        batches (``registry.ServedModel``; a cascade's figures are its rerankers')."""
+        if served.kind == "cascade":
             return
-        self.queue_tokens.labels(name).set_function(lambda: scheduler.queued_tokens)
-        self.queue_requests.labels(name).set_function(lambda: scheduler.queued_requests)
+        name, model = served.name, served.model
+        if served.memory_bytes is not None:
+            self.memory.labels(name).set(served.memory_bytes)
+        self._totals.models[name] = model
+        if not model.shared:
+            return
+        self.queue_tokens.labels(name).set_function(lambda: model.queued_tokens)
+        self.queue_requests.labels(name).set_function(lambda: model.queued_requests)
 
         def on_batch(report) -> None:
             self.batch_rows.labels(name).observe(report.rows)
@@ -81,7 +107,7 @@ class Metrics:
             self.batch_padding.labels(name).observe(padding)
             self.batch_seconds.labels(name).observe(report.seconds)
 
-        scheduler.add_listener(on_batch)
+        model.add_batch_listener(on_batch)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,29 +16,31 @@ import base64
 import json
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from crossrank.errors import (InvalidArgumentError, check_bool, check_choice, check_deadline_ms, check_int, check_query,
                               check_text, check_texts)
+from crossrank.front.serve.errors import BadRequest, TooLarge
 
 COHERE, TEI, OPENAI = "cohere", "tei", "openai"
 ENCODING_FORMATS = ("float", "base64")
+# The family whose envelope answers an error on each path (/rerank: TEI unless its body has
+# "documents"; a path not listed: Cohere's plain {"message"}).
+FAMILIES = {"/v1/rerank": COHERE, "/v2/rerank": COHERE, "/rerank": TEI, "/v1/embeddings": OPENAI,
+            "/embeddings": OPENAI, "/embed": TEI, "/v1/search": COHERE, "/v1/models": OPENAI, "/info": COHERE,
+            "/health": COHERE, "/metrics": COHERE, "/openapi.json": COHERE}
+# What a request body may hold: JSON nested at most this deep, numbers of at most this many characters
+# (an int64 has 19 digits; Python refuses ints past 4,300), deadlines of at most an hour.
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 40
+MAX_DEADLINE_MS = 3_600_000
 
 
-class BadRequest(Exception):
-    """A request the server refuses: HTTP ``status`` (413 or 422), a message naming the field."""
-
-    def __init__(self, message: str, status: int = 422, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
-
-
-class TooLarge(BadRequest):
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message, 413, param)
+def path_family(path: str) -> str:
+    return FAMILIES.get(path, COHERE)
 
 
 def _field(message: str, name: str):
@@ -53,20 +55,52 @@ def _checked(check, *args, name: str, **kwargs):
         raise _field(str(err), name) from None
 
 
+def _number(kind):
+    def parse(text: str):
+        if len(text) > MAX_NUMBER_CHARS:
+            raise BadRequest(f"body holds a number of {len(text)} characters ({text[:12]}...): this server reads "
+                             f"numbers of at most {MAX_NUMBER_CHARS}")
+        value = kind(text)
+        if not math.isfinite(value):
+            raise BadRequest(f"body holds the number {text}, too large for a float")
+        return value
+    return parse
+
+
+def _no_constant(name: str):
+    raise BadRequest(f"body holds {name}, which is not JSON (JSON has no NaN or Infinity)")
+
+
+def _check_depth(value) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"body is JSON nested deeper than this server reads ({MAX_JSON_DEPTH} levels)")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
 def parse_body(raw: bytes) -> dict:
-    """The JSON object of a request body (422 when it is not valid JSON or not an object)."""
+    """The JSON object of a request body: 422 when it is not valid JSON or not an object, nests
+    deeper than MAX_JSON_DEPTH, holds a number longer than MAX_NUMBER_CHARS or out of a float's
+    range, or NaN / Infinity."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_number(int), parse_float=_number(float), parse_constant=_no_constant)
     except UnicodeDecodeError as err:
         raise BadRequest(f"body is not UTF-8 text: {err}") from None
     except json.JSONDecodeError as err:
         raise BadRequest(f"body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise BadRequest(f"body is JSON nested deeper than this server reads ({MAX_JSON_DEPTH} levels)") from None
     if not isinstance(body, dict):
         raise BadRequest(f"body must be a JSON object, got {type(body).__name__} {json.dumps(body)[:60]}")
+    _check_depth(body)
     return body
 
 
-def _optional_model(body: dict) -> str | None:
+def parse_model(body: dict) -> str | None:
+    """The body's ``model`` (which model answers; None: the server's default for the endpoint)."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _field(f"model must be a string, got {type(model).__name__} {model!r:.60}", "model")
@@ -97,8 +131,17 @@ class RerankRequest:
     max_tokens_per_doc: int | None = None
     model: str | None = None
     version: int = 1                     # Cohere API version (1 or 2)
-    extra: dict = field(default_factory=dict)
-    instruction: str | None = None       # instruct-aware rerankers only (others answer 422)
+    max_chunks_per_doc: int | None = None  # Cohere v1: best of the first N windows of each document
+    return_evidence: bool = False        # crossrank's own: each result's windows (character offsets, scores)
+    return_truncation: bool = False      # crossrank's own: each result's truncated / dropped_tokens
+    instruction: str | None = None       # crossrank's own: instruct-aware rerankers only (others: 422)
+
+
+def _extras(body: dict) -> dict:
+    """crossrank's own request fields, in every family's rerank body (clients that do not send
+    them get the family's plain shapes)."""
+    return {name: _checked(check_bool, body.get(name, False), name, name=name)
+            for name in ("return_evidence", "return_truncation")}
 
 
 def _document_text(document, i: int, rank_fields: list[str] | None) -> str:
@@ -109,11 +152,12 @@ def _document_text(document, i: int, rank_fields: list[str] | None) -> str:
         raise _field(f"{name} must be a string or an object with a \"text\" string, got "
                      f"{type(document).__name__} {json.dumps(document)[:60]}", name)
     if rank_fields:
-        parts = []
-        for key in rank_fields:
-            if key in document:
-                value = document[key]
-                parts.append(f"{key}: {value if isinstance(value, str) else json.dumps(value)}")
+        missing = [key for key in rank_fields if key not in document]
+        if missing:
+            raise _field(f"{name} has no {missing[0]!r} key, which rank_fields names (keys: {sorted(document)[:8]})",
+                         name)
+        parts = [f"{key}: {value if isinstance(value, str) else json.dumps(value)}"
+                 for key, value in ((key, document[key]) for key in rank_fields)]
         return _checked(check_text, "\n".join(parts), f"{name} (rank_fields)", name=name)
     if "text" not in document:
         raise _field(f"{name} has no \"text\" key (keys: {sorted(document)[:8]}); give the text to rank, "
@@ -130,7 +174,9 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     """Cohere v1 (also Jina: documents as strings or {"text", ...} objects, rank_fields,
     return_documents, default true) or Cohere v2 (documents as strings only). Both take crossrank's
     ``instruction`` (a string) for instruct-aware rerankers; a model without one answers 422."""
-    model = _optional_model(body)
+    model = parse_model(body)
+    if version == 2 and model is None:
+        raise _field("model is required by Cohere's v2 rerank API: send the name GET /v1/models lists", "model")
     query = _checked(check_query, body.get("query"), "query", name="query")
     documents = body.get("documents")
     if not isinstance(documents, list):
@@ -145,21 +191,23 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     if version == 2:
         texts = [_checked(check_text, d, f"documents[{i}]", name=f"documents[{i}]") for i, d in enumerate(documents)]
         return RerankRequest(COHERE, query, texts, documents, top_n, False, False, max_tokens, model, 2,
-                             instruction=instruction)
+                             instruction=instruction, **_extras(body))
     rank_fields = body.get("rank_fields")
     if rank_fields is not None:
         _checked(check_texts, rank_fields, "rank_fields", name="rank_fields")
     return_documents = body.get("return_documents", True)
     _checked(check_bool, return_documents, "return_documents", name="return_documents")
-    _positive_or_none(body, "max_chunks_per_doc")
+    max_chunks = _positive_or_none(body, "max_chunks_per_doc")
     texts = [_document_text(d, i, rank_fields) for i, d in enumerate(documents)]
     return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1,
-                         instruction=instruction)
+                         max_chunks_per_doc=max_chunks, instruction=instruction, **_extras(body))
 
 
 def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:
-    """TEI ``/rerank``: {query, texts, raw_scores?, return_text?, truncate?, truncation_direction?}.
-    Texts are always truncated to the model's window (TEI refuses them when truncate is false)."""
+    """TEI ``/rerank``: {query, texts, raw_scores?, return_text?, truncate?, truncation_direction?}
+    (plus ``model``, which TEI itself does not have). Texts are always truncated to the model's
+    window (TEI refuses them when truncate is false)."""
+    model = parse_model(body)
     query = _checked(check_query, body.get("query"), "query", name="query")
     texts = body.get("texts")
     if not isinstance(texts, list):
@@ -174,7 +222,24 @@ def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:
     if direction is not None and (not isinstance(direction, str) or direction.lower() != "right"):
         raise _field(f"truncation_direction {direction!r:.40} is not supported: crossrank keeps the start of "
                      f"each text (\"Right\")", "truncation_direction")
-    return RerankRequest(TEI, query, texts, texts, None, return_text, raw)
+    return RerankRequest(TEI, query, texts, texts, None, return_text, raw, model=model, **_extras(body))
+
+
+def _evidence(evidence) -> dict | None:
+    if evidence is None:
+        return None
+    return {"start": evidence.start, "end": evidence.end, "window": evidence.window,
+            "windows": [{"start": w.start, "end": w.end, "score": w.score} for w in evidence.windows]}
+
+
+def _result_extras(request: RerankRequest, result) -> dict:
+    """A result's extra fields, when the request asked for them (clients' SDKs ignore them)."""
+    extras = {}
+    if request.return_truncation:
+        extras.update(truncated=result.truncated, dropped_tokens=result.dropped_tokens)
+    if request.return_evidence:
+        extras["evidence"] = _evidence(result.evidence)
+    return extras
 
 
 def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
@@ -185,7 +250,7 @@ def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
             item = {"index": r.index, "score": r.score}
             if request.return_documents:
                 item["text"] = request.texts[r.index]
-            out.append(item)
+            out.append(item | _result_extras(request, r))
         return out
     results = []
     for r in ranked:
@@ -193,7 +258,7 @@ def rerank_response(request: RerankRequest, ranked, tokens: int) -> Any:
         if request.return_documents:
             original = request.originals[r.index]
             item["document"] = original if isinstance(original, dict) else {"text": original}
-        results.append(item)
+        results.append(item | _result_extras(request, r))
     units = max(1, math.ceil(len(request.texts) / 100))  # Cohere: a search unit = a query and up to 100 documents
     meta = {"api_version": {"version": str(request.version)}, "billed_units": {"search_units": units},
             "tokens": {"input_tokens": tokens, "output_tokens": 0}}
@@ -209,11 +274,13 @@ class EmbedRequest:
     single: bool                          # TEI: a bare string input
     encoding_format: str = "float"
     model: str | None = None
+    dimensions: int | None = None         # OpenAI: the vector size asked for (only the embedder's own)
 
 
-def parse_openai_embeddings(body: dict, max_documents: int, dim: int) -> EmbedRequest:
-    """OpenAI ``/v1/embeddings``: {input: str | [str], model, encoding_format?, dimensions?, user?}."""
-    model = _optional_model(body)
+def parse_openai_embeddings(body: dict, max_documents: int) -> EmbedRequest:
+    """OpenAI ``/v1/embeddings``: {input: str | [str], model, encoding_format?, dimensions?, user?}
+    (``dimensions`` is checked against the model that answers: ``check_dimensions``)."""
+    model = parse_model(body)
     raw = body.get("input")
     if isinstance(raw, str):
         texts = [raw]
@@ -234,16 +301,23 @@ def parse_openai_embeddings(body: dict, max_documents: int, dim: int) -> EmbedRe
     encoding = body.get("encoding_format") or "float"
     _checked(check_choice, encoding, "encoding_format", ENCODING_FORMATS, name="encoding_format")
     dimensions = _positive_or_none(body, "dimensions")
-    if dimensions is not None and dimensions != dim:
-        raise _field(f"dimensions {dimensions} is not available: this embedder gives {dim} dimensions "
-                     f"(omit dimensions or send {dim})", "dimensions")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise _field(f"user must be a string, got {type(body['user']).__name__}", "user")
-    return EmbedRequest(OPENAI, texts, isinstance(raw, str), encoding, model)
+    return EmbedRequest(OPENAI, texts, isinstance(raw, str), encoding, model, dimensions)
+
+
+def check_dimensions(request: EmbedRequest, dim: int) -> EmbedRequest:
+    """The request, if the dimensions it asks for (if any) are the embedder's ``dim``."""
+    if request.dimensions is not None and request.dimensions != dim:
+        raise _field(f"dimensions {request.dimensions} is not available: this embedder gives {dim} dimensions "
+                     f"(omit dimensions or send {dim})", "dimensions")
+    return request
 
 
 def parse_tei_embed(body: dict, max_documents: int) -> EmbedRequest:
-    """TEI ``/embed``: {inputs: str | [str], normalize?, truncate?, truncation_direction?}."""
+    """TEI ``/embed``: {inputs: str | [str], normalize?, truncate?, truncation_direction?} (plus
+    ``model``, which TEI itself does not have)."""
+    model = parse_model(body)
     raw = body.get("inputs")
     if isinstance(raw, str):
         texts = [raw]
@@ -258,7 +332,7 @@ def parse_tei_embed(body: dict, max_documents: int) -> EmbedRequest:
                      "normalize")
     if body.get("truncate") is not None:
         _checked(check_bool, body["truncate"], "truncate", name="truncate")
-    return EmbedRequest(TEI, texts, isinstance(raw, str))
+    return EmbedRequest(TEI, texts, isinstance(raw, str), model=model)
 
 
 def _base64_floats(vector: np.ndarray) -> str:
@@ -271,7 +345,7 @@ def embed_response(request: EmbedRequest, vectors: np.ndarray, tokens: int, mode
     data = [{"object": "embedding", "index": i,
              "embedding": _base64_floats(v) if request.encoding_format == "base64" else v.tolist()}
             for i, v in enumerate(vectors)]
-    return {"object": "list", "data": data, "model": request.model or model_name,
+    return {"object": "list", "data": data, "model": model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
@@ -283,15 +357,25 @@ class SearchRequest:
     k: int = 100
     top_n: int | None = 10
     deadline_ms: float | None = None
+    model: str | None = None             # the rerank model (a reranker or a cascade); None: the default
 
 
-def parse_search(body: dict) -> SearchRequest:
-    """crossrank ``/v1/search``: {query, k?, top_n?, deadline_ms?} (top_n null or 0: all k)."""
+def parse_search(body: dict, max_documents: int) -> SearchRequest:
+    """crossrank ``/v1/search``: {query, model?, k?, top_n?, deadline_ms?} (top_n null or 0: all
+    k). k is the number of candidates reranked: at most ``max_documents`` (omitted: 100, or that
+    cap if lower); deadline_ms at most an hour."""
+    model = parse_model(body)
     query = _checked(check_query, body.get("query"), "query", name="query")
-    k = _checked(check_int, body.get("k", 100), "k", name="k")
+    k = _checked(check_int, body.get("k", min(SearchRequest.k, max_documents)), "k", name="k")
+    if k > max_documents:
+        raise _field(f"k {k} is more candidates than this server reranks per request ({max_documents}; crossrank "
+                     f"serve --max-documents)", "k")
     top_n = _checked(check_int, body.get("top_n", 10), "top_n", 0, allow_none=True, name="top_n") or None
     deadline = _checked(check_deadline_ms, body.get("deadline_ms"), "deadline_ms", name="deadline_ms")
-    return SearchRequest(query, k, top_n, deadline)
+    if deadline is not None and deadline > MAX_DEADLINE_MS:
+        raise _field(f"deadline_ms {body['deadline_ms']!r:.40} is more than this server waits ({MAX_DEADLINE_MS} ms); "
+                     f"omit it for no deadline", "deadline_ms")
+    return SearchRequest(query, k, top_n, deadline, model)
 
 
 def _finite_or_none(value):
@@ -309,10 +393,14 @@ def search_response(result) -> dict:
 
 # -- errors ---------------------------------------------------------------------------------------
 
-TEI_ERROR_TYPES = {413: "Validation", 422: "Validation", 429: "Overloaded", 503: "Unhealthy", 500: "Backend",
-                   499: "Cancelled", 404: "Validation"}
-OPENAI_ERROR_TYPES = {413: "invalid_request_error", 422: "invalid_request_error", 404: "invalid_request_error",
-                      429: "rate_limit_exceeded", 503: "service_unavailable", 500: "server_error"}
+TEI_ERROR_TYPES = {400: "Validation", 401: "Unauthorized", 404: "Validation", 405: "Validation", 408: "Validation",
+                   413: "Validation", 415: "Validation", 422: "Validation", 429: "Overloaded", 499: "Cancelled",
+                   500: "Backend", 503: "Unhealthy"}
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+                      405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+                      415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_exceeded",
+                      503: "service_unavailable", 500: "server_error"}
+OPENAI_ERROR_CODES = {401: "invalid_api_key"}
 
 
 def error_body(family: str, status: int, message: str, param: str | None = None) -> dict:
@@ -320,7 +408,7 @@ def error_body(family: str, status: int, message: str, param: str | None = None)
     ``{error: {message, type, param, code}}``, TEI ``{error, error_type}``."""
     if family == OPENAI:
         return {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "server_error"),
-                          "param": param, "code": None}}
+                          "param": param, "code": OPENAI_ERROR_CODES.get(status)}}
     if family == TEI:
         return {"error": message, "error_type": TEI_ERROR_TYPES.get(status, "Backend")}
     return {"message": message}
