@@ -1,8 +1,9 @@
 """Artifact folders: the contract between `crossrank.export` and the runtime.
 
 An artifact folder holds ``model.onnx``, ``tokenizer.json`` and ``manifest.json``. The manifest
-records what the graph computes (kind, precision, max_length, pooling or score activation) and
-the sha256 of every file; loading verifies each file against it.
+records what the graph computes (kind, precision, max_length, pooling or score activation; for a
+decoder reranker its prompt template, "prompt") and the sha256 of every file; loading verifies
+each file against it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crossrank.errors import ArtifactError, check_fields, is_int, is_one_of, is_type, plain_file_name
+from crossrank.tokenize import check_prompt
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -105,7 +107,8 @@ MANIFEST_FIELDS = {
     "normalized": is_type(bool, optional=True), "source": is_type(dict), "opset": is_int(1),
     "onnxruntime_version": is_type(str, optional=True), "versions": is_type(dict), "fusions": is_type(dict),
     "quantization": is_type(dict, optional=True), "fidelity": is_type(dict), "export_seconds": is_type(int, float),
-    "stage_seconds": is_type(dict), "created": is_type(str),
+    "stage_seconds": is_type(dict), "created": is_type(str), "family": is_type(str, optional=True),
+    "prompt": lambda prompt: None if prompt is None else check_prompt(prompt),
 }
 REQUIRED_FIELDS = ("format", "kind", "precision", "max_length", "files", "inputs", "output")
 KIND_FIELDS = {  # what each kind's graph returns and how the engine reads it
@@ -127,6 +130,8 @@ def validate_manifest(manifest: Any, where: str) -> dict:
     if kind == "cross" and manifest.get("activation") not in ACTIVATIONS:
         raise ArtifactError(f"{where}: 'activation' = {manifest.get('activation')!r} is not one of "
                             f"{ACTIVATIONS} (a cross-encoder's scores need it)")
+    if kind == "bi" and manifest.get("prompt") is not None:
+        raise ArtifactError(f"{where}: a bi-encoder has no 'prompt' (a prompt template is a decoder reranker's)")
     if kind == "bi" and (not isinstance(manifest.get("dim"), int) or manifest["dim"] < 1):
         raise ArtifactError(f"{where}: 'dim' = {manifest.get('dim')!r}: a bi-encoder needs its embedding "
                             f"dimension (a positive integer)")

@@ -32,9 +32,9 @@ class Cascade:
     def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                return_documents: bool = True, raw_scores: bool = False, *, max_tokens_per_doc: int | None = None,
                max_chunks_per_doc: int | None = None, return_evidence: bool = False,
-               token_budget: int | None = None) -> Ranking:
+               token_budget: int | None = None, instruction: str | None = None) -> Ranking:
         """Documents in the cascade's order, at most ``top_n``; the options are ``Reranker.rerank``'s,
-        given to every stage (``token_budget``: for all stages together, each stage refused before
+        given to every stage (``instruction`` too; ``token_budget``: for all stages together, each stage refused before
         it runs past what the earlier ones left). ``tokens`` adds up every stage's; ``truncated``
         and ``dropped_tokens`` (and each result's ``dropped_tokens`` and ``evidence``) are those of
         the last stage that read each document."""
@@ -55,7 +55,7 @@ class Cascade:
             ranking = reranker.rerank(query, [documents[i] for i in head], return_documents=False,
                                       raw_scores=raw_scores, max_tokens_per_doc=max_tokens_per_doc,
                                       max_chunks_per_doc=max_chunks_per_doc, return_evidence=return_evidence,
-                                      token_budget=left)
+                                      token_budget=left, instruction=instruction)
             for r in ranking:
                 last[head[r.index]] = r._replace(index=head[r.index])
             order = cascade_step(order, depth, [r.index for r in ranking])

@@ -59,9 +59,10 @@ def certificate_key(backend: str, precision: str) -> str:
     return f"{backend}-{precision}"
 
 
-def meets_bar(kind: str, precision: str, figures: dict) -> tuple[bool, dict, str]:
-    """(passed, the bar as a record, a sentence) for fidelity ``figures``."""
-    metric, op, bar = BARS[(kind, precision)]
+def meets_bar(kind: str, precision: str, figures: dict, bars: dict | None = None) -> tuple[bool, dict, str]:
+    """(passed, the bar as a record, a sentence) for fidelity ``figures`` (``bars``: a model
+    family's own, over BARS)."""
+    metric, op, bar = {**BARS, **(bars or {})}[(kind, precision)]
     value = figures.get(metric)
     ok = isinstance(value, (int, float)) and math.isfinite(value) and (value <= bar if op == "<=" else value >= bar)
     return ok, {"metric": metric, "op": op, "value": bar}, f"{metric} = {value:.6g} (bar: {op} {bar:g})" \

@@ -34,7 +34,7 @@ from crossrank.model import Model, session_options
 from crossrank.runner import CoreBudget, Deadline
 from crossrank.scheduler import run_async
 from crossrank.settings import SessionOptions
-from crossrank.tokenize import PairTokenizer, Rows
+from crossrank.tokenize import PairTokenizer, Rows, pair_tokenizer
 
 LONG_DOCUMENT_MODES = ("truncate", "chunk")
 CHUNK_DOCUMENTS = 4096  # documents tokenized per step: memory stays bounded for huge requests
@@ -206,7 +206,12 @@ class Reranker(Model):
         self._seconds_per_token: float | None = None  # measured by the last deadline call
 
     def _load_tokenizer(self) -> PairTokenizer:
-        return PairTokenizer(self.artifact.tokenizer_path, self.max_length)
+        return pair_tokenizer(self.artifact.tokenizer_path, self.max_length, self.artifact.manifest.get("prompt"))
+
+    @property
+    def accepts_instruction(self) -> bool:
+        """Whether ``rerank(..., instruction=)`` is taken (an instruct-aware prompt template)."""
+        return self.tokenizer.accepts_instruction
 
     def describe(self) -> dict:
         """``Model.describe()`` plus ``long_documents``, ``chunk_overlap``, ``scores`` ("calibrated",
@@ -236,11 +241,12 @@ class Reranker(Model):
 
     # -- the three stages -------------------------------------------------------------------
     def _encode_pre(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str],
-                    cuts: _Cuts = _Cuts(), offsets: bool = False) -> tuple[Rows, np.ndarray, list | None]:
+                    cuts: _Cuts = _Cuts(), offsets: bool = False,
+                    instruction: str | None = None) -> tuple[Rows, np.ndarray, list | None]:
         """The pair rows, each document's tokens as read (all of a short document; of a long one,
         the prefix its windows need, ``encode_prefixes``) and, with ``offsets``, each document's
         token character offsets."""
-        query_ids = self.tokenizer.encode_texts(queries, keep=self.tokenizer.max_query_tokens)
+        query_ids = self.tokenizer.encode_queries(queries, instruction)
         keep = self.tokenizer.document_tokens(cuts.max_tokens, cuts.overlap, cuts.max_windows)
         doc_ids, doc_tokens, doc_offsets = self.tokenizer.encode_documents(documents, keep, offsets)
         rows = self.tokenizer.pair_rows(query_ids, query_of_doc, doc_ids, chunk_overlap=cuts.overlap,
@@ -278,7 +284,7 @@ class Reranker(Model):
 
     def _scores(self, queries: list[str], query_of_doc: np.ndarray, documents: list[str],
                 deadline: Deadline | None = None, cuts: _Cuts = _Cuts(), evidence: bool = False,
-                token_budget: int | None = None) -> _Scored:
+                token_budget: int | None = None, instruction: str | None = None) -> _Scored:
         """Raw scores in input order and what the call did (``_Scored``); the documents after the
         leading ``scored`` ones (a deadline stopped the call) are nan. With ``token_budget``:
         TokenBudgetError before running rows past it (checked per step of CHUNK_DOCUMENTS
@@ -289,7 +295,8 @@ class Reranker(Model):
         windows = [] if evidence else None
         for start in range(0, n, CHUNK_DOCUMENTS):
             part = slice(start, start + CHUNK_DOCUMENTS)
-            rows, doc_tokens, offsets = self._encode_pre(queries, query_of_doc[part], documents[part], cuts, evidence)
+            rows, doc_tokens, offsets = self._encode_pre(queries, query_of_doc[part], documents[part], cuts, evidence,
+                                                         instruction)
             count = len(doc_tokens)
             tokens[part] = np.bincount(rows.owner, weights=rows.lengths, minlength=count).astype(np.int64)
             check_token_budget(int(tokens[: start + count].sum()), token_budget, f"this call's {n} pairs")
@@ -324,25 +331,33 @@ class Reranker(Model):
         return out
 
     # -- public API -------------------------------------------------------------------------
-    def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    def token_lengths(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> np.ndarray:
         """Real tokens (special tokens included) of each row ``score(pairs)`` would run: one per
         pair, truncated to the window (in chunk mode: one per window)."""
         queries, query_of_doc, documents = _group_pairs(pairs)
-        return self._encode_pre(queries, query_of_doc, documents, self._cuts(None, None))[0].lengths
+        instruction = self.tokenizer.check_instruction(instruction)
+        return self._encode_pre(queries, query_of_doc, documents, self._cuts(None, None),
+                                instruction=instruction)[0].lengths
 
-    def score(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False) -> np.ndarray:
-        """Scores of (query, document) pairs in input order, float32."""
+    def score(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False,
+              instruction: str | None = None) -> np.ndarray:
+        """Scores of (query, document) pairs in input order, float32. ``instruction``: see ``rerank``."""
         queries, query_of_doc, documents = _group_pairs(pairs)
         check_bool(raw_scores, "raw_scores")
-        return self._output(self._scores(queries, query_of_doc, documents, cuts=self._cuts(None, None)).logits,
-                            raw_scores)
+        instruction = self.tokenizer.check_instruction(instruction)
+        return self._output(self._scores(queries, query_of_doc, documents, cuts=self._cuts(None, None),
+                                         instruction=instruction).logits, raw_scores)
 
     def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                return_documents: bool = True, raw_scores: bool = False,
                deadline_ms: float | None = None, *, max_tokens_per_doc: int | None = None,
                max_chunks_per_doc: int | None = None, token_budget: int | None = None,
-               return_evidence: bool = False) -> Ranking:
+               return_evidence: bool = False, instruction: str | None = None) -> Ranking:
         """Documents ranked best first (ties keep input order), at most ``top_n``.
+
+        instruction: the task instruction of an instruct-aware reranker (a decoder exported with a
+        prompt template that has an ``{instruction}`` field; ``accepts_instruction``); None: the
+        manifest's default. Other models refuse one (InvalidArgumentError).
 
         deadline_ms: time allowed for this call. Candidates are then scored in the given
         (first-stage) order, batch by batch, stopping before a batch that would end past the
@@ -367,7 +382,8 @@ class Reranker(Model):
         if deadline_ms is None:
             return self.rerank_many([query], [documents], top_n, return_documents, raw_scores,
                                     max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc,
-                                    token_budget=token_budget, return_evidence=return_evidence)[0]
+                                    token_budget=token_budget, return_evidence=return_evidence,
+                                    instruction=instruction)[0]
         check_top_n(top_n)
         for value, name in ((return_documents, "return_documents"), (raw_scores, "raw_scores"),
                             (return_evidence, "return_evidence")):
@@ -376,9 +392,10 @@ class Reranker(Model):
         token_budget = check_int(token_budget, "token_budget", allow_none=True)
         query = check_query(query)
         documents = check_texts(documents)
+        instruction = self.tokenizer.check_instruction(instruction)
         deadline = Deadline(started + deadline_ms / 1e3, self.clock, self._seconds_per_token)
         scored = self._scores([query], np.zeros(len(documents), dtype=np.int64), documents, deadline, cuts,
-                              return_evidence, token_budget)
+                              return_evidence, token_budget, instruction)
         if deadline.spent_tokens:
             self._seconds_per_token = deadline.seconds_per_token
         n = scored.scored
@@ -390,11 +407,12 @@ class Reranker(Model):
                     top_n: int | None = None, return_documents: bool = True,
                     raw_scores: bool = False, *, max_tokens_per_doc: int | None = None,
                     max_chunks_per_doc: int | None = None, token_budget: int | None = None,
-                    return_evidence: bool = False) -> list[Ranking]:
-        """``rerank`` for several queries at once; their pairs share batches (``token_budget``:
-        for all of them)."""
+                    return_evidence: bool = False, instruction: str | None = None) -> list[Ranking]:
+        """``rerank`` for several queries at once (one ``instruction`` for all); their pairs share
+        batches (``token_budget``: for all of them)."""
         check_top_n(top_n)
         token_budget = check_int(token_budget, "token_budget", allow_none=True)
+        instruction = self.tokenizer.check_instruction(instruction)
         for value, name in ((return_documents, "return_documents"), (raw_scores, "raw_scores"),
                             (return_evidence, "return_evidence")):
             check_bool(value, name)
@@ -411,7 +429,7 @@ class Reranker(Model):
         query_of_doc = np.repeat(np.arange(len(queries)), [len(d) for d in doc_lists])
         flat = [doc for docs in doc_lists for doc in docs]
         scored = self._scores(queries, query_of_doc, flat, cuts=cuts, evidence=return_evidence,
-                              token_budget=token_budget)
+                              token_budget=token_budget, instruction=instruction)
         scores = self._output(scored.logits, raw_scores)
         results, start = [], 0
         for docs in doc_lists:
@@ -422,27 +440,30 @@ class Reranker(Model):
             start += len(docs)
         return results
 
-    async def ascore(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False) -> np.ndarray:
+    async def ascore(self, pairs: Sequence[tuple[str, str]], raw_scores: bool = False,
+                     instruction: str | None = None) -> np.ndarray:
         """``score`` for asyncio callers (on a thread of its own; cancelling drops queued pairs)."""
-        return await run_async(self.score, pairs, raw_scores)
+        return await run_async(self.score, pairs, raw_scores, instruction)
 
     async def arerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
                       return_documents: bool = True, raw_scores: bool = False,
                       deadline_ms: float | None = None, *, max_tokens_per_doc: int | None = None,
-                      max_chunks_per_doc: int | None = None, return_evidence: bool = False) -> Ranking:
+                      max_chunks_per_doc: int | None = None, return_evidence: bool = False,
+                      instruction: str | None = None) -> Ranking:
         """``rerank`` for asyncio callers (on a thread of its own; cancelling drops queued pairs)."""
         return await run_async(self.rerank, query, documents, top_n, return_documents, raw_scores, deadline_ms,
                                max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc,
-                               return_evidence=return_evidence)
+                               return_evidence=return_evidence, instruction=instruction)
 
     async def arerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence[str]],
                            top_n: int | None = None, return_documents: bool = True,
                            raw_scores: bool = False, *, max_tokens_per_doc: int | None = None,
-                           max_chunks_per_doc: int | None = None, return_evidence: bool = False) -> list[Ranking]:
+                           max_chunks_per_doc: int | None = None, return_evidence: bool = False,
+                           instruction: str | None = None) -> list[Ranking]:
         """``rerank_many`` for asyncio callers."""
         return await run_async(self.rerank_many, queries, documents_per_query, top_n, return_documents, raw_scores,
                                max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc,
-                               return_evidence=return_evidence)
+                               return_evidence=return_evidence, instruction=instruction)
 
 
 __all__ = ["Evidence", "LONG_DOCUMENT_MODES", "Ranked", "RankedDocument", "RankedList", "Ranking", "Reranker", "Window",

@@ -5,6 +5,9 @@ Pair rows are assembled with numpy from the pieces of the tokenizer's own pair t
 document side, so the ids equal ``tokenizer.encode(query, document)`` with ``only_second``
 truncation.
 
+Decoder rerankers take a prompt template instead (``PromptTemplate``, the manifest's "prompt"):
+prefix and suffix are tokenized once, the query part (with the instruction) once per query, the
+document part of every document in one call; only the document is truncated, the suffix never.
 Long texts are never tokenized whole: ``encode_prefixes`` reads each text only as far as the
 tokens its window can hold (``crossrank.settings.CUT_CHARS_PER_TOKEN``), cut at a word boundary,
 and gives the same ids as the whole text would.
@@ -12,6 +15,7 @@ and gives the same ids as the whole text would.
 
 from __future__ import annotations
 
+import string
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from crossrank.errors import ArtifactError, InvalidArgumentError
+from crossrank.errors import ArtifactError, InvalidArgumentError, check_query
 from crossrank.settings import CUT_CHARS_PER_TOKEN, CUT_GROWTH, CUT_MAX_CHARS_PER_TOKEN, CUT_MIN_CHARS
 
 
@@ -138,11 +142,14 @@ class Rows:
 class PairTokenizer:
     """(query, document) pairs -> rows of ids for a cross-encoder with a window of max_length."""
 
+    accepts_instruction = False
+    document_head = ""  # text a prompt template puts before each document, tokenized with it
+
     def __init__(self, tokenizer_path: str | Path, max_length: int):
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.template = _template(self.tokenizer, tokenizer_path)
+        self.template = self._pair_template(tokenizer_path)
         self.max_length = max_length
         self.pad_id = _pad_id(self.tokenizer)
         if max_length <= self.template.special_count + 2:
@@ -150,6 +157,9 @@ class PairTokenizer:
                                        f"template takes {self.template.special_count} special tokens")
         # A query may use at most half the window; the rest is the document's.
         self.max_query_tokens = (max_length - self.template.special_count) // 2
+
+    def _pair_template(self, tokenizer_path: str | Path) -> PairTemplate:
+        return _template(self.tokenizer, tokenizer_path)
 
     def encode_texts(self, texts: list[str], keep: int | None = None) -> list[np.ndarray]:
         """Token ids of each text; with ``keep``, its first ``keep`` only, reading no further
@@ -167,16 +177,33 @@ class PairTokenizer:
             window += (max_windows - 1) * max(1, window - overlap)
         return window if max_tokens is None else min(window, max_tokens)
 
-    def encode_documents(self, texts: list[str], keep: int | None,
+    def check_instruction(self, instruction):
+        """``instruction`` if this model takes it (None: none, or the model's default), else an error."""
+        if instruction is not None:
+            raise InvalidArgumentError("instruction: this model takes none (only rerankers exported with a prompt "
+                                       "template that has an {instruction} field do); leave it out")
+        return None
+
+    def encode_queries(self, queries: list[str], instruction: str | None = None) -> list[np.ndarray]:
+        """The query side of each pair (with a prompt template: the query part, instruction included)."""
+        self.check_instruction(instruction)
+        return self.encode_texts(queries, keep=self.max_query_tokens)
+
+    def encode_documents(self, texts: list[str], keep: int | None = None,
                          offsets: bool = False) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
-        """Each text's first ``keep`` token ids (``encode_texts``), the tokens read of each (all
-        of a text read whole; past ``keep`` they are the dropped ones) and, with ``offsets``, each
-        kept token's (start, end) character offsets in its text ([n, 2] int64)."""
-        encodings = encode_prefixes(self.tokenizer, texts, keep) if texts else []
+        """The document side of each pair (``document_head`` + text), all in one parallel call:
+        its first ``keep`` token ids (a long text read only as far as they need,
+        ``encode_prefixes``), the tokens read of each (past ``keep`` they are the dropped ones) and,
+        with ``offsets``, each kept token's (start, end) character offsets in its text ([n, 2]
+        int64)."""
+        head = self.document_head
+        encodings = encode_prefixes(self.tokenizer, [head + t for t in texts] if head else texts, keep)
         ids = [np.asarray(e.ids[:keep], dtype=np.int64) for e in encodings]
         read = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        spans = ([np.asarray(e.offsets[:keep], dtype=np.int64).reshape(-1, 2) for e in encodings]
-                 if offsets else None)
+        spans = None
+        if offsets:  # the head's tokens get (0, 0)
+            spans = [np.maximum(np.asarray(e.offsets[:keep], dtype=np.int64).reshape(-1, 2) - len(head), 0)
+                     for e in encodings]
         return ids, read, spans
 
     def document_budget(self, query_ids: np.ndarray) -> int:
@@ -234,3 +261,129 @@ class TextTokenizer:
         dropped = np.fromiter((sum(len(o.ids) - self.special_count for o in e.overflowing) for e in encodings),
                               dtype=np.int64, count=len(encodings))
         return Rows(ids, types, np.arange(len(texts), dtype=np.int64)), dropped
+
+
+PROMPT_PARTS = {"prefix": list, "query": list, "document": str, "suffix": list}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A decoder reranker's prompt: ``prefix + query + document + suffix``, each part a list of
+    pieces tokenized separately (as the model's reference code does) and concatenated. Prefix and
+    suffix are literal text.
+
+    Query pieces hold ``{query}`` and, for instruct-aware models, ``{instruction}``
+    (``default_instruction`` when the caller gives none; without a default,
+    ``query_without_instruction`` is used). ``document`` is one piece ending with ``{document}``:
+    it is the only part truncated, from its end. Fields use ``str.format`` syntax.
+    """
+
+    prefix: tuple[str, ...]
+    query: tuple[str, ...]
+    document: str
+    suffix: tuple[str, ...]
+    default_instruction: str | None = None
+    query_without_instruction: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_manifest(cls, prompt: dict) -> "PromptTemplate":
+        """The template of a manifest's "prompt" object; ValueError naming what is wrong."""
+        problem = check_prompt(prompt)
+        if problem:
+            raise ValueError(f"prompt template {problem}")
+        without = prompt.get("query_without_instruction")
+        return cls(tuple(prompt["prefix"]), tuple(prompt["query"]), prompt["document"], tuple(prompt["suffix"]),
+                   prompt.get("default_instruction"), tuple(without) if without is not None else None)
+
+    @property
+    def takes_instruction(self) -> bool:
+        return any("{instruction}" in piece for piece in self.query)
+
+    def query_pieces(self, query: str, instruction: str | None) -> list[str]:
+        """The query part's pieces for one query (``instruction`` None: the default)."""
+        if instruction is None:
+            instruction = self.default_instruction
+        if instruction is None and self.takes_instruction:
+            return [piece.format(query=query) for piece in self.query_without_instruction]
+        return [piece.format(query=query, instruction=instruction) for piece in self.query]
+
+
+def check_prompt(prompt) -> str | None:
+    """The problem with a manifest's "prompt" object, or None."""
+    if not isinstance(prompt, dict):
+        return f"must be an object, got {type(prompt).__name__}"
+    for key, kind in PROMPT_PARTS.items():
+        value = prompt.get(key)
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(p, str) for p in value)):
+            return f"{key!r} must be {'a list of str' if kind is list else 'a str'}, got {value!r:.60}"
+    if not prompt["document"].endswith("{document}") or prompt["document"].count("{") != 1:
+        return f"'document' must end with its one field, {{document}}, got {prompt['document']!r:.60}"
+    without = prompt.get("query_without_instruction")
+    if without is not None and (not isinstance(without, list) or not all(isinstance(p, str) for p in without)):
+        return f"'query_without_instruction' must be a list of str or null, got {without!r:.60}"
+    for key, allowed in (("query", {"query", "instruction"}), ("query_without_instruction", {"query"})):
+        for piece in prompt.get(key) or ():
+            try:
+                fields = {name for _, name, _, _ in string.Formatter().parse(piece) if name is not None}
+            except ValueError as err:
+                return f"{key!r} piece {piece!r:.60}: {err}"
+            if not fields <= allowed:
+                return f"{key!r} piece {piece!r:.60} has fields {sorted(fields)}; allowed: {sorted(allowed)}"
+    if not any("{query}" in piece for piece in prompt["query"]):
+        return f"'query' pieces need a {{query}} field, got {prompt['query']!r:.80}"
+    default = prompt.get("default_instruction")
+    if default is not None and (not isinstance(default, str) or not default.strip()):
+        return f"'default_instruction' must be a non-blank str or null, got {default!r:.60}"
+    if any("{instruction}" in piece for piece in prompt["query"]) and default is None:
+        if without is None or not any("{query}" in piece for piece in without):
+            return "has an {instruction} field but no 'default_instruction': it needs 'query_without_instruction'"
+    return None
+
+
+class PromptTokenizer(PairTokenizer):
+    """(query, document) pairs -> rows of ids for a decoder reranker's prompt template.
+
+    Rows are ``prefix + query part + document part[:budget] + suffix``, every token type 0; the
+    query part is capped at half the window like a segment pair's query.
+    """
+
+    def __init__(self, tokenizer_path: str | Path, max_length: int, prompt: dict):
+        self.prompt = PromptTemplate.from_manifest(prompt)
+        self.accepts_instruction = self.prompt.takes_instruction
+        self.document_head = self.prompt.document[: -len("{document}")]
+        super().__init__(tokenizer_path, max_length)
+
+    def _pair_template(self, tokenizer_path: str | Path) -> PairTemplate:
+        empty = np.zeros(0, dtype=np.int64)
+        return PairTemplate(prefix=self._pieces(self.prompt.prefix), middle=empty,
+                            suffix=self._pieces(self.prompt.suffix), first_type=0, second_type=0)
+
+    def _pieces(self, pieces) -> np.ndarray:
+        ids = self.encode_texts(list(pieces)) if pieces else []
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
+    def check_instruction(self, instruction):
+        if instruction is None:
+            return None
+        if not self.accepts_instruction:
+            raise InvalidArgumentError("instruction: this model's prompt template has no {instruction} field; "
+                                       "leave it out")
+        return check_query(instruction, "instruction")
+
+    def encode_queries(self, queries: list[str], instruction: str | None = None) -> list[np.ndarray]:
+        self.check_instruction(instruction)
+        pieces = [self.prompt.query_pieces(query, instruction) for query in queries]
+        flat = self.encode_texts([piece for per_query in pieces for piece in per_query])
+        out, at = [], 0
+        for per_query in pieces:
+            out.append(np.concatenate(flat[at: at + len(per_query)]))
+            at += len(per_query)
+        return out
+
+
+def pair_tokenizer(tokenizer_path: str | Path, max_length: int, prompt: dict | None = None) -> PairTokenizer:
+    """The pair tokenizer of an artifact: its prompt template's (decoder rerankers), else its
+    tokenizer's own pair template."""
+    if prompt is None:
+        return PairTokenizer(tokenizer_path, max_length)
+    return PromptTokenizer(tokenizer_path, max_length, prompt)

@@ -8,6 +8,7 @@ Needs the ``export`` extra (torch, transformers, optimum-onnx); the runtime neve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -22,7 +23,8 @@ from crossrank.artifact import (FORMAT_VERSION, MANIFEST, MODEL_FILE, PRECISIONS
 from crossrank.errors import ArtifactError, CrossrankError, InvalidArgumentError
 
 from .output import check_output, clean_stale, replace_atomically
-from .source import SourceError, SourceModel, bundled_bi_encoder, inspect_source
+from .families import FAMILIES
+from .source import WEIGHT_FILES, SourceError, SourceModel, bundled_bi_encoder, inspect_source, source_tokenizer
 
 OPSET = 17
 
@@ -52,11 +54,14 @@ class _Stages:
 
 
 def _export_raw_onnx(source: SourceModel, folder: Path) -> Path:
+    """optimum's plain export: the classifier (``text-classification``) for classifier heads, the
+    last hidden state (``feature-extraction``) for bi-encoders and yes/no decoder heads."""
     import warnings
 
     from optimum.exporters.onnx import main_export
 
-    task = "text-classification" if source.kind == "cross" else "feature-extraction"
+    classifier = source.kind == "cross" and FAMILIES[source.family].head == "classifier"
+    task = "text-classification" if classifier else "feature-extraction"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         main_export(
@@ -67,39 +72,51 @@ def _export_raw_onnx(source: SourceModel, folder: Path) -> Path:
 
 
 def _build_graph(source: SourceModel, raw_onnx: Path, precision: str):
-    from crossrank.kernels.fusion import fuse_transformer
-    from crossrank.kernels.heads import add_pooling_head, add_score_head
+    """The family's fusions (if any) and head on the plain graph: (model, fused op counts)."""
+    import onnx
 
-    model, fused = fuse_transformer(raw_onnx, source.model_type, source.num_heads, source.hidden_size,
-                                    for_gpu=precision == "fp16")
-    if source.kind == "cross":
-        add_score_head(model, num_labels=source.num_labels)
+    from crossrank.kernels.fusion import fuse_transformer
+    from crossrank.kernels.heads import add_pooling_head, add_positions, add_score_head, add_yes_no_head
+
+    family = FAMILIES[source.family]
+    if family.fusion is None:
+        model, fused = onnx.load(str(raw_onnx)), {}
     else:
+        model, fused = fuse_transformer(raw_onnx, family.fusion, source.num_heads, source.hidden_size,
+                                        for_gpu=precision == "fp16", disabled=family.fusions_off)
+    unknown = sorted({i.name for i in model.graph.input} - set(family.inputs) - {"position_ids"})
+    if unknown:
+        raise ExportError(f"the {family.name} graph takes inputs {unknown} that the family does not provide")
+    if source.kind == "bi":
         add_pooling_head(model, pooling=source.pooling, normalize=source.normalize)
+    elif family.head == "yes-no":
+        add_positions(model)
+        add_yes_no_head(model, answer_direction(source))
+    else:
+        add_score_head(model, num_labels=source.num_labels)
     return model, fused
+
+
+def answer_direction(source: SourceModel):
+    """W_yes - W_no [hidden] of a decoder's output projection (its tied embeddings when it has none)."""
+    from .source import read_weight_rows
+
+    yes_id, no_id = source.template["yes_id"], source.template["no_id"]
+    rows = read_weight_rows(source.path, ("lm_head.weight", "model.embed_tokens.weight"), [yes_id, no_id])
+    return rows[0] - rows[1]
 
 
 def _write_tokenizer(source: SourceModel, dst: Path) -> None:
     """tokenizer.json without the source's padding and truncation: the engine sets both itself."""
-    from tokenizers import Tokenizer
-
-    src_file = source.path / TOKENIZER_FILE
-    if src_file.is_file():
-        tokenizer = Tokenizer.from_file(str(src_file))
-    else:
-        from transformers import AutoTokenizer
-
-        hf = AutoTokenizer.from_pretrained(source.path, use_fast=True)
-        if not hf.is_fast:
-            raise SourceError(f"{str(source.path)!r}: no tokenizer.json and no fast tokenizer to build one")
-        tokenizer = hf.backend_tokenizer
+    tokenizer = source_tokenizer(source.path)
     tokenizer.no_padding()
     tokenizer.no_truncation()
     tokenizer.save(str(dst))
 
 
 def source_files(folder: Path) -> dict[str, str]:
-    names = ("config.json", "model.safetensors", "pytorch_model.bin", TOKENIZER_FILE)
+    shards = sorted(path.name for path in folder.glob("model-*-of-*.safetensors"))
+    names = ("config.json", *WEIGHT_FILES, *shards, TOKENIZER_FILE)
     return {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
 
 
@@ -118,18 +135,22 @@ def _versions() -> dict[str, str]:
 def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "fp32", *,
                  force: bool = False, allow_low_fidelity: bool = False, max_length: int | None = None,
                  int8_recipe: str | None = None, fidelity_data: str | Path | None = None,
-                 quiet: bool = False) -> dict:
+                 template: str | Path | None = None, quiet: bool = False) -> dict:
     """Export ``src`` to the artifact folder ``out``; returns the manifest.
+
+    How is the family's (``crossrank.export.families``): graph inputs, pair building, head,
+    fusions, int8 recipes and fidelity bars. ``template``: a decoder reranker's prompt template,
+    bundled name or JSON file (default: the family's; ``crossrank.export.prompts``).
 
     The folder is built next to ``out`` under a temporary name and renamed into place only when
     every stage, the fidelity check included, has passed: an interrupted export leaves nothing
     half-written at ``out``. ``force`` replaces an existing artifact, never anything else (see
     crossrank.export.output); leftovers of killed exports of ``out`` are cleaned up first.
     """
-    import onnx
 
+    from crossrank.kernels.graph_files import graph_inputs, save_graph
     from crossrank.kernels.heads import head_node_names
-    from crossrank.kernels.quantize import DEFAULT_INT8_RECIPE, get_recipe, quantize_int8
+    from crossrank.kernels.quantize import get_recipe, quantize_int8
 
     from . import fidelity
 
@@ -137,9 +158,20 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
         raise InvalidArgumentError(f"--precision {precision!r} is not one of {PRECISIONS}")
     if int8_recipe is not None and precision != "int8":
         raise InvalidArgumentError(f"--int8-recipe {int8_recipe!r} needs --precision int8, not {precision!r}")
-    recipe = get_recipe(int8_recipe or DEFAULT_INT8_RECIPE) if precision == "int8" else None
+    if int8_recipe is not None:
+        get_recipe(int8_recipe)  # an unknown or renamed recipe is named before any work
     out = Path(out)
-    source = inspect_source(src, kind)
+    source = inspect_source(src, kind, template)
+    family = FAMILIES[source.family]
+    recipe_name = family.check_precision(precision, int8_recipe)
+    recipe = get_recipe(recipe_name) if recipe_name else None
+    if recipe is not None and family.int8_keep_fp32:
+        kept = "|".join(pattern for pattern in (recipe.keep_fp32, family.int8_keep_fp32) if pattern)
+        recipe = dataclasses.replace(recipe, keep_fp32=kept)
+    if recipe is not None and recipe.needs_calibration and family.pairs != "segments":
+        dynamic = [name for name in family.int8_recipes if not get_recipe(name).needs_calibration]
+        raise InvalidArgumentError(f"--int8-recipe {recipe.name!r} is calibrated on segment pairs; the {family.name} "
+                                   f"family takes {dynamic}")
     check_output(out, source.path, force)  # before any work: nothing to lose, nothing wasted
     if max_length is not None:
         if not 8 <= max_length <= source.max_length:
@@ -158,7 +190,8 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
     try:
         raw = stages.run(f"exporting {source.architecture} with optimum (opset {OPSET})",
                          _export_raw_onnx, source, work / "raw")
-        model, fused = stages.run("fusing attention / SkipLayerNorm / Gelu and adding the head",
+        head = family.head if kind == "cross" else "pooling"
+        model, fused = stages.run(f"fusing ({family.fusion or 'no fusion rules'}) and adding the {head} head",
                                   _build_graph, source, raw, precision)
         model_path = work / MODEL_FILE
         if precision == "fp16":
@@ -167,17 +200,20 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
             model = stages.run("converting to fp16", convert_to_fp16, model, head_node_names(model))
         if precision == "int8":
             fp32_path = work / "fp32.onnx"
-            onnx.save(model, str(fp32_path))
+            save_graph(model, fp32_path)
+            del model
             feeds = _calibration_feeds(source, sample) if recipe.needs_calibration else None
             stages.run(f"quantizing to int8 ({recipe.name})", quantize_int8, fp32_path, model_path, recipe, feeds)
-            fp32_path.unlink()
+            for leftover in work.glob("fp32.onnx*"):
+                leftover.unlink()
         else:
-            onnx.save(model, str(model_path))
+            save_graph(model, model_path)
+            del model
         shutil.rmtree(work / "raw")
         stages.run("writing tokenizer.json", _write_tokenizer, source, work / TOKENIZER_FILE)
         figures = stages.run(f"measuring fidelity against PyTorch ({sample.source})",
                              fidelity.measure_fidelity, source, model_path, sample, source.max_length)
-        passed, verdict = fidelity.check_bar(kind, precision, figures)
+        passed, verdict = fidelity.check_bar(kind, precision, figures, family.bars)
         figures["bar"] = verdict
         figures["passed"] = passed
         if not passed and not allow_low_fidelity:
@@ -188,14 +224,16 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
         manifest = {
             "format": FORMAT_VERSION,
             "kind": kind,
+            "family": source.family,
             "precision": precision,
             "max_length": source.max_length,
-            "inputs": [i.name for i in model.graph.input],
+            "inputs": graph_inputs(model_path),
             "output": "logits" if kind == "cross" else "embeddings",
             "activation": "sigmoid" if kind == "cross" else None,
             "dim": source.hidden_size if kind == "bi" else None,
             "pooling": source.pooling,
             "normalized": source.normalize if kind == "bi" else None,
+            "prompt": source.template,
             "source": {"name": source.name, "architecture": source.architecture,
                        "model_type": source.model_type, "num_labels": source.num_labels,
                        "files": source_files(source.path)},
@@ -208,7 +246,8 @@ def export_model(src: str | Path, out: str | Path, kind: str, precision: str = "
             "export_seconds": round(time.perf_counter() - started, 1),
             "stage_seconds": stages.timings,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "files": {name: sha256_file(work / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
+            "files": {path.name: sha256_file(path) for path in sorted(work.iterdir())
+                      if path.is_file() and path.name != MANIFEST},
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         replace_atomically(work, out)

@@ -85,11 +85,14 @@ def _batches(n: int, size: int = BATCH_SIZE):
         yield slice(start, min(start + size, n))
 
 
-def _encode(hf_tokenizer, first, second, max_length):
+def _encode(hf_tokenizer, first, second, max_length, graph_inputs):
+    """Padded ids of texts or pairs, only the inputs the graph takes (the PyTorch model gets the same)."""
     kwargs = dict(padding=True, max_length=max_length, return_tensors="np")
     if second is None:
-        return dict(hf_tokenizer(first, truncation=True, **kwargs))
-    return dict(hf_tokenizer(first, second, truncation="only_second", **kwargs))
+        encoded = hf_tokenizer(first, truncation=True, **kwargs)
+    else:
+        encoded = hf_tokenizer(first, second, truncation="only_second", **kwargs)
+    return {k: v.astype(np.int64) for k, v in encoded.items() if k in graph_inputs}
 
 
 def _onnx_outputs(session, feeds: dict) -> np.ndarray:
@@ -123,13 +126,18 @@ class _AloneCheck:
 
 def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int, session=None) -> dict:
     """Run the PyTorch model and the ONNX graph on the same ids; return the agreement figures.
-    session: the session to measure (default: ONNX Runtime on CPU; ``crossrank certify`` passes
-    another backend's or precision's, built by crossrank.session.build_session)."""
+    Decoder rerankers: the model card's computation against the runtime's own pair building
+    (``_decoder_fidelity``). session: the session to measure (default: ONNX Runtime on CPU;
+    ``crossrank certify`` passes another backend's or precision's, built by
+    crossrank.session.build_session)."""
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+    if source.template is not None:
+        return _decoder_fidelity(source, onnx_path, sample, max_length, session)
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
     session = build_session(onnx_path, device="cpu") if session is None else session
+    graph_inputs = {i.name for i in session.get_inputs()}
     torch.manual_seed(0)
     with torch.inference_mode():
         if source.kind == "cross":
@@ -140,7 +148,7 @@ def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length
             for part in _batches(len(pairs)):
                 qs = [p[0] for p in pairs[part]]
                 ds = [p[1] for p in pairs[part]]
-                feeds = _encode(tokenizer, qs, ds, max_length)
+                feeds = _encode(tokenizer, qs, ds, max_length, graph_inputs)
                 logits = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.double().numpy()
                 ref.append(logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0])
                 got.append(_onnx_outputs(session, feeds).astype(np.float64))
@@ -153,7 +161,7 @@ def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length
         ref, got = [], []
         alone = _AloneCheck(session)
         for part in _batches(len(texts)):
-            feeds = _encode(tokenizer, texts[part], None, max_length)
+            feeds = _encode(tokenizer, texts[part], None, max_length, graph_inputs)
             hidden = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.double()
             mask = torch.from_numpy(feeds["attention_mask"]).double().unsqueeze(-1)
             if source.pooling == "cls":
@@ -167,6 +175,69 @@ def measure_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length
             alone.add(feeds, got[-1])
         figures = bi_figures(np.concatenate(ref), np.concatenate(got), len(sample.queries), sample.source)
         return {**figures, "batch_invariance_max_abs_diff": alone.max_abs_diff}
+
+
+def model_card_scores(model, hf_tokenizer, template: dict, pairs: list[tuple[str, str]], max_length: int,
+                      instruction: str | None = None) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """A decoder yes/no reranker's model-card computation, in PyTorch: the prompt's ids
+    (``prompts.reference_ids``), left-padded as the card pads them, the logits at the last position,
+    log-softmax over [no, yes]. Returns (logit_yes - logit_no, P(yes), the ids) per pair, float64."""
+    import torch
+
+    from .prompts import reference_ids
+
+    ids = [reference_ids(hf_tokenizer, template, q, d, max_length, instruction) for q, d in pairs]
+    width = max(len(row) for row in ids)
+    pad = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    with torch.inference_mode():
+        last = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
+        pair_logits = torch.stack([last[:, template["no_id"]], last[:, template["yes_id"]]], dim=1).double()
+        log_probs = torch.nn.functional.log_softmax(pair_logits, dim=1)
+    return (log_probs[:, 1] - log_probs[:, 0]).numpy(), log_probs[:, 1].exp().numpy(), ids
+
+
+def _decoder_fidelity(source, onnx_path: Path, sample: FidelitySample, max_length: int, session=None) -> dict:
+    """ONNX graph on the runtime's own rows (``crossrank.tokenize.PromptTokenizer``, right padding)
+    against ``model_card_scores``; also the share of pairs whose runtime ids equal the card's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crossrank.batching import assemble_batch
+    from crossrank.tokenize import PromptTokenizer
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
+    runtime = PromptTokenizer(onnx_path.parent / "tokenizer.json", max_length, source.template)
+    session = build_session(onnx_path, device="cpu") if session is None else session
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32).eval()
+    pairs = sample.pairs
+    ref, ref_prob, got, same_ids = [], [], [], 0
+    alone = _AloneCheck(session)
+    for part in _batches(len(pairs)):
+        batch = pairs[part]
+        logit, prob, card_ids = model_card_scores(model, hf_tokenizer, source.template, batch, max_length)
+        queries = sorted({q for q, _ in batch})
+        rows = runtime.pair_rows(runtime.encode_queries(queries), np.asarray([queries.index(q) for q, _ in batch]),
+                                 runtime.encode_documents([d for _, d in batch]))
+        same_ids += sum(list(row) == card for row, card in zip(rows.ids, card_ids))
+        padded = assemble_batch(np.arange(len(batch)), rows.ids, rows.types, runtime.pad_id)
+        feeds = {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask}
+        ref.append(logit)
+        ref_prob.append(prob)
+        got.append(_onnx_outputs(session, feeds).astype(np.float64))
+        alone.add(feeds, got[-1])
+    ref_all, got_all = np.concatenate(ref), np.concatenate(got)
+    figures = cross_figures(ref_all, got_all, [len(d) for d in sample.documents], sample.source)
+    probability = 1.0 / (1.0 + np.exp(-got_all))
+    return {**figures, "batch_invariance_max_abs_diff": alone.max_abs_diff,
+            "max_abs_diff_probability": float(np.max(np.abs(np.concatenate(ref_prob) - probability))),
+            "prompt_ids_agreement": same_ids / len(pairs),
+            "reference": "model card: log_softmax over [no, yes] logits at the last position, left padding"}
 
 
 def cross_figures(ref: np.ndarray, got: np.ndarray, group_sizes: list[int], source: str) -> dict:
@@ -195,7 +266,13 @@ def bi_figures(ref: np.ndarray, got: np.ndarray, n_queries: int, source: str) ->
     }
 
 
-def check_bar(kind: str, precision: str, figures: dict) -> tuple[bool, str]:
-    """(passed, a sentence): ``figures`` against the bar for ``precision``."""
-    passed, _, verdict = meets_bar(kind, precision, figures)
-    return passed, verdict
+def check_bar(kind: str, precision: str, figures: dict, bars: dict | None = None) -> tuple[bool, str]:
+    """(passed, a sentence): ``figures`` against the bar for ``precision`` (``bars``: a family's
+    own, over crossrank.certificate.BARS). A decoder reranker must also build the model card's ids
+    for every pair."""
+    ok, _, verdict = meets_bar(kind, precision, figures, bars)
+    agreement = figures.get("prompt_ids_agreement")
+    if agreement is not None:
+        ok = ok and agreement == 1.0
+        verdict += f"; prompt_ids_agreement = {agreement:.6g} (bar: == 1)"
+    return ok, verdict

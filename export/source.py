@@ -6,18 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossrank.errors import CrossrankError
+from .errors import SourceError
 
-CROSS_ARCHITECTURES = {
-    "BertForSequenceClassification": "bert",
-    "XLMRobertaForSequenceClassification": "xlm-roberta",
-    "RobertaForSequenceClassification": "roberta",
-}
-BI_MODEL_TYPES = ("bert", "xlm-roberta", "roberta")
-
-
-class SourceError(CrossrankError, ValueError):
-    """The export source is missing, not a model folder, or not a supported architecture."""
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -33,6 +24,8 @@ class SourceModel:
     max_length: int
     pooling: str | None       # bi-encoders: "mean" or "cls"
     normalize: bool
+    family: str = "bert"      # crossrank.export.families.FAMILIES key
+    template: dict | None = None  # decoder rerankers: the prompt template (crossrank.export.prompts)
 
 
 def bundled_bi_encoder() -> Path:
@@ -123,39 +116,93 @@ def _config_int(config: dict, key: str, path: Path) -> int:
     return value
 
 
-def inspect_source(src: str | Path, kind: str) -> SourceModel:
+def inspect_source(src: str | Path, kind: str, template: str | Path | None = None) -> SourceModel:
+    """What to export from ``src`` as ``kind``: its family (crossrank.export.families), window and
+    head settings. ``template``: a decoder reranker's prompt template (bundled name or JSON file;
+    default: the family's)."""
+    from .families import family_for
+    from .prompts import answer_token_ids, load_template
+
     if kind not in ("cross", "bi"):
         raise SourceError(f"--kind {kind!r} is not one of 'cross', 'bi'")
     folder = resolve_source(src)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise SourceError(f"{str(folder)!r} is not a Hugging Face model folder: no config.json")
-    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-        raise SourceError(f"{str(folder)!r} has no weights (model.safetensors or pytorch_model.bin)")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise SourceError(f"{str(folder)!r} has no weights ({' or '.join(WEIGHT_FILES)})")
     config = _read_json(config_path)
     model_type = config.get("model_type", "")
     architecture = (config.get("architectures") or [""])[0]
     num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 1) or 1)
-    if kind == "cross":
-        if architecture not in CROSS_ARCHITECTURES:
-            raise SourceError(
-                f"{str(folder)!r}: architecture {architecture or 'unknown'!r} is not supported as a "
-                f"cross-encoder; supported: {sorted(CROSS_ARCHITECTURES)}"
-            )
+    family = family_for(kind, architecture, model_type, repr(str(folder)))
+    prompt = None
+    if kind == "cross" and family.pairs == "prompt":
+        prompt = load_template(template or family.default_template)
+        yes_id, no_id = answer_token_ids(prompt, source_tokenizer(folder))
+        prompt = {**prompt, "yes_id": yes_id, "no_id": no_id}
+        num_labels = 1
+        pooling, normalize = None, False
+        max_length = min(_position_limit(config), prompt.get("max_length") or _position_limit(config))
+    elif template is not None:
+        raise SourceError(f"--template is for decoder rerankers; {architecture or model_type!r} pairs its texts "
+                          f"with its tokenizer's own template")
+    elif kind == "cross":
         if num_labels not in (1, 2):
             raise SourceError(f"{str(folder)!r}: a cross-encoder needs 1 or 2 labels, it has {num_labels}")
         pooling, normalize, max_length = None, False, _position_limit(config)
     else:
-        if model_type not in BI_MODEL_TYPES:
-            raise SourceError(
-                f"{str(folder)!r}: model type {model_type or 'unknown'!r} is not supported as a "
-                f"bi-encoder; supported: {list(BI_MODEL_TYPES)}"
-            )
         pooling, normalize, max_length = _bi_encoder_settings(folder, config)
     return SourceModel(
         path=folder, name=str(src),
         kind=kind, model_type=model_type, architecture=architecture, num_labels=num_labels,
         num_heads=_config_int(config, "num_attention_heads", config_path),
         hidden_size=_config_int(config, "hidden_size", config_path),
-        max_length=max_length, pooling=pooling, normalize=normalize,
+        max_length=max_length, pooling=pooling, normalize=normalize, family=family.name, template=prompt,
     )
+
+
+def read_weight_rows(folder: Path, names: tuple[str, ...], rows: list[int]):
+    """Rows ``rows`` of the first tensor of ``names`` found in the checkpoint at ``folder``
+    (float64 numpy [len(rows), ...]); only those rows are read from safetensors files."""
+    import numpy as np
+
+    index = folder / "model.safetensors.index.json"
+    files = {}
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map", {})
+        files = {name: folder / weight_map[name] for name in names if name in weight_map}
+    elif (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(folder / "model.safetensors", framework="pt") as handle:
+            files = {name: folder / "model.safetensors" for name in names if name in handle.keys()}
+    for name in names:
+        if name in files:
+            from safetensors import safe_open
+
+            with safe_open(files[name], framework="pt") as handle:  # "pt": bf16 checkpoints read too
+                tensor_slice = handle.get_slice(name)
+                return np.stack([tensor_slice[row].float().numpy() for row in rows]).astype(np.float64)
+    if (folder / "pytorch_model.bin").is_file():
+        import torch
+
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        for name in names:
+            if name in state:
+                return state[name][rows].double().numpy()
+    raise SourceError(f"{str(folder)!r}: none of the tensors {list(names)} is in the checkpoint")
+
+
+def source_tokenizer(folder: Path):
+    """The checkpoint's ``tokenizers.Tokenizer``: its tokenizer.json, else its fast tokenizer's."""
+    from tokenizers import Tokenizer
+
+    if (folder / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(folder / "tokenizer.json"))
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(folder, use_fast=True)
+    if not hf.is_fast:
+        raise SourceError(f"{str(folder)!r}: no tokenizer.json and no fast tokenizer to build one")
+    return hf.backend_tokenizer

@@ -1,8 +1,9 @@
 """Transformer fusions, applied once at export time.
 
-onnxruntime's transformer optimizer rewrites the exported encoder into fused operators
-(EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) so sessions start without
-re-discovering them and run fewer, larger kernels.
+onnxruntime's transformer optimizer rewrites the exported graph into fused operators (for BERT:
+EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu; for Qwen decoders:
+SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, RotaryEmbedding) so sessions start
+without re-discovering them and run fewer, larger kernels.
 """
 
 from __future__ import annotations
@@ -13,23 +14,25 @@ import onnx
 
 from crossrank.errors import UnsupportedModelError
 
-# Model families that onnxruntime's optimizer handles with its "bert" fusion rules.
-FUSION_MODEL_TYPE = {"bert": "bert", "xlm-roberta": "bert", "roberta": "bert", "distilbert": "bert"}
-
-
-def fuse_transformer(onnx_path: str | Path, model_type: str, num_heads: int, hidden_size: int,
-                     for_gpu: bool = False) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Fuse the encoder at ``onnx_path``; returns the fused model and the count of each fused op."""
+def fuse_transformer(onnx_path: str | Path, optimizer_type: str, num_heads: int, hidden_size: int,
+                     for_gpu: bool = False, disabled: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Fuse the graph at ``onnx_path`` with onnxruntime's rules for ``optimizer_type`` (a model type
+    of ``onnxruntime.transformers.optimizer``: "bert" for encoders, "qwen3" for Qwen decoders; the
+    export registry says which applies to a family; ``disabled`` names FusionOptions flags to turn
+    off); returns the fused model and the count of each fused op."""
     from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
-    family = FUSION_MODEL_TYPE.get(model_type)
-    if family is None:
-        raise UnsupportedModelError(f"no fusion rules for model type {model_type!r}; known: "
-                                    f"{sorted(FUSION_MODEL_TYPE)}")
-    options = FusionOptions(family)
+    if optimizer_type not in MODEL_TYPES:
+        raise UnsupportedModelError(f"no fusion rules for model type {optimizer_type!r}; onnxruntime knows "
+                                    f"{sorted(MODEL_TYPES)}")
+    options = FusionOptions(optimizer_type)
+    for flag in disabled:
+        if not isinstance(getattr(options, flag, None), bool):
+            raise UnsupportedModelError(f"{flag!r} is not a FusionOptions flag")
+        setattr(options, flag, False)
     optimized = optimize_model(
-        str(onnx_path), model_type=family, num_heads=num_heads, hidden_size=hidden_size,
+        str(onnx_path), model_type=optimizer_type, num_heads=num_heads, hidden_size=hidden_size,
         opt_level=0, use_gpu=for_gpu, optimization_options=options,
     )
     if not any(op.domain == "com.microsoft" for op in optimized.model.opset_import):

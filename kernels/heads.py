@@ -3,6 +3,9 @@
 - bi-encoder: masked mean (or CLS) pooling, then L2 normalisation -> ``embeddings`` [batch, dim]
 - cross-encoder: one raw logit per pair -> ``logits`` [batch]; the engine applies the manifest's
   activation, so raw scores stay available.
+- decoder yes/no reranker: the last real token's hidden state . (W_yes - W_no) -> ``logits``
+  [batch], i.e. logit_yes - logit_no at the last position without the vocabulary projection
+  (rows are right-padded: a causal model's real tokens never see the padding after them).
 """
 
 from __future__ import annotations
@@ -126,6 +129,60 @@ def add_score_head(
     return model
 
 
+def add_yes_no_head(
+    model: onnx.ModelProto,
+    answer_direction: np.ndarray,
+    hidden_output: str = "last_hidden_state",
+    mask_input: str = "attention_mask",
+    output_name: str = "logits",
+) -> onnx.ModelProto:
+    """Replace the graph outputs by one logit per row [batch]: hidden[row, last real token] .
+    ``answer_direction`` (W_yes - W_no, [hidden]). The last real token of a right-padded row is at
+    sum(mask) - 1. The product stays a Mul + ReduceSum, so no int8 recipe ever quantizes it."""
+    hidden = _find_output(model, hidden_output)
+    p = HEAD_PREFIX
+    direction = np.asarray(answer_direction, dtype=np.float32).reshape(-1)
+    inits = [_const("one", [1], np.int64), _const("axis_tokens", [1], np.int64), _const("axis_last", [-1], np.int64),
+             numpy_helper.from_array(direction, p + "answer_direction")]
+    nodes = [
+        helper.make_node("ReduceSum", [mask_input, p + "axis_tokens"], [p + "lengths"], keepdims=1, name=p + "lengths"),
+        helper.make_node("Sub", [p + "lengths", p + "one"], [p + "last_index"], name=p + "last_index"),
+        helper.make_node("GatherND", [hidden, p + "last_index"], [p + "last_hidden"], batch_dims=1,
+                         name=p + "last_token"),
+        helper.make_node("Mul", [p + "last_hidden", p + "answer_direction"], [p + "products"], name=p + "products"),
+        helper.make_node("ReduceSum", [p + "products", p + "axis_last"], [output_name], keepdims=0, name=p + "score"),
+    ]
+    out = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch"])
+    _replace_outputs(model, nodes, inits, out)
+    return model
+
+
+def add_positions(model: onnx.ModelProto, positions_input: str = "position_ids",
+                  ids_input: str = "input_ids") -> onnx.ModelProto:
+    """Compute the graph input ``positions_input`` inside the graph as 0..length-1 for every row
+    (exact for right-padded rows) and drop it from the inputs: the artifact takes the same inputs
+    as an encoder's."""
+    names = [i.name for i in model.graph.input]
+    if positions_input not in names:
+        return model
+    p = HEAD_PREFIX
+    inits = [_const("zero", 0, np.int64), _const("step", 1, np.int64), _const("tokens_dim", 1, np.int64),
+             _const("axis_rows", [0], np.int64)]
+    nodes = [
+        helper.make_node("Shape", [ids_input], [p + "ids_shape"], name=p + "ids_shape"),
+        helper.make_node("Gather", [p + "ids_shape", p + "tokens_dim"], [p + "tokens"], axis=0, name=p + "tokens"),
+        helper.make_node("Range", [p + "zero", p + "tokens", p + "step"], [p + "range"], name=p + "range"),
+        helper.make_node("Unsqueeze", [p + "range", p + "axis_rows"], [p + "range_row"], name=p + "range_row"),
+        helper.make_node("Expand", [p + "range_row", p + "ids_shape"], [positions_input], name=p + "positions"),
+    ]
+    del model.graph.input[names.index(positions_input)]
+    rest = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes + rest)  # before every consumer (topological order)
+    model.graph.initializer.extend(inits)
+    return model
+
+
 def head_node_names(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes this module added (kept in fp32 by the fp16 recipe)."""
     return [node.name for node in model.graph.node if node.name.startswith(HEAD_PREFIX)]
@@ -148,3 +205,9 @@ def reference_pooling(hidden: np.ndarray, mask: np.ndarray, pooling: str = "mean
 def reference_score(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float64)
     return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+
+
+def reference_yes_no(hidden: np.ndarray, mask: np.ndarray, answer_direction: np.ndarray) -> np.ndarray:
+    hidden = hidden.astype(np.float64)
+    last = mask.astype(np.int64).sum(axis=1) - 1
+    return hidden[np.arange(len(hidden)), last] @ np.asarray(answer_direction, np.float64)

@@ -155,6 +155,7 @@ def quantize_int8(src: str | Path, dst: str | Path, recipe: Int8Recipe,
 
 
 def _quantize_rowwise(src, dst, recipe: Int8Recipe, calibration_feeds) -> None:
+    from crossrank.kernels.graph_files import save_graph
     from crossrank.kernels.rowwise import calibrate_amax, quantizable_inputs, quantize_rowwise
 
     model = onnx.load(str(src))
@@ -167,7 +168,7 @@ def _quantize_rowwise(src, dst, recipe: Int8Recipe, calibration_feeds) -> None:
         static_amax = calibrate_amax(model, names, calibration_feeds)
     quantize_rowwise(model, weight_bits=7 if recipe.reduce_range else 8, attention=attention,
                      keep_fp32=recipe.keep_fp32, static_amax=static_amax)
-    onnx.save(model, str(dst))
+    save_graph(model, dst)
 
 
 def _nodes_matching(model_path: str | Path, pattern: str) -> list[str]:

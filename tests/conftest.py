@@ -106,3 +106,53 @@ def tiny_cross_src(minilm_path, tmp_path_factory) -> Path:
 def tiny_cross(tiny_cross_src, tmp_path_factory) -> Path:
     """The tiny cross-encoder exported (fp32), for shape and memory tests only."""
     return _export(tmp_path_factory, tiny_cross_src, "cross", "fp32")
+
+
+# -- the export families beyond BERT: seeded random models of the real architectures --------------
+
+@pytest.fixture(scope="session")
+def family_fidelity_data(tmp_path_factory, trec_rag) -> Path:
+    """Real text for the families' export-time fidelity check: 2 Semanlink tags and 2 TREC RAG
+    queries with 8 documents each (TREC passages run past ModernBERT's 16-token local window and
+    DeBERTa's 32 position buckets of the tiny models)."""
+    import json
+
+    from crossrank.export.fidelity import semanlink_sample
+
+    semanlink = semanlink_sample(2)
+    rows = [{"query": q, "documents": docs[:8]} for q, docs in zip(semanlink.queries, semanlink.documents)]
+    rows += [{"query": r["query"], "documents": r["documents"][:8]} for r in trec_rag[:2]]
+    path = tmp_path_factory.mktemp("family-fidelity") / "sample.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory):
+    """family, kind -> a seeded random tiny checkpoint of that architecture (built once)."""
+    from crossrank.export.random_models import build_random_model
+
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(family: str, kind: str = "cross") -> Path:
+        if (family, kind) not in built:
+            built[family, kind] = build_random_model(family, tmp_path_factory.mktemp(f"{family}-{kind}") / "src",
+                                                     kind=kind)
+        return built[family, kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_artifact(family_model, family_fidelity_data, tmp_path_factory):
+    """family, precision, kind -> the tiny model exported (once), enforcing the family's bar."""
+    built: dict[tuple[str, str, str], Path] = {}
+
+    def get(family: str, precision: str = "fp32", kind: str = "cross") -> Path:
+        key = (family, precision, kind)
+        if key not in built:
+            built[key] = _export(tmp_path_factory, family_model(family, kind), kind, precision,
+                                 fidelity_data=family_fidelity_data)
+        return built[key]
+
+    return get

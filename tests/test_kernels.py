@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from crossrank.errors import InvalidArgumentError
-from crossrank.kernels.heads import (add_pooling_head, add_score_head, head_node_names, reference_pooling,
-                                     reference_score)
+from crossrank.kernels.heads import (add_pooling_head, add_positions, add_score_head, add_yes_no_head,
+                                     head_node_names, reference_pooling, reference_score, reference_yes_no)
 from crossrank.kernels.quantize import RECIPES, get_recipe, quantize_int8
 from crossrank.session import build_session
 
@@ -73,6 +73,32 @@ def test_score_head_matches_numpy(num_labels):
     got = _run(model, {"x": logits})
     assert got.shape == (5,)
     np.testing.assert_allclose(got, reference_score(logits), atol=1e-6)
+
+
+def test_yes_no_head_matches_numpy():
+    """The last real token of each right-padded row, dotted with W_yes - W_no."""
+    model = add_yes_no_head(_encoder_stub(17), RNG.normal(size=8))
+    direction = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name.endswith("answer_direction")))
+    hidden = RNG.normal(size=(4, 7, 8)).astype(np.float32)
+    mask = _masks()[:3]  # right padding, every row with at least one real token
+    got = _run(model, {"hidden_in": hidden[:3], "attention_mask": mask})
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, reference_yes_no(hidden[:3], mask, direction), atol=1e-5)
+    assert {n.op_type for n in model.graph.node} >= {"GatherND", "ReduceSum"} and "MatMul" not in {
+        n.op_type for n in model.graph.node}  # nothing an int8 recipe would quantize
+
+
+def test_positions_computed_in_the_graph():
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["position_ids"], ["positions_out"], to=TensorProto.INT64)], "stub",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "t"]),
+         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["b", "t"])],
+        [helper.make_tensor_value_info("positions_out", TensorProto.INT64, ["b", "t"])],
+    )
+    model = add_positions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [i.name for i in model.graph.input] == ["input_ids"]
+    got = _run(model, {"input_ids": np.zeros((3, 5), dtype=np.int64)})
+    np.testing.assert_array_equal(got, np.tile(np.arange(5), (3, 1)))
 
 
 def test_score_head_rejects_three_labels():

@@ -403,6 +403,10 @@ BAD = [
      ["documents[0]"]),
     ("/v2/rerank", {"model": "m", "query": "q", "documents": DOCS, "max_tokens_per_doc": 0}, 422, "cohere",
      ["max_tokens_per_doc"]),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": DOCS, "instruction": 3}, 422, "cohere",
+     ["instruction", "str"]),
+    ("/v1/rerank", {"query": "q", "documents": DOCS, "instruction": "Find answers"}, 422, "cohere",
+     ["instruction", "takes none"]),
     ("/v1/rerank", {"query": "q", "documents": ["d"] * (MAX_DOCUMENTS + 1)}, 413, "cohere", ["documents", "65"]),
     ("/v1/rerank", {"query": "q", "documents": ["x" * 1000] * 300}, 413, "cohere", ["body", "max-request-bytes"]),
     ("/rerank", {"query": "q", "texts": "one"}, 422, "tei", ["texts"]),
@@ -677,3 +681,30 @@ def test_serve_config_checks_itself(field, value, message):
 
     with pytest.raises(crossrank.InvalidArgumentError, match=message):
         ServeConfig(reranker="x", **{field: value})
+
+
+@pytest.mark.parametrize("family", ["modernbert", "deberta-v2", "qwen3"])
+def test_each_export_family_serves_through_the_cohere_sdk(family, family_artifact, trec_rag, tmp_path):
+    """The tiny random model of each family (tests/test_families.py) behind ``crossrank serve``: the
+    cohere SDK's answers equal the in-process Reranker's (fp32, batch-invariant); the decoder takes
+    crossrank's ``instruction`` field (sent as an additional body parameter of the SDK)."""
+    artifact = family_artifact(family)
+    process = Server(["--reranker", f"{family}={artifact}"], tmp_path / "server.log")
+    try:
+        reranker = crossrank.Reranker(artifact)
+        client = cohere.ClientV2(api_key="dummy", base_url=process.url)
+        row = trec_rag[6]
+        response = client.rerank(model=family, query=row["query"], documents=row["documents"][:8], top_n=5)
+        assert [(r.index, r.relevance_score) for r in response.results] == ranked(reranker, row["query"],
+                                                                                row["documents"][:8], top_n=5)
+        info = httpx.get(process.url + "/info", timeout=30).json()["models"][family]
+        assert info["instruction"]["accepted"] is (family == "qwen3")
+        if family == "qwen3":
+            instruction = "Given a question, retrieve passages that disagree with it"
+            instructed = client.rerank(model=family, query=row["query"], documents=row["documents"][:8],
+                                       request_options={"additional_body_parameters": {"instruction": instruction}})
+            want = reranker.rerank(row["query"], row["documents"][:8], instruction=instruction)
+            assert [(r.index, r.relevance_score) for r in instructed.results] == [(r.index, r.score) for r in want]
+            assert [r.relevance_score for r in instructed.results] != [r.relevance_score for r in response.results]
+    finally:
+        process.stop()

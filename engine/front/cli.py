@@ -38,15 +38,21 @@ def _add_export(sub) -> None:
     p.add_argument("src", help="Hugging Face model folder or model id")
     p.add_argument("out", help="artifact folder to create")
     p.add_argument("--kind", required=True, choices=["cross", "bi"],
-                   help="cross: reranker (sequence classification, 1 or 2 labels); bi: embedder")
+                   help="cross: reranker (BERT/XLM-R/ModernBERT/DeBERTa-v2 sequence classification with 1 or "
+                        "2 labels, or a Qwen3 yes/no decoder reranker); bi: embedder (BERT/XLM-R/ModernBERT/"
+                        "DeBERTa-v2 encoder)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
                    help="fp32 (reference), int8 (CPU), fp16 (CUDA). Default: fp32")
     p.add_argument("--int8-recipe", default=None,
                    help="int8 quantization recipe (default: the batch-invariant per-row recipe; all: "
                         "crossrank.kernels.quantize.RECIPES, compared by `make bench-int8`)")
     p.add_argument("--max-length", type=int, default=None,
-                   help="token window (default: the model's own: 512 for BERT cross-encoders, "
-                        "sentence-transformers' max_seq_length for bi-encoders)")
+                   help="token window (default: the model's own: 512 for BERT cross-encoders, 8192 for "
+                        "ModernBERT and the qwen3-reranker template, sentence-transformers' max_seq_length "
+                        "for bi-encoders)")
+    p.add_argument("--template", default=None,
+                   help="decoder rerankers (Qwen3ForCausalLM): the prompt template, a bundled name "
+                        "(qwen3-reranker, the default) or a JSON file; see docs/export.md")
     p.add_argument("--fidelity-data", default=None,
                    help="JSONL of {\"query\": ..., \"documents\": [...]} for the fidelity check "
                         "(default: the Semanlink sample from cherche==2.2.1)")
@@ -62,7 +68,7 @@ def _run_export(args) -> int:
     manifest = export_model(
         args.src, args.out, kind=args.kind, precision=args.precision, force=args.force,
         allow_low_fidelity=args.allow_low_fidelity, max_length=args.max_length,
-        int8_recipe=args.int8_recipe, fidelity_data=args.fidelity_data,
+        int8_recipe=args.int8_recipe, fidelity_data=args.fidelity_data, template=args.template,
     )
     print(describe_artifact(Path(args.out), manifest))
     return 0
@@ -74,8 +80,10 @@ def describe_artifact(path: Path, manifest: dict) -> str:
     keys = ("max_abs_diff", "spearman", "mean_cosine", "top10_agreement")
     figures = ", ".join(f"{k} {fid[k]:.6g}" for k in keys if k in fid)
     recipe = manifest["quantization"]["name"] if manifest.get("quantization") else "-"
-    return (f"{path}: {manifest['kind']} {manifest['precision']} (recipe {recipe}), max_length "
-            f"{manifest['max_length']}, {size_mb:.1f} MB, exported in {manifest['export_seconds']} s\n"
+    family = manifest.get("family", "bert")
+    template = f", template {manifest['prompt'].get('name')}" if manifest.get("prompt") else ""
+    return (f"{path}: {manifest['kind']} {manifest['precision']} ({family} family{template}, recipe {recipe}), "
+            f"max_length {manifest['max_length']}, {size_mb:.1f} MB, exported in {manifest['export_seconds']} s\n"
             f"  fidelity vs PyTorch on {fid.get('pairs') or fid.get('texts')} real "
             f"{'pairs' if 'pairs' in fid else 'texts'}: {figures} [{'pass' if fid['passed'] else 'BELOW BAR'}: {fid['bar']}]")
 

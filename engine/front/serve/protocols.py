@@ -134,6 +134,7 @@ class RerankRequest:
     max_chunks_per_doc: int | None = None  # Cohere v1: best of the first N windows of each document
     return_evidence: bool = False        # crossrank's own: each result's windows (character offsets, scores)
     return_truncation: bool = False      # crossrank's own: each result's truncated / dropped_tokens
+    instruction: str | None = None       # crossrank's own: instruct-aware rerankers only (others: 422)
 
 
 def _extras(body: dict) -> dict:
@@ -171,7 +172,8 @@ def _top_n(body: dict) -> int | None:
 
 def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankRequest:
     """Cohere v1 (also Jina: documents as strings or {"text", ...} objects, rank_fields,
-    return_documents, default true) or Cohere v2 (documents as strings only)."""
+    return_documents, default true) or Cohere v2 (documents as strings only). Both take crossrank's
+    ``instruction`` (a string) for instruct-aware rerankers; a model without one answers 422."""
     model = parse_model(body)
     if version == 2 and model is None:
         raise _field("model is required by Cohere's v2 rerank API: send the name GET /v1/models lists", "model")
@@ -183,10 +185,13 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     _limit_count(documents, "documents", max_documents)
     top_n = _top_n(body)
     max_tokens = _positive_or_none(body, "max_tokens_per_doc")
+    instruction = body.get("instruction")
+    if instruction is not None:
+        _checked(check_query, instruction, "instruction", name="instruction")
     if version == 2:
         texts = [_checked(check_text, d, f"documents[{i}]", name=f"documents[{i}]") for i, d in enumerate(documents)]
         return RerankRequest(COHERE, query, texts, documents, top_n, False, False, max_tokens, model, 2,
-                             **_extras(body))
+                             instruction=instruction, **_extras(body))
     rank_fields = body.get("rank_fields")
     if rank_fields is not None:
         _checked(check_texts, rank_fields, "rank_fields", name="rank_fields")
@@ -195,7 +200,7 @@ def parse_cohere_rerank(body: dict, max_documents: int, version: int) -> RerankR
     max_chunks = _positive_or_none(body, "max_chunks_per_doc")
     texts = [_document_text(d, i, rank_fields) for i, d in enumerate(documents)]
     return RerankRequest(COHERE, query, texts, documents, top_n, return_documents, False, max_tokens, model, 1,
-                         max_chunks_per_doc=max_chunks, **_extras(body))
+                         max_chunks_per_doc=max_chunks, instruction=instruction, **_extras(body))
 
 
 def parse_tei_rerank(body: dict, max_documents: int) -> RerankRequest:

@@ -69,6 +69,10 @@ class ServedModel:
         else:
             info.update(scores=described["scores"], calibration=described["calibration"],
                         long_documents=described["long_documents"])
+            manifest = self.model.artifact.manifest
+            info.update(family=manifest.get("family", "bert"),
+                        instruction={"accepted": self.model.accepts_instruction,
+                                     "default": (manifest.get("prompt") or {}).get("default_instruction")})
         return info
 
 

@@ -169,7 +169,7 @@ def run_rerank(call: Call, request: p.RerankRequest) -> Outcome:
     ranked = served.model.rerank(request.query, request.texts, top_n=request.top_n, return_documents=False,
                                  raw_scores=request.raw_scores, max_tokens_per_doc=request.max_tokens_per_doc,
                                  max_chunks_per_doc=request.max_chunks_per_doc, return_evidence=request.return_evidence,
-                                 token_budget=call.config.max_request_tokens)
+                                 token_budget=call.config.max_request_tokens, instruction=request.instruction)
     call.metrics.tokens.labels(served.name).inc(ranked.tokens)
     call.metrics.truncated.labels(served.name).inc(ranked.truncated)
     call.metrics.dropped_tokens.labels(served.name).inc(ranked.dropped_tokens)
