@@ -192,10 +192,7 @@ def bench_family(family: str, paths: dict[str, Path], workload: list[dict], pool
                      "round_seconds": seconds[name], "p50_1x20_ms": float(np.percentile(latency[name], 50)),
                      "spearman_vs_baseline": spearman(scores[baseline], scores[name]),
                      "tokens_per_pair": None if reranker is None else float(np.mean(
-                         reranker.tokenizer.pair_rows(reranker.tokenizer.encode_queries([request["query"]]),
-                                                      np.zeros(len(request["documents"]), np.int64),
-                                                      reranker.tokenizer.encode_documents(
-                                                          request["documents"])).lengths))})
+                         reranker.token_lengths([(request["query"], d) for d in request["documents"]])))})
     long_mate = " ".join(pool[-4:])
     invariance = {}
     for name, (_, reranker) in systems.items():

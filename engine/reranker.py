@@ -215,10 +215,16 @@ class Reranker(Model):
 
     def describe(self) -> dict:
         """``Model.describe()`` plus ``long_documents``, ``chunk_overlap``, ``scores`` ("calibrated",
-        or the manifest's activation: "sigmoid" / "identity") and ``calibration`` (its summary, or None)."""
+        or the manifest's activation: "sigmoid" / "identity"), ``calibration`` (its summary, or
+        None), ``family`` (the export family) and ``instruction`` (``accepted``, and the prompt's
+        ``default`` or None)."""
+        manifest = self.artifact.manifest
         return {**super().describe(), "long_documents": self.long_documents, "chunk_overlap": self.chunk_overlap,
                 "scores": self.scores,
-                "calibration": self.calibration.summary() if self.calibration is not None else None}
+                "calibration": self.calibration.summary() if self.calibration is not None else None,
+                "family": manifest.get("family", "bert"),
+                "instruction": {"accepted": self.accepts_instruction,
+                                "default": (manifest.get("prompt") or {}).get("default_instruction")}}
 
     @property
     def scores(self) -> str:

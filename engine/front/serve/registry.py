@@ -68,11 +68,8 @@ class ServedModel:
             info["dim"] = m["dim"]
         else:
             info.update(scores=described["scores"], calibration=described["calibration"],
-                        long_documents=described["long_documents"])
-            manifest = self.model.artifact.manifest
-            info.update(family=manifest.get("family", "bert"),
-                        instruction={"accepted": self.model.accepts_instruction,
-                                     "default": (manifest.get("prompt") or {}).get("default_instruction")})
+                        long_documents=described["long_documents"], family=described["family"],
+                        instruction=described["instruction"])
         return info
 
 
