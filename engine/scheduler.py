@@ -12,6 +12,11 @@ back to each request. So twenty small requests are not starved by one huge one, 
 different callers share batches. There is no artificial wait: a window forms as soon as the
 worker is free.
 
+With several workers, a worker that takes a window while rows are still waiting wakes the next
+idle one, and a shallow queue is shared out: a window holds at most the untaken tokens divided by
+the workers (at least one batch's budget), so one lone request's batches run on every worker side
+by side instead of one window after another on one worker.
+
 - Deadlines (``runner.Deadline``): a request with a deadline gives its rows in its own order;
   before each batch the worker asks each such request in it whether the batch may still start
   (``Deadline.allows``, with the batch's whole cost, queueing time included since ``now`` is
@@ -103,10 +108,12 @@ class _Queue:
     """The state the worker and the callers share (the Scheduler facade is separate, so that
     dropping the last reference to it stops the worker)."""
 
-    def __init__(self, runner: BatchRunner, pad_id: int, max_queue_tokens: int, window_batches: int, name: str):
-        self.runner, self.pad_id, self.name = runner, pad_id, name
+    def __init__(self, runner: BatchRunner, pad_id: int, max_queue_tokens: int, window_batches: int, name: str,
+                 workers: int):
+        self.runner, self.pad_id, self.name, self.workers = runner, pad_id, name, workers
         self.max_queue_tokens = max_queue_tokens
         self.window_tokens = window_batches * runner.batch_tokens
+        self.untaken_tokens = 0  # real tokens of the queued rows no window has taken yet
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.active: deque[_Request] = deque()  # requests with rows not yet taken, round-robin order
@@ -133,6 +140,7 @@ class _Queue:
                     f"{request.queued_tokens}, past max_queue_tokens {self.max_queue_tokens}; retry in "
                     f"{self.retry_after_s():.0f} s", retry_after_s=self.retry_after_s())
             self.queued_tokens += request.queued_tokens
+            self.untaken_tokens += request.queued_tokens
             self.queued_requests += 1
             self.active.append(request)
             self.wake.notify()
@@ -156,6 +164,7 @@ class _Queue:
         self.queued_tokens -= request.queued_tokens
         self.queued_requests -= 1
         request.queued_tokens = 0
+        self.untaken_tokens -= int(request.lengths[list(request.pending)].sum()) if request.pending else 0
         request.pending.clear()
         try:
             self.active.remove(request)
@@ -164,9 +173,13 @@ class _Queue:
 
     def _take_window(self) -> list[tuple[_Request, int]]:
         """Rows round-robin across the active requests, one per request per turn, until the window
-        holds ``window_tokens`` real tokens; the next window goes on with the next request in turn."""
+        holds ``window_tokens`` real tokens, or its share of a shallow queue (the untaken tokens
+        divided by the workers, at least one batch's budget); the next window goes on with the next
+        request in turn."""
+        share = max(self.runner.batch_tokens, math.ceil(self.untaken_tokens / self.workers))
+        limit = min(self.window_tokens, share)
         window, tokens = [], 0
-        while self.active and tokens < self.window_tokens:
+        while self.active and tokens < limit:
             request = self.active.popleft()
             row = request.pending.popleft()
             window.append((request, row))
@@ -174,6 +187,7 @@ class _Queue:
             tokens += int(request.lengths[row])
             if request.pending:
                 self.active.append(request)
+        self.untaken_tokens -= tokens
         return window
 
     # -- the worker (one thread) -----------------------------------------------------------------
@@ -185,6 +199,8 @@ class _Queue:
                 if self.closed:
                     return
                 window = self._take_window()
+                if self.active:  # rows left: the next idle worker takes a window of them meanwhile
+                    self.wake.notify()
             try:
                 self._run_window(window)
             except BaseException as err:  # a failed model call fails the requests of its window
@@ -310,7 +326,7 @@ class Scheduler:
         check_int(window_batches, "window_batches")
         self.workers = check_int(workers, "workers", *WORKERS_RANGE)
         self.runner, self.pad_id, self.name = runner, pad_id, name
-        self._queue = _Queue(runner, pad_id, max_queue_tokens, window_batches, name)
+        self._queue = _Queue(runner, pad_id, max_queue_tokens, window_batches, name, self.workers)
         for number in range(self.workers):
             threading.Thread(target=self._queue.work, name=f"crossrank-{name}-{number}", daemon=True).start()
         # dropping the last reference to the Scheduler (e.g. with its Reranker) stops the worker

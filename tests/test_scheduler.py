@@ -338,6 +338,29 @@ def test_full_queue_refuses_at_once_then_recovers(tiny_cross):
     reranker.close()
 
 
+def test_one_request_runs_on_every_worker_side_by_side(tiny_cross):
+    """A lone request on a shallow queue is shared out across the workers: its batches run at
+    once on both (each of the first two model calls waits for the other at a barrier, which
+    breaks, failing the request, if the second worker never starts), with the unshared scores."""
+    reranker = crossrank.Reranker(tiny_cross, threads=1, shared=True, workers=2, batch_tokens=256)
+    reference = crossrank.Reranker(tiny_cross, threads=1, batch_tokens=256)
+    both = threading.Barrier(2, timeout=30)
+    original, calls = reranker.runner._run_batch, []
+
+    def run_batch(feeds):
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            both.wait()
+        return original(feeds)
+
+    reranker.runner._run_batch = run_batch
+    got = reranker.rerank(QUERY, DOCS)
+    assert len(set(calls)) == 2, f"one request ran on {sorted(set(calls))} only"
+    np.testing.assert_array_equal([r.score for r in got], [r.score for r in reference.rerank(QUERY, DOCS)])
+    assert reranker.scheduler.queued_tokens == 0 and reranker.scheduler._queue.untaken_tokens == 0
+    reranker.close()
+
+
 def test_options_and_lifecycle(tiny_cross):
     with pytest.raises(InvalidArgumentError, match="shared=True"):
         crossrank.Reranker(tiny_cross, max_queue_tokens=100)
