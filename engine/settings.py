@@ -11,7 +11,13 @@ device; a section's keys are all optional)::
     {"format": 1,
      "cpu": {"threads": 2, "batch_tokens": 4096, "io_binding": false, "backend": "onnxruntime",
              "precision": "int8", "spinning": "within-calls",
-             "measured": {... what tune measured, free-form ...}}}
+             "measured": {... what tune measured, free-form ...},
+             "serve": {"workers": 2, "threads": 1, "concurrency": [1, 16],
+                       "measured": {... the layouts tune measured under that load ...}}}}
+
+``serve`` is the served layout (``ServeLayout``: scheduler workers x intra-op threads per worker)
+that ``crossrank tune`` measured fastest under concurrent callers; ``crossrank serve`` runs the
+model with it (the section's own ``threads`` is for one caller at a time, the in-process API's).
 
 A malformed file is an error naming the file and the bad key or value, never silently ignored.
 """
@@ -84,6 +90,9 @@ PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 RUNTIME_FILE = "runtime.json"
 RUNTIME_FORMAT = 1
 TUNABLE = ("threads", "batch_tokens", "io_binding", "backend", "precision", "spinning")
+# Where a served model's layout comes from: flags or environment ("argument"), the artifact's
+# runtime.json "serve" section (`crossrank tune`), or ``layout_rule`` of the machine ("rule").
+LAYOUT_ORIGINS = ("argument", RUNTIME_FILE, "rule")
 
 
 def physical_cores() -> int:
@@ -100,6 +109,44 @@ def physical_cores() -> int:
         except OSError:
             cores.add(str(cpu))
     return max(1, len(cores))
+
+
+@dataclass(frozen=True)
+class ServeLayout:
+    """How a served model uses the cores under concurrent callers: ``workers`` scheduler threads,
+    each running its own window of batches on the model's one session, which has ``threads``
+    intra-op threads (crossrank.scheduler). ``origin``: one of LAYOUT_ORIGINS."""
+
+    workers: int
+    threads: int
+    origin: str = "rule"
+
+    def __post_init__(self):
+        check_int(self.workers, "workers", *WORKERS_RANGE)
+        check_threads(self.threads, allow_none=False)
+        check_choice(self.origin, "origin", LAYOUT_ORIGINS)
+
+    def text(self) -> str:
+        return (f"{self.workers} worker{'s' * (self.workers > 1)} x {self.threads} thread{'s' * (self.threads > 1)} "
+                f"({self.origin})")
+
+
+def layout_rule(cores: int, device: str = "cpu") -> ServeLayout:
+    """The served layout without a tuned one: on CPU one worker per physical core, each on a
+    one-thread session (past WORKERS_RANGE's cap, the cores split evenly over the most workers);
+    on CUDA one worker (the GPU runs one batch at a time) with ``cores`` host threads.
+
+    Why: a 1 x 20 rerank request is many small batches (~1.4 rows at the CPU's 512-token budget),
+    and splitting one small batch across cores synchronises more than it computes (two threads
+    ran at 0.63x per core on a 2-vCPU Xeon, 0.54x on an AMD EPYC). Running whole batches side by
+    side keeps every core busy under concurrent callers, and a lone request is shared out over the
+    workers (crossrank.scheduler), so it still runs on every core. Measured on 2 cores
+    (benchmarks/results/serve_layouts.md); ``crossrank tune`` measures it per machine."""
+    cores = check_int(cores, "cores", 1)
+    if check_device(device) == "cuda":
+        return ServeLayout(1, cores, "rule")
+    workers = min(cores, WORKERS_RANGE[1])
+    return ServeLayout(workers, max(1, cores // workers), "rule")
 
 
 def check_device(device) -> str:
@@ -263,9 +310,18 @@ class SessionOptions:
 # -- runtime.json: read, validate, write ------------------------------------------------------
 
 # runtime.json's schema: a format, then per device a section of tunable settings (all optional)
+def is_concurrency(value) -> str | None:
+    """A list of concurrent callers (positive integers), e.g. [1, 16]."""
+    if not isinstance(value, list) or not value or any(is_int(1)(v) for v in value):
+        return f"must be a non-empty list of positive integers (concurrent callers), got {value!r:.60}"
+    return None
+
+
+SERVE_FIELDS = {"workers": is_int(*WORKERS_RANGE), "threads": is_int(*THREADS_RANGE), "concurrency": is_concurrency,
+                "measured": is_object}
 SECTION_FIELDS = {"threads": is_int(*THREADS_RANGE), "batch_tokens": is_int(*BATCH_TOKENS_RANGE),
                   "io_binding": is_bool, "backend": is_one_of(*BACKENDS), "precision": is_one_of(*PRECISIONS),
-                  "spinning": is_one_of(*SPINNING_MODES), "measured": is_object}
+                  "spinning": is_one_of(*SPINNING_MODES), "measured": is_object, "serve": is_object}
 
 
 def validate_runtime(document: Any, where: str = RUNTIME_FILE) -> dict:
@@ -278,6 +334,9 @@ def validate_runtime(document: Any, where: str = RUNTIME_FILE) -> dict:
     for device in DEVICES:
         if device in document:
             check_fields(document[device], where, SECTION_FIELDS, (), RuntimeConfigError, section=device)
+            if "serve" in document[device]:
+                check_fields(document[device]["serve"], where, SERVE_FIELDS, ("workers", "threads"),
+                             RuntimeConfigError, section=f"{device}.serve")
     return document
 
 
@@ -304,8 +363,17 @@ def runtime_settings(folder: str | Path, device: str) -> dict:
     return {k: section[k] for k in TUNABLE if k in section}
 
 
-def write_runtime(folder: str | Path, device: str, settings: dict, measured: dict | None = None) -> Path:
-    """Write (atomically) the ``device`` section of ``folder/runtime.json``, keeping the others."""
+def runtime_layout(folder: str | Path, device: str) -> ServeLayout | None:
+    """The served layout of runtime.json's ``device`` section (origin "runtime.json"), or None."""
+    document = read_runtime(folder)
+    serve = ((document or {}).get(device) or {}).get("serve")
+    return None if serve is None else ServeLayout(serve["workers"], serve["threads"], RUNTIME_FILE)
+
+
+def write_runtime(folder: str | Path, device: str, settings: dict, measured: dict | None = None,
+                  serve: dict | None = None) -> Path:
+    """Write (atomically) the ``device`` section of ``folder/runtime.json``, keeping the others;
+    ``serve``: the served layout (``{"workers", "threads", "concurrency", "measured"}``)."""
     check_device(device)
     folder = Path(folder)
     path = folder / RUNTIME_FILE
@@ -313,6 +381,8 @@ def write_runtime(folder: str | Path, device: str, settings: dict, measured: dic
     section = {k: settings[k] for k in TUNABLE if k in settings}
     if measured is not None:
         section["measured"] = measured
+    if serve is not None:
+        section["serve"] = serve
     document[device] = section
     validate_runtime(document, str(path))
     return write_json_atomically(path, document)
@@ -328,7 +398,7 @@ def write_json_atomically(path: Path, document: dict) -> Path:
 __all__ = [
     "BACKENDS", "PRECISIONS", "check_backend", "check_precision", "BATCH_TOKENS_RANGE", "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_QUEUE_TOKENS", "DEVICES", "GRAPH_OPTIMIZATION",
     "MAX_ROWS", "MEMORY_ARENA", "SCHEDULER_WINDOW_BATCHES", "SPINNING", "SPINNING_MODES",
-    "ORIGINS", "RUNTIME_FILE", "SessionOptions", "THREADS_RANGE", "check_batch_tokens", "check_device",
+    "LAYOUT_ORIGINS", "ORIGINS", "RUNTIME_FILE", "ServeLayout", "SessionOptions", "layout_rule", "runtime_layout", "THREADS_RANGE", "check_batch_tokens", "check_device",
     "check_optimization", "check_spinning", "check_threads", "default_options", "default_settings", "physical_cores", "read_runtime",
     "runtime_settings",
     "validate_runtime", "write_json_atomically", "write_runtime",

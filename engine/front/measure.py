@@ -10,6 +10,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -86,6 +87,38 @@ def measure_throughput(call: Callable[[], object], items: int) -> tuple[float, f
     call()
     seconds = time.perf_counter() - start
     return items / seconds, seconds
+
+
+def closed_loop(call: Callable[[object], object], requests: list, concurrency: int) -> tuple[float, list[float]]:
+    """``concurrency`` threads each calling ``call(request)`` on the next request as soon as their
+    last one returns (closed loop) until ``requests`` are done: (seconds, latencies in ms)."""
+    pending, latencies, lock = list(reversed(requests)), [], threading.Lock()
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        while not errors:
+            with lock:
+                if not pending:
+                    return
+                request = pending.pop()
+            start = time.perf_counter()
+            try:
+                call(request)
+            except BaseException as err:  # re-raised on the caller's thread
+                errors.append(err)
+                return
+            with lock:
+                latencies.append((time.perf_counter() - start) * 1e3)
+
+    clients = [threading.Thread(target=client, name=f"crossrank-client-{i}") for i in range(concurrency)]
+    start = time.perf_counter()
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start, latencies
 
 
 def cold_start_seconds(artifact: str, device: str = "cpu", kind: str = "cross", backend: str | None = None) -> float:

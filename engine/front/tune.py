@@ -7,6 +7,14 @@ the reference request (1 query x 20 documents) stays within the caller's budget,
 them to ``ART/runtime.json`` (format and precedence: crossrank.settings). ``Reranker(ART)`` then
 uses them; explicit constructor arguments win.
 
+Then the served layout: ``crossrank serve`` runs the model with workers x intra-op threads per
+worker (crossrank.scheduler); at the chosen settings every split of the physical cores into
+workers x threads is measured under concurrent callers (``--concurrency``, default 1 and 16, one
+caller alone and a busy server), each layout as a shared Reranker driven in process by that many
+closed-loop callers with 1 x 20 requests, the layouts taking turns each round. The layout with
+the highest geometric mean of its pairs/s relative to the best at each concurrency is written as
+runtime.json's "serve" layout (``--no-layout``: not measured, none written).
+
 A machine too noisy to measure is refused: the default settings are measured again between parts
 of the sweep, and when their spread ((max - min) / median) exceeds ``--max-spread`` nothing is
 written unless ``--allow-noisy`` (the spread is printed either way and recorded in runtime.json).
@@ -29,13 +37,14 @@ from crossrank.errors import CrossrankError, InvalidArgumentError, RuntimeConfig
 from crossrank.front.args import (add_workload_arguments, choice_list_type, count_arg, int_list_type,
                                   positive_float_arg, positive_int_arg)
 from crossrank.isa import bf16_path, cpu_flags, describe_cpu
-from crossrank.front.measure import machine_name, measure_latency, measure_throughput
+from crossrank.front.measure import closed_loop, machine_name, measure_latency, measure_throughput
 from crossrank.front.workload import load_workload, request_of_size, spread
 from crossrank.openvino_session import openvino_installed
 from crossrank.reranker import Reranker
 from crossrank.session import require_device
 from crossrank.settings import (BACKENDS, BATCH_TOKENS_RANGE, RUNTIME_FILE, SPINNING, SPINNING_MODES, THREADS_RANGE,
-                                SessionOptions, default_settings, physical_cores, read_runtime, write_runtime)
+                                WORKERS_RANGE, SessionOptions, default_settings, layout_rule, physical_cores,
+                                read_runtime, write_runtime)
 
 DEFAULT_SWEEP_BATCH_TOKENS = (256, 512, 1024, 2048, 4096)
 REFERENCE_DOCUMENTS = 20  # the reference request: one query with 20 candidates
@@ -45,6 +54,8 @@ FINALISTS = 2             # fastest settings within budget that go to the final 
 DEFAULT_SWEEP_SPINNING = ("within-calls", "never")
 MAX_SPREAD = 0.10         # the default settings' repeated throughputs may spread this much ((max-min)/median)
 BASELINE_REPEATS = 3      # how often the default settings are measured across the sweep
+DEFAULT_LAYOUT_CONCURRENCY = (1, 16)  # the served layout's default mix: one caller alone, a busy server
+LAYOUT_REQUESTS_PER_CLIENT = 2        # requests per caller per round of the layout sweep
 
 
 def runtimes(artifact, device: str, backends: list[str] | None = None) -> tuple[list[tuple[str, str]], list[str]]:
@@ -316,6 +327,115 @@ def measured_record(trial: Trial, latency_budget_ms: float | None, workload: str
     return record
 
 
+# -- the served layout: workers x threads under concurrent callers ----------------------------
+
+def layout_grid(device: str, cores: int | None = None) -> list[tuple[int, int]]:
+    """(workers, threads) layouts to measure: every split of the physical cores into workers x
+    threads (CPU); on CUDA only the rule's (one worker: the GPU runs one batch at a time)."""
+    cores = cores or physical_cores()
+    if device == "cuda":
+        rule = layout_rule(cores, device)
+        return [(rule.workers, rule.threads)]
+    return [(cores // t, t) for t in range(1, cores + 1) if cores % t == 0 and cores // t <= WORKERS_RANGE[1]]
+
+
+@dataclass
+class LayoutTrial:
+    """One served layout and what it measured at each concurrency: pairs/s per round and the
+    latencies (ms) of every request, pooled over the rounds."""
+    workers: int
+    threads: int
+    rates: dict[int, list[float]] = field(default_factory=dict)
+    latencies: dict[int, list[float]] = field(default_factory=dict)
+
+    def rate(self, concurrency: int) -> float:
+        return statistics.median(self.rates[concurrency])
+
+    def percentile(self, concurrency: int, q: float) -> float:
+        ordered = sorted(self.latencies[concurrency])
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+    def text(self) -> str:
+        return f"{self.workers} worker{'s' * (self.workers > 1)} x {self.threads} thread{'s' * (self.threads > 1)}"
+
+
+def measure_layouts(path: str | Path, device: str, settings: dict, requests: list[tuple[str, list[str]]],
+                    concurrency: list[int], rounds: int, layouts: list[tuple[int, int]],
+                    progress: Callable[[str], None] | None = None) -> list[LayoutTrial]:
+    """Each layout as a shared Reranker at ``settings`` (threads replaced by the layout's), driven
+    by C closed-loop callers at each concurrency C with max(len(requests), 2 x C) of ``requests``
+    (cycled); the layouts take turns each round, who goes first rotating, so that outside load
+    lands on all of them alike."""
+    models = [Reranker(path, device=device, options=SessionOptions(**{**settings, "threads": threads}),
+                       shared=True, workers=workers) for workers, threads in layouts]
+    trials = [LayoutTrial(workers, threads) for workers, threads in layouts]
+    try:
+        for model in models:
+            model.rerank(*requests[0])  # warm-up: first-call allocations, thread pools
+        for round_number in range(rounds):
+            for c in concurrency:
+                count = max(len(requests), LAYOUT_REQUESTS_PER_CLIENT * c)
+                level = [requests[i % len(requests)] for i in range(count)]
+                pairs = sum(len(documents) for _, documents in level)
+                for j in range(len(models)):
+                    i = (j + round_number) % len(models)
+                    seconds, latencies = closed_loop(lambda r, m=models[i]: m.rerank(*r), level, c)
+                    trials[i].rates.setdefault(c, []).append(pairs / seconds)
+                    trials[i].latencies.setdefault(c, []).extend(latencies)
+                    if progress is not None:
+                        progress(f"  [layout round {round_number + 1}/{rounds}] {trials[i].text()}, {c} callers: "
+                                 f"{pairs / seconds:.1f} pairs/s")
+    finally:
+        for model in models:
+            model.close()
+    return trials
+
+
+def choose_layout(trials: list[LayoutTrial], concurrency: list[int]) -> tuple[LayoutTrial, str]:
+    """The layout with the highest geometric mean, over the concurrencies, of its pairs/s (median
+    over rounds) relative to the best layout's at that concurrency; layouts within NOISE of it go
+    to the lowest p50 at the lowest concurrency. Returns it and a sentence saying why."""
+    best = {c: max(t.rate(c) for t in trials) for c in concurrency}
+
+    def score(trial: LayoutTrial) -> float:
+        return statistics.geometric_mean([trial.rate(c) / best[c] for c in concurrency])
+
+    top = max(score(t) for t in trials)
+    close = [t for t in trials if score(t) >= top * (1 - NOISE)]
+    chosen = min(close, key=lambda t: t.percentile(min(concurrency), 50))
+    reason = (f"{', '.join(f'{chosen.rate(c):.1f} pairs/s at {c} callers' for c in concurrency)}: "
+              f"{score(chosen):.0%} of the best layout at each concurrency (geometric mean)")
+    if len(close) > 1:
+        reason += (f"; {len(close)} layouts were within {NOISE:.0%} of the best, so the one with the lowest p50 at "
+                   f"{min(concurrency)} callers was taken")
+    return chosen, reason
+
+
+def layout_record(chosen: LayoutTrial, trials: list[LayoutTrial], concurrency: list[int], rounds: int) -> dict:
+    """runtime.json's "serve" layout: the chosen workers x threads and what every layout measured."""
+    return {"workers": chosen.workers, "threads": chosen.threads, "concurrency": list(concurrency),
+            "measured": {"rounds": rounds, "machine": machine_name(), "physical_cores": physical_cores(),
+                         "tuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "layouts": [{"workers": t.workers, "threads": t.threads,
+                                      **{f"c{c}": {"pairs_per_s": round(t.rate(c), 2),
+                                                   "p50_ms": round(t.percentile(c, 50), 1),
+                                                   "p95_ms": round(t.percentile(c, 95), 1)} for c in concurrency}}
+                                     for t in trials]}}
+
+
+def format_layouts(trials: list[LayoutTrial], concurrency: list[int], chosen: LayoutTrial, reason: str) -> str:
+    lines = ["", f"served layouts (workers x intra-op threads, shared queue, 1 x {REFERENCE_DOCUMENTS} requests from "
+                 f"closed-loop callers; median pairs/s over rounds, p50/p95 pooled):",
+             "  " + f"{'layout':>22}" + "".join(f" {f'c={c} pairs/s':>14} {'p50 ms':>7} {'p95 ms':>7}"
+                                              for c in concurrency)]
+    for t in trials:
+        lines.append("  " + f"{t.text():>22}" + "".join(
+            f" {t.rate(c):>14.1f} {t.percentile(c, 50):>7.0f} {t.percentile(c, 95):>7.0f}" for c in concurrency)
+            + ("  CHOSEN" if t is chosen else ""))
+    lines.append(f"served layout: {chosen.text()}: {reason}.")
+    return "\n".join(lines)
+
+
 # -- the command ----------------------------------------------------------------------------
 
 def add_tune(sub) -> None:
@@ -329,7 +449,10 @@ def add_tune(sub) -> None:
                     "in interleaved rounds, pick the highest throughput whose p95 for the reference request "
                     "(1 query x 20 documents) is within --latency-budget-ms, and write it to "
                     "ART/runtime.json (the manifest is not touched). Reranker(ART) then uses it; explicit "
-                    "arguments win. Sibling artifacts of the same model in other precisions are measured at "
+                    "arguments win. Then, at those settings, every split of the cores into served layouts (scheduler "
+                    "workers x intra-op threads per worker) is measured under --concurrency closed-loop callers and "
+                    "the best is written as runtime.json's \"serve\" layout, which crossrank serve (and --ray's "
+                    "replicas) then use. Sibling artifacts of the same model in other precisions are measured at "
                     "the chosen settings, for comparison. The defaults are measured again across the sweep: "
                     "when their spread exceeds --max-spread the machine is too noisy to compare settings and "
                     "nothing is written (unless --allow-noisy).",
@@ -363,6 +486,12 @@ def add_tune(sub) -> None:
                         "turns on the same pairs, N rounds; the choice and the gain use the medians (default 3; "
                         "0 = choose from the sweep's single samples, no gain figure)")
     p.add_argument("--no-variants", action="store_true", help="skip measuring other precisions of the model")
+    p.add_argument("--concurrency", type=int_list_type(1, 4096), default=None, metavar="N,N,...",
+                   help="concurrent callers the served layout (workers x threads per worker) is measured at, e.g. "
+                        "the load you expect; several: the best over all of them (default "
+                        f"{','.join(map(str, DEFAULT_LAYOUT_CONCURRENCY))}: one caller alone and a busy server)")
+    p.add_argument("--no-layout", action="store_true",
+                   help="skip the served layout (runtime.json then has none: crossrank serve uses its rule)")
     p.add_argument("--dry-run", action="store_true", help="measure and print, but do not write runtime.json")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_tune)
@@ -438,12 +567,22 @@ def run_tune(args) -> int:
                 continue
             trial.label = f"{folder.name} ({load_artifact(folder, verify=False).precision})"
             variants.append(trial)
+    layout = None
+    if chosen is not None and not args.no_layout:
+        concurrency = args.concurrency or list(DEFAULT_LAYOUT_CONCURRENCY)
+        served = [(query, documents[:REFERENCE_DOCUMENTS]) for query, documents in
+                  ((r["query"], r["documents"]) for r in measured_requests)]
+        layouts = measure_layouts(artifact.path, args.device, chosen.settings, served, concurrency,
+                                  max(1, args.rounds), layout_grid(args.device), say)
+        layout = (layouts, concurrency, *choose_layout(layouts, concurrency))
     gain = None
     if chosen is baseline:
         gain = 1.0
     elif chosen is not None and chosen.final and baseline.final:
         gain = chosen.rate / baseline.rate
     print(format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain, workload_name, len(pairs)))
+    if layout is not None:
+        print(format_layouts(*layout))
     if noise.samples:
         print(f"\nnoise check: the defaults measured {len(noise.samples)} times across the sweep: {noise.text()}; "
               f"limit {args.max_spread:.0%}")
@@ -463,11 +602,17 @@ def run_tune(args) -> int:
     if args.dry_run:
         print("\n--dry-run: runtime.json not written")
         return 0
+    serve = None
+    if layout is not None:
+        layouts, concurrency, chosen_layout, _ = layout
+        serve = layout_record(chosen_layout, layouts, concurrency, max(1, args.rounds))
     path = write_runtime(artifact.path, args.device, chosen.settings,
                          measured_record(chosen, args.latency_budget_ms, workload_name, len(pairs),
-                                         artifact.sha256, gain, noise))
+                                         artifact.sha256, gain, noise), serve)
     print(f"\nwrote {path}: Reranker({str(artifact.path)!r}, device={args.device!r}) now uses "
-          f"{describe(chosen)} (explicit arguments still win)")
+          f"{describe(chosen)} (explicit arguments still win)"
+          + (f"; crossrank serve runs it with {chosen_layout.text()} (--workers/--threads still win)"
+             if serve is not None else ""))
     return 0
 
 
@@ -520,6 +665,6 @@ def format_tune(artifact, args, trials, variants, chosen, baseline, reason, gain
 
 
 __all__ = [
-    "Trial", "add_tune", "choose", "describe", "final_round", "measure", "measured_record", "precision_variants",
+    "LayoutTrial", "Trial", "add_tune", "choose", "choose_layout", "describe", "layout_grid", "measure_layouts", "final_round", "measure", "measured_record", "precision_variants",
     "run_tune", "settings_grid", "sweep", "within_budget",
 ]

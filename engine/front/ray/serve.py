@@ -3,8 +3,11 @@ as a Serve deployment, one copy of the models and one scheduler per replica.
 
 Each replica builds the same app ``crossrank serve`` runs (``@serve.ingress`` with
 ``__serve_build_asgi_app__``), loads and warms its models before Serve routes to it, and answers
-the same endpoints through Serve's HTTP proxy. Layout (``deployment_options``): CPU replicas
-reserve ``threads`` CPUs each (intra-op threads = reserved CPUs), CUDA replicas one GPU;
+the same endpoints through Serve's HTTP proxy. Layout (``replica_layout``, ``deployment_options``):
+the served layout's workers as replicas (``--replicas``, else the default model's runtime.json
+"serve" layout, else one per physical core), CPU replicas reserving its ``threads`` CPUs each
+(intra-op threads = reserved CPUs) and running ``--workers`` (default 1) scheduler workers, CUDA
+replicas one GPU;
 ``max_ongoing_requests`` follows the scheduler's token bound; fixed ``num_replicas`` or
 autoscaling between two bounds.
 
@@ -39,7 +42,7 @@ from ray import serve
 
 from crossrank.artifact import sha256_file
 from crossrank.errors import ArtifactError, InvalidArgumentError, MissingFileError
-from crossrank.front.ray.config import RayConfig, deployment_options
+from crossrank.front.ray.config import RayConfig, deployment_options, replica_layout
 from crossrank.front.serve.app import build_app
 from crossrank.front.serve.config import ServeConfig
 from crossrank.front.serve.errors import NotReady
@@ -147,6 +150,10 @@ def build_application(config: ServeConfig, ray_config: RayConfig | None = None) 
     each replica memory-maps it from the shared path (one copy in each node's page cache)."""
     ray_config = ray_config or RayConfig()
     config.require_models()
+    layout = replica_layout(config, ray_config)
+    # each replica runs the layout's threads and workers, whatever machine it lands on
+    config = dataclasses.replace(config, workers=layout.workers,
+                                 threads=layout.threads if config.device == "cpu" else config.threads)
     deployment = serve.deployment(CrossrankReplica, name=DEPLOYMENT_NAME, **deployment_options(config, ray_config))
     return deployment.bind(config, manifest_digests(config))
 
@@ -186,10 +193,11 @@ def run_on_ray(config: ServeConfig, ray_config: RayConfig) -> int:
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
-        layout = deployment_options(config, ray_config)
-        replicas = layout.get("num_replicas") or f"{ray_config.replicas}-{ray_config.max_replicas} (autoscaling)"
-        print(f"crossrank serve --ray: http://{config.host}:{config.port} ({replicas} replicas, "
-              f"{layout['ray_actor_options']}, max_ongoing_requests {layout['max_ongoing_requests']}); "
+        options = deployment_options(config, ray_config)
+        autoscaling = options.get("autoscaling_config")
+        scaling = f", autoscaling up to {autoscaling['max_replicas']}" if autoscaling else ""
+        print(f"crossrank serve --ray: http://{config.host}:{config.port} ({replica_layout(config, ray_config).text()}"
+              f"{scaling}, {options['ray_actor_options']}, max_ongoing_requests {options['max_ongoing_requests']}); "
               f"Ctrl-C stops", file=sys.stderr, flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -83,13 +83,17 @@ def add_serve(sub) -> None:
     p.add_argument("--shared", type=flag_bool, default=env_default("SHARED", "1"), metavar="BOOL",
                    help="merge concurrent requests into shared batches (default 1; 0: each request runs its own "
                         "batches, as the in-process API does)")
-    p.add_argument("--workers", type=workers_arg, default=env_default("WORKERS", "1"), metavar="N",
-                   help="scheduler threads per model running batches side by side on its one session (default 1; "
-                        "with --threads 1, one per core: see benchmarks/results/serve.md)")
+    p.add_argument("--workers", type=workers_arg, default=env_default("WORKERS"), metavar="N",
+                   help="scheduler threads per model, each running its own batches side by side on the model's one "
+                        "session (default: the layout: the artifact's runtime.json \"serve\" layout from `crossrank "
+                        "tune --concurrency`, else one per physical core; given alone, --threads fills the cores)")
     p.add_argument("--device", default=env_default("DEVICE", "cpu"), choices=["cpu", "cuda"],
                    help="execution provider (default cpu)")
     p.add_argument("--threads", type=threads_arg, default=env_default("THREADS"),
-                   help="intra-op threads per model (default: runtime.json, else physical cores)")
+                   help="intra-op threads per worker (default: the layout's, 1 by the rule; given alone, --workers "
+                        "fills the cores; with --shared 0: per request, default runtime.json's, else physical cores). "
+                        "/info and the startup log say where each model's layout came from: argument, runtime.json "
+                        "or rule (docs/serving.md \"Layout\")")
     p.add_argument("--core-sharing", default=env_default("CORE_SHARING", DEFAULT_CORE_SHARING), choices=CORE_SHARING,
                    help="how the models share the cores: shared = one budget of model calls for all of them, taken "
                         "in turn, first come first served; per-model = each model's calls run whenever they come "

@@ -21,7 +21,8 @@ from typing import Any
 
 from crossrank.errors import (ArgumentTypeError, InvalidArgumentError, MissingFileError, UsageError, check_bool,
                               check_choice, check_int, check_number)
-from crossrank.settings import DEFAULT_MAX_QUEUE_TOKENS, WORKERS_RANGE, check_device, check_threads
+from crossrank.settings import (DEFAULT_MAX_QUEUE_TOKENS, WORKERS_RANGE, ServeLayout, check_device, check_threads,
+                                layout_rule, physical_cores, runtime_layout)
 
 DEFAULT_MAX_DOCUMENTS = 1000            # documents (or texts) per request, candidates (k) per search; more: 413/422
 DEFAULT_MAX_REQUEST_BYTES = 8 << 20     # request body; more: 413
@@ -130,9 +131,9 @@ class ServeConfig:
     max_documents: int = DEFAULT_MAX_DOCUMENTS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     shared: bool = True
-    workers: int = 1                    # scheduler threads per model (with --threads 1: one per core)
+    workers: int | None = None          # scheduler threads per model (None: the layout's, see serve_layout)
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = None          # intra-op threads per worker (None: the layout's)
     cascade: Any = None
     core_sharing: str = DEFAULT_CORE_SHARING
     # who may call, and how much (crossrank.front.serve.security)
@@ -169,7 +170,7 @@ class ServeConfig:
         check_int(self.max_documents, "max_documents")
         check_int(self.max_request_bytes, "max_request_bytes")
         check_bool(self.shared, "shared")
-        check_int(self.workers, "workers", *WORKERS_RANGE)
+        check_int(self.workers, "workers", *WORKERS_RANGE, allow_none=True)
         check_device(self.device)
         check_threads(self.threads)
         for flag in ("protect_metrics", "info_paths", "openapi"):
@@ -215,6 +216,27 @@ class ServeConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def layout(self, folder: str | Path) -> ServeLayout | None:
+        """The layout (workers x threads) the model at ``folder`` is served with; see serve_layout."""
+        return serve_layout(self.shared, self.workers, self.threads, self.device, folder)
+
+
+def serve_layout(shared: bool, workers: int | None, threads: int | None, device: str,
+                 folder: str | Path | None, cores: int | None = None) -> ServeLayout | None:
+    """A served model's layout, from the first that says: the arguments (``--workers`` and/or
+    ``--threads``; one of them given, the other fills the physical cores: workers x threads =
+    cores), the artifact's runtime.json "serve" layout (``crossrank tune``), else
+    ``crossrank.settings.layout_rule`` of the machine. None with sharing off: each request then
+    runs its own batches on the caller's thread, with ``threads`` or the model's own (runtime.json,
+    else every physical core), as the in-process API does."""
+    if not shared:
+        return None
+    cores = cores or physical_cores()
+    if workers is not None or threads is not None:
+        workers = workers or max(1, min(WORKERS_RANGE[1], cores // threads))
+        return ServeLayout(workers, threads or max(1, cores // workers), "argument")
+    return (runtime_layout(folder, device) if folder is not None else None) or layout_rule(cores, device)
+
 
 def _names(value, field: str) -> tuple[str, ...]:
     """A tuple of non-empty names from a list/tuple or a comma-separated str."""
@@ -229,4 +251,4 @@ def _names(value, field: str) -> tuple[str, ...]:
 __all__ = ["CORE_SHARING", "DEFAULT_BODY_TIMEOUT_S", "DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_KEEP_ALIVE_TIMEOUT_S",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_DOCUMENTS", "DEFAULT_MAX_QUEUE_TOKENS", "DEFAULT_MAX_REQUEST_BYTES",
            "DEFAULT_MAX_REQUEST_TOKENS", "DEFAULT_SHUTDOWN_GRACE_S", "MODEL_FLAGS", "ServeConfig", "named",
-           "parse_cascade"]
+           "parse_cascade", "serve_layout"]

@@ -25,7 +25,7 @@ from crossrank.pipeline import Pipeline
 from crossrank.reranker import Reranker
 from crossrank.retriever import Retriever
 from crossrank.runner import CoreBudget
-from crossrank.settings import physical_cores
+from crossrank.settings import ServeLayout, physical_cores
 
 log = logging.getLogger("crossrank.serve")
 
@@ -43,6 +43,7 @@ class ServedModel:
     source: str                     # the artifact folder, or the cascade's spec
     memory_bytes: int | None = None  # resident memory its loading (and warm-up call) added
     stages: list = field(default_factory=list)  # a cascade's (reranker name, depth) stages
+    layout: ServeLayout | None = None  # workers x threads and where they came from (None: sharing off)
 
     @property
     def family(self) -> str:
@@ -63,7 +64,10 @@ class ServedModel:
             info["path"] = self.source
         info.update(precision=m["precision"], max_length=described["max_length"],
                     source=m["source"] if paths else Path(m["source"]).name, int8_recipe=m["int8_recipe"], sha256=m["sha256"],
-                    settings={**described["options"], "origin": described["origin"]}, **described["sharing"])
+                    settings={**described["options"], "origin": described["origin"]}, **described["sharing"],
+                    layout=None if self.layout is None else {"workers": self.layout.workers,
+                                                             "threads": self.layout.threads,
+                                                             "origin": self.layout.origin})
         if self.kind == "embedder":
             info["dim"] = m["dim"]
         else:
@@ -147,40 +151,43 @@ def _measured(build: Callable[[], Any]) -> tuple[Any, int | None]:
     return model, int((rss_mb() - before) * 1e6)
 
 
-def core_budget(config: ServeConfig) -> CoreBudget | None:
+def core_budget(config: ServeConfig, layouts: list[ServeLayout | None] = ()) -> CoreBudget | None:
     """The models' shared budget of model calls ("shared": as many at once as there are cores for
-    the configured threads per call, at least one), or None ("per-model")."""
+    the most intra-op threads a call of theirs uses, at least one), or None ("per-model")."""
     if config.core_sharing != "shared":
         return None
     cores = physical_cores()
-    return CoreBudget(max(1, cores // (config.threads or cores)))
+    threads = max([layout.threads for layout in layouts if layout is not None] or [config.threads or cores])
+    return CoreBudget(max(1, cores // threads))
 
 
 def load_registry(config: ServeConfig, registry: Registry, on_model: Callable[[ServedModel], None]) -> None:
     """Build, warm and add every model of ``config`` to ``registry``, one at a time (so the memory
-    each adds is its own); ``on_model`` sees each one added (e.g. metrics)."""
-    shared = {"shared": True, "max_queue_tokens": config.max_queue_tokens, "workers": config.workers} \
-        if config.shared else {}
-    budget = core_budget(config)
-    common = {"device": config.device, "threads": config.threads, "core_budget": budget, **shared}
+    each adds is its own), each with its layout (``ServeConfig.layout``); ``on_model`` sees each
+    one added (e.g. metrics)."""
+    models = [(kind, name, path, config.layout(path)) for kind in ("reranker", "embedder")
+              for name, path in getattr(config, kind).items()]
+    budget = core_budget(config, [layout for *_, layout in models])
 
-    def reranker(path: str) -> Reranker:
-        model = Reranker(path, **common)
-        model.rerank(WARMUP_QUERY, [WARMUP_QUERY])
+    def build(kind: str, path: str, layout: ServeLayout | None):
+        options = {"threads": config.threads} if layout is None else \
+            {"threads": layout.threads, "shared": True, "max_queue_tokens": config.max_queue_tokens,
+             "workers": layout.workers}
+        if kind == "reranker":
+            model = Reranker(path, device=config.device, core_budget=budget, **options)
+            model.rerank(WARMUP_QUERY, [WARMUP_QUERY])
+        else:
+            model = Embedder(path, device=config.device, core_budget=budget, **options)
+            model.embed([WARMUP_QUERY])
         return model
 
-    def embedder(path: str) -> Embedder:
-        model = Embedder(path, **common)
-        model.embed([WARMUP_QUERY])
-        return model
-
-    for kind, build in (("reranker", reranker), ("embedder", embedder)):
-        for name, path in getattr(config, kind).items():
-            model, memory = _measured(lambda: build(path))
-            registry.add(ServedModel(name, kind, model, path, memory))
-            on_model(registry.models[name])
-            log.info("loaded %s %s from %s (%s MB resident)", kind, name, path,
-                     "?" if memory is None else f"{memory / 1e6:.0f}")
+    for kind, name, path, layout in models:
+        model, memory = _measured(lambda: build(kind, path, layout))
+        registry.add(ServedModel(name, kind, model, path, memory, layout=layout))
+        on_model(registry.models[name])
+        log.info("loaded %s %s from %s (%s MB resident); %s", kind, name, path,
+                 "?" if memory is None else f"{memory / 1e6:.0f}",
+                 "sharing off" if layout is None else f"layout {layout.text()}")
     for name, spec in config.cascade.items():
         stages = parse_cascade(name, spec, config.reranker)
         cascade = Cascade([registry.models[stage].model for stage, _ in stages], [depth for _, depth in stages])
