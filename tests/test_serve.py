@@ -30,6 +30,7 @@ cohere = pytest.importorskip("cohere")
 openai = pytest.importorskip("openai")
 
 import crossrank
+from crossrank.settings import physical_cores
 from crossrank.evaluation.datasets import load_semanlink
 
 # Clients talk to 127.0.0.1 only: no proxies, no telemetry, no hosted endpoints from the environment.
@@ -92,7 +93,9 @@ class Server:
         """The name the server serves its reranker or embedder by (GET /v1/models; a request's
         "model" must name it: the artifact folder's name)."""
         args, flag = self.process.args, f"--{kind}"
-        return Path(args[args.index(flag) + 1] if flag in args else self.env[f"CROSSRANK_{kind.upper()}"]).name
+        entry = args[args.index(flag) + 1] if flag in args else self.env[f"CROSSRANK_{kind.upper()}"]
+        name, named, folder = entry.partition("=")
+        return name if named and "/" not in name else Path(entry).name
 
     def log(self) -> str:
         self._log.flush()
@@ -297,6 +300,8 @@ def test_health_info_and_metrics(server):
     assert info["models"]["starter"]["shared"] and info["models"]["minilm"]["dim"] == 384
     assert info["models"]["starter"]["default"] and info["models"]["starter"]["scores"] == "sigmoid"
     assert info["models"]["starter"]["memory_mb"] > 0 and info["models"]["minilm"]["memory_mb"] > 0
+    rule = {"workers": physical_cores(), "threads": 1, "origin": "rule"}  # no flags, no runtime.json: the rule
+    assert info["models"]["starter"]["layout"] == rule and info["models"]["starter"]["workers"] == rule["workers"]
     assert info["limits"] == {"max_queue_tokens": 1 << 20, "max_documents": MAX_DOCUMENTS,
                               "max_request_bytes": MAX_REQUEST_BYTES}
     assert info["index"]["documents"] == 200
