@@ -1,28 +1,34 @@
-"""Closed-loop load on ``crossrank serve`` over loopback, against the in-process API.
+"""Closed-loop load on ``crossrank serve`` over loopback, each served layout against the others
+and against the in-process API.
 
     python benchmarks/serve_bench.py [--concurrency 1,4,16,64] [--min-requests 24] [--requests-per-client 2]
-                                     [--rounds 2] [--reranker ART] [--out benchmarks/results]
+                                     [--rounds 2] [--reranker ART] [--out benchmarks/results] [--name serve]
 
 Workload: TREC RAG 2024 requests, each a query with its 20 MS MARCO passages (1 x 20), sent
 to ``POST /v1/rerank`` by C clients at once, each sending its next request as soon as its answer
 arrives (closed loop), max(min_requests, requests_per_client x C) requests per concurrency level. Modes:
 
-(a) the server with shared batches (one scheduler thread merges every request's pairs);
+(a) the default server: ``crossrank serve`` with no layout flags (shared batches; the layout it
+    chose, its origin and workers x threads, is read from /info: runtime.json's, else the rule);
+(a') the same server with each other split of the physical cores into ``--workers W --threads T``
+    (on 2 cores: 1 x 2, the default before issue 26, and 2 x 1);
 (b) the same server with sharing off (``--shared 0``: each request runs its own batches on its own
-    thread, as many at once as there are requests);
+    thread, as many at once as there are requests, each with every core's threads);
 (c) the in-process API called sequentially: ``Reranker.rerank`` per request, and
     ``Reranker.score`` on all the pairs of a level's requests in one call (the throughput yardstick);
     at the ``--baseline-levels`` only (default 1 and 16, where the targets are).
 
-Both servers run as subprocesses on 127.0.0.1 (free ports) with the same artifact; the load
-generator (asyncio + httpx) and (c) run in this process. Rounds are interleaved (a, b, c, then
-again) so that a noisy neighbour hits every mode alike; latencies are pooled over rounds, rates
-are total work over total time. Model: the shipped starter reranker exported to int8 with the
-default recipe (``make demo``'s ``artifacts/starter-reranker-int8``), unless ``--reranker``.
+Every server runs as a subprocess on 127.0.0.1 (free ports) with the same artifact; the load
+generator (asyncio + httpx) and (c) run in this process. Rounds are interleaved (each mode in
+turn, the order reversed every other round) so that a noisy neighbour hits every mode alike;
+latencies are pooled over rounds, rates are total work over total time. Model: the shipped
+starter reranker exported to int8 with the default recipe (``make demo``'s
+``artifacts/starter-reranker-int8``), unless ``--reranker``.
 
-Writes serve.md, serve.json and serve_p95.png under --out. Targets (issue 12): at concurrency 16,
-(a) >= 0.9x the pairs/s of ``Reranker.score`` on the same pairs and >= 1.3x (b); at concurrency 1,
-(a)'s p50 within 10% of the in-process ``rerank``.
+Writes NAME.md, NAME.json and NAME_p95.png under --out (CPU model, ISA and load average beside the
+figures). Targets (issue 26): at concurrency 16, (a) >= 1.3x the pairs/s of the 1 x cores layout
+(the default before it) and >= 1.15x (b); at concurrency 1, (a)'s p50 within 5% of the in-process
+``rerank``.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ class Server:
     """A ``crossrank serve`` subprocess on a free loopback port serving ``artifact`` as the model
     "reranker", or the ``models`` flags given (e.g. several --reranker NAME=ART); ``extra``: more flags."""
 
-    def __init__(self, artifact: Path | None, shared: bool, log: Path, workers: int = 1, threads: int | None = None,
-                 models: list[str] | None = None, extra: list[str] = ()):
+    def __init__(self, artifact: Path | None, shared: bool, log: Path, workers: int | None = None,
+                 threads: int | None = None, models: list[str] | None = None, extra: list[str] = ()):
         import httpx
 
         self.port = free_port()
@@ -69,8 +75,8 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "crossrank", "serve", *(models or ["--reranker", f"reranker={artifact}"]),
              "--host", "127.0.0.1", "--port", str(self.port), "--shared", "1" if shared else "0", "--log-level",
-             "warning", "--max-queue-tokens", str(1 << 22), "--workers", str(workers), *extra]
-            + (["--threads", str(threads)] if threads else []),
+             "warning", "--max-queue-tokens", str(1 << 22), *extra]
+            + (["--workers", str(workers)] if workers else []) + (["--threads", str(threads)] if threads else []),
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         while True:
@@ -89,6 +95,12 @@ class Server:
         """CPU time the server process has used (all its threads, user + system)."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def layout(self) -> dict | None:
+        """The layout /info says the model "reranker" runs with (workers, threads, origin)."""
+        import httpx
+
+        return httpx.get(self.url + "/info", timeout=30).json()["models"]["reranker"]["layout"]
 
     def metrics(self) -> dict[str, float]:
         import httpx
@@ -176,18 +188,25 @@ def batch_figures(before: dict, after: dict) -> dict:
 def run(args) -> dict:
     from crossrank.export import ensure_artifact
     from crossrank.front.measure import machine_name
-    from crossrank.settings import physical_cores
+    from crossrank.front.tune import layout_grid
 
     artifact = Path(args.reranker) if args.reranker else \
         ensure_artifact(STARTER, ROOT / "artifacts" / "starter-reranker-int8", "cross", "int8")[0].path
     manifest = json.loads((artifact / "manifest.json").read_text())
     rows = load_trec_rag()
+    load_at_start = os.getloadavg()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cores = physical_cores()
-    servers = {"shared": Server(artifact, True, out / "serve-shared.log"),
-               "shared_workers": Server(artifact, True, out / "serve-shared-workers.log", workers=cores, threads=1),
-               "unshared": Server(artifact, False, out / "serve-unshared.log")}
+    servers = {"default": Server(artifact, True, out / f"{args.name}-default.log")}
+    default = servers["default"].layout()
+    labels = {"default": f"(a) default: {default['workers']} x {default['threads']} ({default['origin']})"}
+    for workers, threads in layout_grid("cpu"):
+        mode = f"{workers}x{threads}"
+        labels[mode] = f"(a') --workers {workers} --threads {threads}"
+        if (workers, threads) != (default["workers"], default["threads"]):
+            servers[mode] = Server(artifact, True, out / f"{args.name}-{mode}.log", workers=workers, threads=threads)
+    servers["unshared"] = Server(artifact, False, out / f"{args.name}-unshared.log")
+    labels.update(unshared="(b) sharing off", rerank="(c) in-process rerank")
     reranker = crossrank.Reranker(artifact)
     reranker.rerank(rows[0]["query"], rows[0]["documents"])  # warm
     levels = []
@@ -222,125 +241,115 @@ def run(args) -> dict:
                     score_seconds += measured["score_seconds"]
                     score_cpu += measured["score_cpu"]
             after = {m: s.metrics() for m, s in servers.items()}
-            level = {"concurrency": concurrency, "pairs": pairs,
+            level = {"concurrency": concurrency, "pairs": pairs, "load_average": os.getloadavg(),
                      "modes": {m: summarise(a["seconds"], a["cpu"], a["latencies"], count, pairs)
                                for m, a in acc.items() if a["latencies"]},
                      "score_pairs_per_s": pairs / score_seconds if baseline else None,
                      "score_pairs_per_cpu_s": pairs / score_cpu if baseline else None,
                      "batches": {m: batch_figures(before[m], after[m]) for m in servers}}
             levels.append(level)
-            s = level["modes"]
-            print(f"c={concurrency:>3} shared {s['shared']['pairs_per_s']:.1f} pairs/s p95 {s['shared']['p95_ms']:.0f} ms"
-                  f" | workers {s['shared_workers']['pairs_per_s']:.1f} p95 {s['shared_workers']['p95_ms']:.0f}"
-                  f" | unshared {s['unshared']['pairs_per_s']:.1f} p95 {s['unshared']['p95_ms']:.0f}"
-                  + (f" | rerank {s['rerank']['pairs_per_s']:.1f} p50 {s['rerank']['p50_ms']:.0f}"
-                     f" | score {level['score_pairs_per_s']:.1f}" if baseline else ""), file=sys.stderr, flush=True)
+            print(f"c={concurrency:>3} " + " | ".join(
+                f"{mode} {m['pairs_per_s']:.1f} pairs/s p50 {m['p50_ms']:.0f} p95 {m['p95_ms']:.0f}"
+                for mode, m in level["modes"].items())
+                + (f" | score {level['score_pairs_per_s']:.1f}" if baseline else "")
+                + f" | load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
             server.stop()
-    return {"machine": machine_name(), "python": platform.python_version(),
+    from crossrank.isa import describe_cpu
+
+    return {"machine": machine_name(), "cpu": describe_cpu(), "python": platform.python_version(),
             "onnxruntime": __import__("onnxruntime").__version__,
             "artifact": str(artifact), "precision": manifest["precision"],
             "int8_recipe": (manifest.get("quantization") or {}).get("name"),
             "threads": reranker.options.threads, "batch_tokens": reranker.options.batch_tokens,
-            "rounds": args.rounds, "workers": cores, "load_average_at_end": os.getloadavg(), "levels": levels,
-            "targets": targets(levels)}
+            "rounds": args.rounds, "default_layout": default, "labels": labels,
+            "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(), "levels": levels,
+            "targets": targets(levels, default)}
 
 
-def targets(levels: list[dict]) -> dict:
-    by_c = {level["concurrency"]: level for level in levels}
+def targets(levels: list[dict], default: dict) -> dict:
+    """Issue 26's ratios: at c=16 the default server against the 1 x cores layout (the default
+    before it) and against sharing off; at c=1 its p50 against the in-process ``rerank``."""
+    from crossrank.settings import physical_cores
+
+    cores = physical_cores()
+    old = "default" if (default["workers"], default["threads"]) == (1, cores) else f"1x{cores}"
+    by_c = {level["concurrency"]: level["modes"] for level in levels}
     result = {}
     if 16 in by_c:
-        level = by_c[16]["modes"]
-        result["c16_shared_vs_score"] = level["shared"]["pairs_per_s"] / by_c[16]["score_pairs_per_s"]
-        result["c16_shared_vs_unshared"] = level["shared"]["pairs_per_s"] / level["unshared"]["pairs_per_s"]
-        # the same ratios per CPU-second: what each mode costs, whatever share of the cores it got
-        result["c16_shared_vs_score_per_cpu"] = level["shared"]["pairs_per_cpu_s"] / by_c[16]["score_pairs_per_cpu_s"]
-        result["c16_shared_vs_unshared_per_cpu"] = (level["shared"]["pairs_per_cpu_s"]
-                                                    / level["unshared"]["pairs_per_cpu_s"])
-        if "shared_workers" in level:
-            result["c16_workers_vs_score"] = level["shared_workers"]["pairs_per_s"] / by_c[16]["score_pairs_per_s"]
-            result["c16_workers_vs_unshared"] = (level["shared_workers"]["pairs_per_s"]
-                                                 / level["unshared"]["pairs_per_s"])
-    if 1 in by_c:
-        level = by_c[1]["modes"]
-        result["c1_p50_shared_vs_rerank"] = level["shared"]["p50_ms"] / level["rerank"]["p50_ms"]
-        if "shared_workers" in level:
-            result["c1_p50_workers_vs_rerank"] = level["shared_workers"]["p50_ms"] / level["rerank"]["p50_ms"]
+        modes = by_c[16]
+        result["c16_default_vs_1_x_cores"] = modes["default"]["pairs_per_s"] / modes[old]["pairs_per_s"]
+        result["c16_default_vs_unshared"] = modes["default"]["pairs_per_s"] / modes["unshared"]["pairs_per_s"]
+        # per CPU-second: what each costs, whatever share of a contended machine it won
+        result["c16_default_vs_1_x_cores_per_cpu"] = (modes["default"]["pairs_per_cpu_s"]
+                                                      / modes[old]["pairs_per_cpu_s"])
+        result["c16_default_vs_unshared_per_cpu"] = (modes["default"]["pairs_per_cpu_s"]
+                                                     / modes["unshared"]["pairs_per_cpu_s"])
+    if 1 in by_c and "rerank" in by_c[1]:
+        result["c1_p50_default_vs_rerank"] = by_c[1]["default"]["p50_ms"] / by_c[1]["rerank"]["p50_ms"]
     return result
 
 
-def write_report(report: dict, out: Path, command: str) -> None:
-    t = report["targets"]
+TARGETS = (("c16_default_vs_1_x_cores", "c=16: (a) pairs/s >= 1.3x the 1 x cores layout (the old default)", ">=", 1.3),
+           ("c16_default_vs_unshared", "c=16: (a) pairs/s >= 1.15x (b) sharing off", ">=", 1.15),
+           ("c1_p50_default_vs_rerank", "c=1: (a) p50 within 5% of in-process `rerank`", "<=", 1.05),
+           ("c16_default_vs_1_x_cores_per_cpu", "(per CPU-second) c=16: (a) vs the 1 x cores layout", None, None),
+           ("c16_default_vs_unshared_per_cpu", "(per CPU-second) c=16: (a) vs (b)", None, None))
+
+
+def write_report(report: dict, out: Path, command: str, name: str) -> None:
+    t, labels = report["targets"], report["labels"]
     lines = [
-        "# crossrank serve under closed-loop load (loopback)", "",
+        "# crossrank serve layouts under closed-loop load (loopback)", "",
         f"Command: `{command}`  ",
-        f"Machine: {report['machine']}; Python {report['python']}, onnxruntime {report['onnxruntime']}; "
-        f"load average at the end {tuple(round(x, 1) for x in report['load_average_at_end'])}  ",
-        f"Model: `{report['artifact']}` ({report['precision']}, recipe {report['int8_recipe']}), "
-        f"{report['threads']} intra-op threads, batch budget {report['batch_tokens']} tokens  ",
+        f"CPU: {report['cpu']}; machine: {report['machine']}; Python {report['python']}, onnxruntime "
+        f"{report['onnxruntime']}; load average (1, 5, 15 min) at the start "
+        f"{tuple(round(x, 1) for x in report['load_average_at_start'])}, at the end "
+        f"{tuple(round(x, 1) for x in report['load_average_at_end'])}  ",
+        f"Model: `{report['artifact']}` ({report['precision']}, recipe {report['int8_recipe']}), batch budget "
+        f"{report['batch_tokens']} tokens  ",
         f"Workload: TREC RAG 2024, 1 query x 20 passages per request, POST /v1/rerank; {report['rounds']} "
-        "interleaved rounds per level (a, b, c in turn).", "",
-        "Modes: **(a)** server, shared batches (one scheduler thread, session with the default threads); **(a')** "
-        "the same with `--workers N --threads 1` (N = physical cores: batches side by side on a 1-thread session); "
-        "**(b)** server, sharing off (`--shared 0`); **(c)** in-process "
-        "`Reranker.rerank` called sequentially (its p50 is the single-request reference); `score` = "
-        "in-process `Reranker.score` on all the level's pairs in one call (the throughput yardstick).", "",
-        "| concurrency | mode | requests | req/s | pairs/s | pairs/CPU-s | p50 ms | p95 ms | p99 ms | rows/batch | padding "
-        "| requests/batch |",
+        "interleaved rounds per level (every mode in turn).", "",
+        f"Modes: **(a)** `crossrank serve` with no layout flags: it chose {labels['default'][3:]} (workers x intra-op "
+        "threads per worker, and where that came from); **(a')** the same server with `--workers W --threads T`, "
+        "each other split of the physical cores; **(b)** sharing off (`--shared 0`, each request on its own "
+        "thread with every core's threads); **(c)** in-process `Reranker.rerank` called sequentially (its p50 is "
+        "the single-request reference); `score` = in-process `Reranker.score` on all the level's pairs in one "
+        "call. Load: the 1-minute load average when the level ended.", "",
+        "| concurrency | mode | requests | req/s | pairs/s | pairs/CPU-s | p50 ms | p95 ms | p99 ms | rows/batch "
+        "| requests/batch | load |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    names = {"shared": "(a) shared", "shared_workers": f"(a') shared, {report['workers']} workers x 1 thread",
-             "unshared": "(b) sharing off", "rerank": "(c) in-process rerank"}
     for level in report["levels"]:
-        for mode, label in names.items():
-            if mode not in level["modes"]:
-                continue
-            m = level["modes"][mode]
+        for mode, m in level["modes"].items():
             b = level["batches"].get(mode)
-            extra = (f"{b['rows_per_batch']:.1f} | {b['padding']:.1%} | "
-                     f"{b['requests_per_batch']:.2f}" if b and b["requests_per_batch"] is not None else
-                     (f"{b['rows_per_batch']:.1f} | {b['padding']:.1%} | -" if b else "- | - | -"))
-            lines.append(f"| {level['concurrency']} | {label} | {m['requests']} | {m['requests_per_s']:.2f} | "
+            extra = (f"{b['rows_per_batch']:.1f} | " + (f"{b['requests_per_batch']:.2f}"
+                                                        if b["requests_per_batch"] is not None else "-")) \
+                if b else "- | -"
+            lines.append(f"| {level['concurrency']} | {labels[mode]} | {m['requests']} | {m['requests_per_s']:.2f} | "
                          f"{m['pairs_per_s']:.1f} | {m['pairs_per_cpu_s']:.2f} | {m['p50_ms']:.0f} | {m['p95_ms']:.0f} | "
-                         f"{m['p99_ms']:.0f} | {extra} |")
+                         f"{m['p99_ms']:.0f} | {extra} | {level['load_average'][0]:.1f} |")
         if level["score_pairs_per_s"] is not None:
             lines.append(f"| {level['concurrency']} | `score` (one call) | - | - | {level['score_pairs_per_s']:.1f} "
                          f"| {level['score_pairs_per_cpu_s']:.2f} | - | - | - | - | - | - |")
-    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|---|"]
-    if "c16_shared_vs_score" in t:
-        lines.append(f"| c=16: (a) pairs/s >= 0.9x in-process `score` | {t['c16_shared_vs_score']:.2f}x | "
-                     f"{'yes' if t['c16_shared_vs_score'] >= 0.9 else 'no'} |")
-        lines.append(f"| c=16: (a) pairs/s >= 1.3x (b) | {t['c16_shared_vs_unshared']:.2f}x | "
-                     f"{'yes' if t['c16_shared_vs_unshared'] >= 1.3 else 'no'} |")
-    if "c16_shared_vs_score_per_cpu" in t:
-        lines.append(f"| (per CPU-second) c=16: (a) >= 0.9x `score` | {t['c16_shared_vs_score_per_cpu']:.2f}x | "
-                     f"{'yes' if t['c16_shared_vs_score_per_cpu'] >= 0.9 else 'no'} |")
-        lines.append(f"| (per CPU-second) c=16: (a) >= 1.3x (b) | {t['c16_shared_vs_unshared_per_cpu']:.2f}x | "
-                     f"{'yes' if t['c16_shared_vs_unshared_per_cpu'] >= 1.3 else 'no'} |")
-    if "c16_workers_vs_score" in t:
-        lines.append(f"| (a') c=16: pairs/s >= 0.9x in-process `score` | {t['c16_workers_vs_score']:.2f}x | "
-                     f"{'yes' if t['c16_workers_vs_score'] >= 0.9 else 'no'} |")
-        lines.append(f"| (a') c=16: pairs/s >= 1.3x (b) | {t['c16_workers_vs_unshared']:.2f}x | "
-                     f"{'yes' if t['c16_workers_vs_unshared'] >= 1.3 else 'no'} |")
-    if "c1_p50_workers_vs_rerank" in t:
-        lines.append(f"| (a') c=1: p50 within 10% of in-process `rerank` | {t['c1_p50_workers_vs_rerank']:.2f}x | "
-                     f"{'yes' if t['c1_p50_workers_vs_rerank'] <= 1.1 else 'no'} |")
-    if "c1_p50_shared_vs_rerank" in t:
-        lines.append(f"| c=1: (a) p50 within 10% of in-process `rerank` | {t['c1_p50_shared_vs_rerank']:.2f}x | "
-                     f"{'yes' if t['c1_p50_shared_vs_rerank'] <= 1.1 else 'no'} |")
-    lines += ["", "![p95 latency vs offered concurrency](serve_p95.png)", "",
-              "The load generator (asyncio + httpx), both servers and the in-process runs share the machine's "
+    lines += ["", "## Targets (issue 26)", "", "| target | measured | met |", "|---|---:|---|"]
+    for key, text, sense, bar in TARGETS:
+        if key in t:
+            met = "-" if bar is None else ("yes" if (t[key] >= bar if sense == ">=" else t[key] <= bar) else "no")
+            lines.append(f"| {text} | {t[key]:.2f}x | {met} |")
+    lines += ["", f"![p95 latency vs offered concurrency]({name}_p95.png)", "",
+              "The load generator (asyncio + httpx), the servers and the in-process runs share the machine's "
               "cores; on a shared machine the figures move with the neighbours' load, so compare the ratios of "
               "one run, not absolute times across runs. pairs/CPU-s divides by the CPU time the server process "
               "(or, for (c), this process) used: it says what each mode costs whatever share of a contended "
-              "machine it won (many busy threads, as in (b), win a larger share from other tenants), and on a "
-              "quiet machine pairs/s tends to cores x pairs/CPU-s for a mode that keeps every core busy."]
-    (out / "serve.md").write_text("\n".join(lines) + "\n")
-    (out / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
+              "machine it won, and on a quiet machine pairs/s tends to cores x pairs/CPU-s for a mode that keeps "
+              "every core busy."]
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def plot(report: dict, out: Path) -> None:
+def plot(report: dict, out: Path, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,23 +358,24 @@ def plot(report: dict, out: Path) -> None:
     levels = report["levels"]
     xs = [level["concurrency"] for level in levels]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for mode, label, style in (("shared", "(a) server, shared batches", "o-"),
-                               ("shared_workers", "(a') shared, workers x 1 thread", "^-"),
-                               ("unshared", "(b) server, sharing off", "s--")):
-        ax.plot(xs, [level["modes"][mode]["p95_ms"] for level in levels], style, label=label)
-    ax.axhline(np.median([level["modes"]["rerank"]["p50_ms"] for level in levels if "rerank" in level["modes"]]),
-               color="#999", ls=":",
-               label="(c) in-process rerank, p50 (one request alone)")
+    styles = iter(("o-", "^-", "v-", "D-", "s--", "x-"))
+    for mode, label in report["labels"].items():
+        if mode == "rerank" or mode not in levels[0]["modes"]:
+            continue
+        ax.plot(xs, [level["modes"][mode]["p95_ms"] for level in levels], next(styles), label=label)
+    rerank = [level["modes"]["rerank"]["p50_ms"] for level in levels if "rerank" in level["modes"]]
+    if rerank:
+        ax.axhline(np.median(rerank), color="#999", ls=":", label="(c) in-process rerank, p50 (one request alone)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("offered concurrency (closed-loop clients)")
     ax.set_ylabel("p95 latency per 1x20 request (ms)")
-    ax.set_title(f"crossrank serve, {report['precision']} starter reranker, loopback")
+    ax.set_title(f"crossrank serve layouts, {report['precision']} starter reranker, loopback")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "serve_p95.png", dpi=120)
+    fig.savefig(out / f"{name}_p95.png", dpi=120)
 
 
 def int_list(text: str) -> list[int]:
@@ -384,11 +394,12 @@ def main() -> int:
                         help="levels at which (c) runs in process too (default 1,16: the targets' levels)")
     parser.add_argument("--reranker", default=None, help="cross-encoder artifact (default: the starter, int8)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="report folder")
+    parser.add_argument("--name", default="serve", help="report files NAME.md, NAME.json, NAME_p95.png (default serve)")
     args = parser.parse_args()
     report = run(args)
     out = Path(args.out)
-    write_report(report, out, "python benchmarks/serve_bench.py " + " ".join(sys.argv[1:]))
-    plot(report, out)
+    write_report(report, out, "python benchmarks/serve_bench.py " + " ".join(sys.argv[1:]), args.name)
+    plot(report, out, args.name)
     print(json.dumps(report["targets"], indent=2))
     return 0
 

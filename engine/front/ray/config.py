@@ -63,8 +63,9 @@ class ReplicaLayout:
     origin: dict
 
     def text(self) -> str:
-        return (f"{self.replicas} replicas ({self.origin['replicas']}) x {self.threads} threads "
-                f"({self.origin['threads']}) x {self.workers} worker{'s' * (self.workers > 1)}")
+        return (f"{self.replicas} replica{'s' * (self.replicas > 1)} ({self.origin['replicas']}) x {self.threads} "
+                f"thread{'s' * (self.threads > 1)} ({self.origin['threads']}) x {self.workers} "
+                f"worker{'s' * (self.workers > 1)}")
 
 
 def replica_layout(config: ServeConfig, ray: RayConfig, cores: int | None = None) -> ReplicaLayout:
