@@ -311,8 +311,9 @@ def write_report(report: dict, out: Path, command: str, name: str) -> None:
         f"{report['batch_tokens']} tokens  ",
         f"Workload: TREC RAG 2024, 1 query x 20 passages per request, POST /v1/rerank; {report['rounds']} "
         "interleaved rounds per level (every mode in turn).", "",
-        f"Modes: **(a)** `crossrank serve` with no layout flags: it chose {labels['default'][3:]} (workers x intra-op "
-        "threads per worker, and where that came from); **(a')** the same server with `--workers W --threads T`, "
+        f"Modes: **(a)** `crossrank serve` with no layout flags: it chose {report['default_layout']['workers']} "
+        f"workers x {report['default_layout']['threads']} intra-op threads per worker, from "
+        f"{report['default_layout']['origin']}; **(a')** the same server with `--workers W --threads T`, "
         "each other split of the physical cores; **(b)** sharing off (`--shared 0`, each request on its own "
         "thread with every core's threads); **(c)** in-process `Reranker.rerank` called sequentially (its p50 is "
         "the single-request reference); `score` = in-process `Reranker.score` on all the level's pairs in one "
