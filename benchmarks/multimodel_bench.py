@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_bench import ROOT, Server, closed_loop  # noqa: E402
+from starter_report import write_report  # noqa: E402
 
 from crossrank.evaluation.datasets import load_trec_rag  # noqa: E402
 from crossrank.front.measure import machine_name  # noqa: E402
@@ -128,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine_name(), "load_before": load_before,
               "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()), "command": command,
               "latency_ms": {mode: [(m, round(s * 1e3, 1)) for m, s in samples[mode]] for mode in MODES}}
-    (out / "multimodel.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (out / "multimodel.md").write_text("# Several models in one server: sharing the cores\n\n" + text)
-    print(text)
+    write_report(out, "multimodel", "Several models in one server: sharing the cores", report, markdown(report))
     return 0
 
 
