@@ -36,6 +36,7 @@ from starter_report import write_report  # noqa: E402
 
 from crossrank.evaluation.datasets import load_trec_rag  # noqa: E402
 from crossrank.front.measure import machine_name  # noqa: E402
+from crossrank.front.serve.config import DEFAULT_CORE_SHARING  # noqa: E402
 
 MODES = ("per-model", "shared")
 MODELS = ("L2", "L4", "starter", "fast")
@@ -65,7 +66,8 @@ def markdown(report: dict) -> str:
     other = next(m for m in MODES if m != winner)
     lines += ["", f"**Lower p95: `{winner}`** ({modes[winner]['all']['p95_ms']:.0f} ms vs "
               f"{modes[other]['all']['p95_ms']:.0f} ms, {modes[other]['all']['p95_ms'] / modes[winner]['all']['p95_ms']:.2f}x); "
-              f"`crossrank serve` uses it by default.", "",
+              f"`crossrank serve`'s default (`--core-sharing`): `{DEFAULT_CORE_SHARING}`"
+              + ("." if winner == DEFAULT_CORE_SHARING else " (this run measured the other one lower).") , "",
               "Resident memory each model's loading added (from `/info`, the `shared` server): "
               + ", ".join(f"{name} {mb:.0f} MB" for name, mb in report["memory_mb"].items()) + ".", "",
               f"Machine: {report['machine']}; load average before {report['load_before']}, after "

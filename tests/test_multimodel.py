@@ -60,7 +60,7 @@ def server(ladder, tmp_path_factory):
     process = Server(["--reranker", f"L2={ladder['L2']}", "--reranker", f"L4={ladder['L4']}",
                       "--reranker", f"starter={ladder['starter']}", "--cascade", CASCADE,
                       "--embedder", f"minilm={ladder['embedder']}", "--index", str(ladder["index"]),
-                      "--max-documents", "64"],
+                      "--max-documents", "64", "--core-sharing", "shared"],
                      tmp_path_factory.mktemp("multimodel") / "server.log")
     yield process
     process.stop()
