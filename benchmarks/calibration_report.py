@@ -26,7 +26,6 @@ calibrate`` is the command that stores one).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ladder_report import MODELS, PRECISIONS, layers_of, machine  # noqa: E402
-from starter_report import RESULTS, ROOT  # noqa: E402
+from starter_report import RESULTS, ROOT, write_report  # noqa: E402
 
 from crossrank.evaluation.calibration import (figures, fit_calibration, precision_at, raw_scores,  # noqa: E402
                                               semanlink_pairs)
@@ -163,12 +162,8 @@ def main(argv: list[str] | None = None) -> int:
               "spread": {"before": spread("precision_before"), "after": spread("precision_after")},
               "machine": machine(), "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
               "seconds": time.perf_counter() - started, "command": command}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (out / "calibration.md").write_text("# Calibrated scores across the reranker ladder\n\n" + text)
-    print(text)
+    write_report(Path(args.out), "calibration", "Calibrated scores across the reranker ladder", report, text)
     return 0
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from starter_report import DEPTHS, RESULTS, ROOT, figures, reorder, write_card  # noqa: E402
+from starter_report import DEPTHS, RESULTS, ROOT, figures, reorder, write_card, write_report  # noqa: E402
 
 from crossrank.evaluation.datasets import semanlink_queries  # noqa: E402
 from crossrank.evaluation.metrics import spearman  # noqa: E402
@@ -214,12 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                   str(n): spearman(np.concatenate(scores[f"{n} layers fp32"]), np.concatenate(scores[f"{n} layers int8"]))
                   for n in sorted(set(layers.values()))},
               "latency_ms": {name: [round(v, 2) for v in values] for name, values in samples.items()}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ladder.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (out / "ladder.md").write_text("# The reranker ladder: precision vs latency\n\n" + text)
-    print(text)
+    write_report(Path(args.out), "ladder", "The reranker ladder: precision vs latency", report, text)
     if args.card:
         for model in models:
             if model != reference:

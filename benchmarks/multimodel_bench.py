@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -33,9 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_bench import ROOT, Server, closed_loop  # noqa: E402
+from starter_report import write_report  # noqa: E402
 
 from crossrank.evaluation.datasets import load_trec_rag  # noqa: E402
 from crossrank.front.measure import machine_name  # noqa: E402
+from crossrank.front.serve.config import DEFAULT_CORE_SHARING  # noqa: E402
 
 MODES = ("per-model", "shared")
 MODELS = ("L2", "L4", "starter", "fast")
@@ -65,7 +66,8 @@ def markdown(report: dict) -> str:
     other = next(m for m in MODES if m != winner)
     lines += ["", f"**Lower p95: `{winner}`** ({modes[winner]['all']['p95_ms']:.0f} ms vs "
               f"{modes[other]['all']['p95_ms']:.0f} ms, {modes[other]['all']['p95_ms'] / modes[winner]['all']['p95_ms']:.2f}x); "
-              f"`crossrank serve` uses it by default.", "",
+              f"`crossrank serve`'s default (`--core-sharing`): `{DEFAULT_CORE_SHARING}`"
+              + ("." if winner == DEFAULT_CORE_SHARING else " (this run measured the other one lower).") , "",
               "Resident memory each model's loading added (from `/info`, the `shared` server): "
               + ", ".join(f"{name} {mb:.0f} MB" for name, mb in report["memory_mb"].items()) + ".", "",
               f"Machine: {report['machine']}; load average before {report['load_before']}, after "
@@ -128,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine_name(), "load_before": load_before,
               "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()), "command": command,
               "latency_ms": {mode: [(m, round(s * 1e3, 1)) for m, s in samples[mode]] for mode in MODES}}
-    (out / "multimodel.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (out / "multimodel.md").write_text("# Several models in one server: sharing the cores\n\n" + text)
-    print(text)
+    write_report(out, "multimodel", "Several models in one server: sharing the cores", report, markdown(report))
     return 0
 
 

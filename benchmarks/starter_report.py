@@ -85,6 +85,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(folder: Path, name: str, title: str, report: dict, text: str) -> None:
+    """``folder/name.json`` (the figures) and ``folder/name.md`` (``text`` under ``title``), and
+    the text printed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(f"# {title}\n\n" + text)
+    print(text)
+
+
 def write_card(model: Path, text: str) -> None:
     """Replace the figures block between the markers in ``model``'s card."""
     card = model / "README.md"
@@ -130,11 +140,8 @@ def main(argv: list[str] | None = None) -> int:
               "embedder": "MiniLM int8", "pairs": int(len(all_scores["fp32"])), "rows": rows,
               "depth_ndcg@10": depth, "seconds": {p: round(s, 1) for p, s in seconds.items()},
               "int8_vs_fp32_spearman": spearman(all_scores["fp32"], all_scores["int8"])}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "starter.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (RESULTS / "starter.md").write_text("# Starter reranker quality\n\n" + text)
-    print(text)
+    write_report(RESULTS, "starter", "Starter reranker quality", report, text)
     if args.card:
         write_card(model, text)
     return 0

@@ -82,7 +82,10 @@ class OpenVINOSession:
                              for port in self.compiled.outputs]
             # Some graphs compile but fail at their first inference (a dynamic shape the plugin
             # cannot infer, e.g. the per-row int8 recipe's FakeQuantize): try one small batch here.
-            self.run(None, {node.name: np.zeros((2, 8), dtype=np.int64) for node in self._inputs})
+            # Others return nothing, silently (the per-row int8 graph with one thread): check the rows.
+            probe = self.run(None, {node.name: np.zeros((2, 8), dtype=np.int64) for node in self._inputs})
+            if any(out.shape[:1] != (2,) for out in probe):
+                raise RuntimeError(f"its outputs for a batch of 2 rows have shapes {[out.shape for out in probe]}")
         except RuntimeError as err:
             lines = [line for line in str(err).splitlines() if line.strip()]
             detail = (lines[-1] if lines else type(err).__name__)[:300].rstrip('.')

@@ -223,7 +223,7 @@ def _decoder_fidelity(source, onnx_path: Path, sample: FidelitySample, max_lengt
         logit, prob, card_ids = model_card_scores(model, hf_tokenizer, source.template, batch, max_length)
         queries = sorted({q for q, _ in batch})
         rows = runtime.pair_rows(runtime.encode_queries(queries), np.asarray([queries.index(q) for q, _ in batch]),
-                                 runtime.encode_documents([d for _, d in batch]))
+                                 runtime.encode_documents([d for _, d in batch])[0])
         same_ids += sum(list(row) == card for row, card in zip(rows.ids, card_ids))
         padded = assemble_batch(np.arange(len(batch)), rows.ids, rows.types, runtime.pad_id)
         feeds = {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask}

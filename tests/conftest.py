@@ -22,33 +22,35 @@ def seeded_cross_src(minilm_path, tmp_path_factory) -> Path:
     return build_seeded_cross_encoder(minilm_path, tmp_path_factory.mktemp("seeded-cross") / "src", seed=0)
 
 
-def _export(tmp_path_factory, src, kind, precision, **options) -> Path:
+def _export(tmp_path_factory, src, kind, precision, name: str, **options) -> Path:
+    """``src`` exported to a folder called ``name`` (a server names a model by its folder: the
+    fixtures' names are unique)."""
     from crossrank.export import export_model
 
-    out = tmp_path_factory.mktemp(f"{kind}-{precision}") / "artifact"
+    out = tmp_path_factory.mktemp(name) / name
     export_model(src, out, kind=kind, precision=precision, quiet=True, **options)
     return out
 
 
 @pytest.fixture(scope="session")
 def bi_fp32(minilm_path, tmp_path_factory) -> Path:
-    return _export(tmp_path_factory, minilm_path, "bi", "fp32")
+    return _export(tmp_path_factory, minilm_path, "bi", "fp32", "minilm-fp32")
 
 
 @pytest.fixture(scope="session")
 def bi_int8(minilm_path, tmp_path_factory) -> Path:
-    return _export(tmp_path_factory, minilm_path, "bi", "int8")
+    return _export(tmp_path_factory, minilm_path, "bi", "int8", "minilm-int8")
 
 
 @pytest.fixture(scope="session")
 def cross_fp32(seeded_cross_src, tmp_path_factory) -> Path:
-    return _export(tmp_path_factory, seeded_cross_src, "cross", "fp32")
+    return _export(tmp_path_factory, seeded_cross_src, "cross", "fp32", "seeded-cross-fp32")
 
 
 @pytest.fixture(scope="session")
 def cross_int8_seeded(seeded_cross_src, tmp_path_factory) -> Path:
     # An untrained head's logits are too flat for the int8 Spearman bar: record, don't enforce.
-    return _export(tmp_path_factory, seeded_cross_src, "cross", "int8", allow_low_fidelity=True)
+    return _export(tmp_path_factory, seeded_cross_src, "cross", "int8", "seeded-cross-int8", allow_low_fidelity=True)
 
 
 STARTER = Path(__file__).resolve().parent.parent / "models" / "starter-reranker"
@@ -58,7 +60,7 @@ STARTER = Path(__file__).resolve().parent.parent / "models" / "starter-reranker"
 def starter_int8(tmp_path_factory) -> Path:
     """The shipped starter reranker exported to int8 (the default recipe), without
     --allow-low-fidelity: the export itself enforces the int8 Spearman bar."""
-    return _export(tmp_path_factory, STARTER, "cross", "int8")
+    return _export(tmp_path_factory, STARTER, "cross", "int8", "starter-int8")
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +72,7 @@ def starter_fp32(tmp_path_factory, trec_rag) -> Path:
     sample = tmp_path_factory.mktemp("fidelity") / "trec-rag.jsonl"
     sample.write_text("".join(json.dumps({"query": r["query"], "documents": r["documents"][:8]}) + "\n"
                               for r in trec_rag[:4]))
-    return _export(tmp_path_factory, STARTER, "cross", "fp32", fidelity_data=sample)
+    return _export(tmp_path_factory, STARTER, "cross", "fp32", "starter-fp32", fidelity_data=sample)
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +107,7 @@ def tiny_cross_src(minilm_path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cross(tiny_cross_src, tmp_path_factory) -> Path:
     """The tiny cross-encoder exported (fp32), for shape and memory tests only."""
-    return _export(tmp_path_factory, tiny_cross_src, "cross", "fp32")
+    return _export(tmp_path_factory, tiny_cross_src, "cross", "fp32", "tiny-cross")
 
 
 # -- the export families beyond BERT: seeded random models of the real architectures --------------
@@ -151,7 +153,7 @@ def family_artifact(family_model, family_fidelity_data, tmp_path_factory):
     def get(family: str, precision: str = "fp32", kind: str = "cross") -> Path:
         key = (family, precision, kind)
         if key not in built:
-            built[key] = _export(tmp_path_factory, family_model(family, kind), kind, precision,
+            built[key] = _export(tmp_path_factory, family_model(family, kind), kind, precision, f"{family}-{kind}-{precision}",
                                  fidelity_data=family_fidelity_data)
         return built[key]
 

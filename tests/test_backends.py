@@ -107,6 +107,8 @@ def test_openvino_embedder_equals_onnxruntime(bi_fp32, trec_rag):
 def test_openvino_refuses_what_it_cannot_run(tiny_cross, starter_int8):
     with pytest.raises(crossrank.ArtifactError, match=r"OpenVINO cannot run .*backend='onnxruntime'"):
         crossrank.Reranker(starter_int8, backend="openvino")  # the per-row int8 recipe's FakeQuantize
+    with pytest.raises(crossrank.ArtifactError, match=r"outputs for a batch of 2 rows have shapes \[\(0,\)\]"):
+        crossrank.Reranker(starter_int8, backend="openvino", threads=1)  # with one thread: empty outputs
     with pytest.raises(InvalidArgumentError, match="runs on device='cpu', not 'cuda'"):
         build_session(tiny_cross / MODEL_FILE, device="cuda", backend="openvino")
     with pytest.raises(InvalidArgumentError, match="profile_prefix and optimized_model_path are ONNX Runtime's"):

@@ -13,6 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 import crossrank
+from crossrank.settings import CUT_CHARS_PER_TOKEN
 
 QUERY = "knowledge graph link prediction"
 PASSAGE = "knowledge graph models represent entities and relations as vectors in a space for link prediction"
@@ -78,31 +79,44 @@ def test_evidence_scores_are_on_the_results_scale(chunked):
 
 
 def test_truncation_counts(truncating, chunked):
-    long_text, _ = document(12, 12)
+    """Exact for documents read whole (up to CUT_CHARS_PER_TOKEN characters per token the windows
+    can hold); for longer ones only the prefix the windows need is read, so their count is a lower
+    bound of the tokens no window read, and ``truncated`` still says so."""
     short = FILLER
-    n = len(tokens(truncating, long_text))
+    medium = " ".join([FILLER] * 9)   # 153 tokens, 773 characters: read whole by a 128-token window
+    n = len(tokens(truncating, medium))
+    assert n == 153 and len(medium) <= (WINDOW - 3) * CUT_CHARS_PER_TOKEN
     budget = WINDOW - 3 - len(tokens(truncating, QUERY))  # [CLS] query [SEP] document [SEP]
-    ranking = truncating.rerank(QUERY, [short, long_text])
+    ranking = truncating.rerank(QUERY, [short, medium])
     by_index = {r.index: r for r in ranking}
     assert by_index[0].dropped_tokens == 0 and not by_index[0].truncated
     assert by_index[1].dropped_tokens == n - budget and by_index[1].truncated
     assert (ranking.truncated, ranking.dropped_tokens) == (1, n - budget)
-    assert truncating.rerank(QUERY, [long_text], max_tokens_per_doc=50)[0].dropped_tokens == n - 50
-    assert truncating.rerank(QUERY, [short], max_tokens_per_doc=5)[0].dropped_tokens == len(FILLER.split()) - 5
+    seven = " ".join(FILLER.split()[:7])  # 35 characters: read whole for 5 tokens (40 characters)
+    assert truncating.rerank(QUERY, [seven], max_tokens_per_doc=5)[0].dropped_tokens == 2
+    cut = truncating.rerank(QUERY, [medium], max_tokens_per_doc=50)[0]  # 50 tokens need 400 characters
+    assert cut.truncated and 0 < cut.dropped_tokens <= n - 50
     overlap = chunked.chunk_overlap
-    two = chunked.rerank(QUERY, [long_text], max_chunks_per_doc=2, return_evidence=True)[0]
+    longer = " ".join([FILLER] * 14)  # 238 tokens: more than two windows hold, read whole for two
+    two = chunked.rerank(QUERY, [longer], max_chunks_per_doc=2, return_evidence=True)[0]
     assert len(two.evidence.windows) == 2
-    assert two.dropped_tokens == n - ((budget - overlap) + budget)  # the second window ends there
+    assert two.dropped_tokens == 238 - ((budget - overlap) + budget)  # the second window ends there
+    long_text, _ = document(12, 12)   # 448 tokens: read only as far as the window needs
+    (long_ranked,) = truncating.rerank(QUERY, [long_text])
+    assert long_ranked.truncated and 0 < long_ranked.dropped_tokens <= len(tokens(truncating, long_text)) - budget
     top = chunked.rerank(QUERY, [short, long_text, long_text], top_n=1)
     assert len(top) == 1 and top.truncated == 0 and top.dropped_tokens == 0  # chunked whole: nothing dropped
 
 
 def test_embedder_truncation_counts(bi_fp32):
-    embedder = crossrank.Embedder(bi_fp32, max_length=16)
-    long_text = " ".join([FILLER] * 2)  # 34 one-token words; the window holds [CLS] + 14 + [SEP]
+    embedder = crossrank.Embedder(bi_fp32, max_length=32)
+    long_text = " ".join([FILLER] * 2)  # 34 one-token words, 171 characters; the window holds [CLS] + 30 + [SEP]
     whole = Tokenizer.from_file(str(bi_fp32 / "tokenizer.json"))
     whole.no_truncation()
     assert len(whole.encode(long_text, add_special_tokens=False).ids) == 34
     result = embedder.embed_with_usage([FILLER[:20], long_text, long_text])
-    assert (result.truncated, result.dropped_tokens) == (2, 2 * (34 - 14))
+    assert (result.truncated, result.dropped_tokens) == (2, 2 * (34 - 30))
     assert embedder.embed_with_usage([FILLER[:20]]).truncated == 0
+    longer = embedder.embed_with_usage([" ".join([FILLER] * 6)])  # 102 tokens: read as far as the window needs
+    assert longer.truncated == 1 and 0 < longer.dropped_tokens <= 102 - 30
+

@@ -243,7 +243,7 @@ def test_decoder_scores_equal_the_model_card(family_artifact, card, trec_pairs):
     assert np.abs(reranker.score(trec_pairs) - prob).max() <= 1e-5  # sigmoid(l_yes - l_no) = softmax(...)[yes]
     tok = reranker.tokenizer
     rows = tok.pair_rows(tok.encode_queries([trec_pairs[0][0]]), np.zeros(5, np.int64),
-                         tok.encode_documents([d for _, d in trec_pairs[:5]]))
+                         tok.encode_documents([d for _, d in trec_pairs[:5]])[0])
     assert [r.tolist() for r in rows.ids] == card_ids[:5]
 
 
@@ -252,7 +252,7 @@ def test_decoder_truncates_the_document_and_keeps_the_suffix(family_artifact, ca
     tok = reranker.tokenizer
     long_doc = " ".join(d for row in trec_rag[5:8] for d in row["documents"])
     query = trec_rag[5]["query"]
-    rows = tok.pair_rows(tok.encode_queries([query]), np.zeros(1, np.int64), tok.encode_documents([long_doc]))
+    rows = tok.pair_rows(tok.encode_queries([query]), np.zeros(1, np.int64), tok.encode_documents([long_doc])[0])
     ids = rows.ids[0]
     suffix, query_ids = tok.template.suffix, tok.encode_queries([query])[0]
     assert len(ids) == 256

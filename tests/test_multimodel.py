@@ -60,7 +60,7 @@ def server(ladder, tmp_path_factory):
     process = Server(["--reranker", f"L2={ladder['L2']}", "--reranker", f"L4={ladder['L4']}",
                       "--reranker", f"starter={ladder['starter']}", "--cascade", CASCADE,
                       "--embedder", f"minilm={ladder['embedder']}", "--index", str(ladder["index"]),
-                      "--max-documents", "64"],
+                      "--max-documents", "64", "--core-sharing", "shared"],
                      tmp_path_factory.mktemp("multimodel") / "server.log")
     yield process
     process.stop()
@@ -118,7 +118,7 @@ def test_info_lists_every_model_with_its_memory_and_scores(server, ladder):
     assert models["fast"]["stages"] == [{"model": "L4", "depth": 12}, {"model": "starter", "depth": 4}]
     for name in ("L2", "L4", "starter", "minilm"):
         assert models[name]["memory_mb"] > 1, name
-    assert models["starter"]["path"] == str(ladder["starter"]) and models["starter"]["precision"] == "int8"
+    assert "path" not in models["starter"] and models["starter"]["precision"] == "int8"  # paths: --info-paths 1
     assert info["core_sharing"] == "shared" and models["L2"]["core_budget_slots"] >= 1
     metrics = server.metrics()
     assert metrics['crossrank_model_memory_bytes{model="starter"}'] > 1 << 20

@@ -114,8 +114,8 @@ class TestServe:
         via_ray = cohere.ClientV2(api_key="dummy", base_url=deployed)
         single = cohere.ClientV2(api_key="dummy", base_url=single_server.url)
         for row, top_n in ((trec_rag[0], None), (trec_rag[1], 5), (trec_rag[2], 1)):
-            got = via_ray.rerank(model=starter_fp32.name, query=row["query"], documents=row["documents"], top_n=top_n)
-            want = single.rerank(model=starter_fp32.name, query=row["query"], documents=row["documents"], top_n=top_n)
+            got = via_ray.rerank(model="starter", query=row["query"], documents=row["documents"], top_n=top_n)
+            want = single.rerank(model="starter", query=row["query"], documents=row["documents"], top_n=top_n)
             assert [(r.index, r.relevance_score) for r in got.results] == \
                    [(r.index, r.relevance_score) for r in want.results]
             assert got.meta == want.meta

@@ -483,7 +483,8 @@ def test_cors_is_off_unless_asked(tiny_cross):
 
 def test_the_log_names_keys_and_never_holds_one(guarded):
     log = guarded.log()
-    assert re.search(r"POST /v1/rerank 200 [\d.]+ ms documents=\d+ tokens=\d+ key=alice", log)
+    assert re.search(r"POST /v1/rerank 200 [\d.]+ ms model=\S+ documents=\d+ tokens=\d+ truncated=\d+ "
+                     r"dropped_tokens=\d+ key=alice", log)
     assert "key=carol" in log and "API key(s): alice, bob, carol, erin, env" in log
     for secret in KEYS.values():
         assert secret not in log

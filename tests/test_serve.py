@@ -90,12 +90,12 @@ class Server:
             time.sleep(0.2)
 
     def model(self, kind: str) -> str:
-        """The name the server serves its reranker or embedder by (GET /v1/models; a request's
-        "model" must name it: the artifact folder's name)."""
+        """The name the server serves its (first) reranker or embedder by (GET /v1/models; a
+        request's "model" must name it: NAME of NAME=FOLDER, else the folder's name)."""
         args, flag = self.process.args, f"--{kind}"
-        entry = args[args.index(flag) + 1] if flag in args else self.env[f"CROSSRANK_{kind.upper()}"]
-        name, named, folder = entry.partition("=")
-        return name if named and "/" not in name else Path(entry).name
+        value = args[args.index(flag) + 1] if flag in args else self.env[f"CROSSRANK_{kind.upper()}"].split(",")[0]
+        name, named, _ = value.partition("=")
+        return name if named and "/" not in name else Path(value).name
 
     def log(self) -> str:
         self._log.flush()

@@ -10,7 +10,7 @@ One module per framework, each behind its own extra; none is imported here (nor 
 
 Every adapter takes either ``model`` (an artifact folder from ``crossrank export --kind cross``)
 plus Reranker options (``device``, ``threads``, ``max_length``, ``batch_tokens``,
-``long_documents``, ``chunk_overlap``, ``io_binding``), or ``reranker``, an existing
+``long_documents``, ``chunk_overlap``, ``io_binding``, ``backend``, ``precision``), or ``reranker``, an existing
 ``crossrank.Reranker`` to reuse. Adapters built from the same folder and options share one loaded
 Reranker (see ``shared_reranker``). Scores are ``Reranker.rerank``'s, best first, ties in input
 order. Rules common to all: an empty document list gives an empty result; a document without

@@ -24,6 +24,8 @@ RERANKER_OPTIONS: dict[str, Any] = {
     "long_documents": "truncate",
     "chunk_overlap": None,
     "io_binding": None,
+    "backend": None,
+    "precision": None,
 }
 
 _loaded: "weakref.WeakValueDictionary[tuple, Reranker]" = weakref.WeakValueDictionary()
@@ -87,7 +89,8 @@ def reranker_settings(reranker: Reranker) -> dict[str, Any]:
         "max_length": reranker.max_length,
         "long_documents": reranker.long_documents,
         "chunk_overlap": reranker.chunk_overlap,
-        **{key: getattr(options, key) if options.origin[key] == "argument" else None for key in TUNABLE},
+        **{key: getattr(options, key) if options.origin[key] == "argument" else None
+           for key in TUNABLE if key in RERANKER_OPTIONS},
     }
 
 

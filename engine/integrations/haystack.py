@@ -40,7 +40,7 @@ class CrossrankRanker:
     per process for a given folder and options), or reranker: a loaded ``crossrank.Reranker``
     to reuse. top_k: documents kept (None keeps all; default 10, as Haystack's rankers), which
     ``run(top_k=...)`` overrides per call. device, threads, max_length, batch_tokens,
-    long_documents ("truncate" | "chunk"), chunk_overlap, io_binding: ``crossrank.Reranker``
+    long_documents ("truncate" | "chunk"), chunk_overlap, io_binding, backend, precision: ``crossrank.Reranker``
     options, used with ``model``.
     """
 

@@ -37,7 +37,7 @@ class CrossrankRerank(BaseDocumentCompressor):
     given folder and options), or reranker: a loaded ``crossrank.Reranker`` to reuse. top_n: how
     many documents to keep, best first (None keeps all; default 3, as LangChain's rerankers).
     device, threads, max_length, batch_tokens, long_documents ("truncate" | "chunk"),
-    chunk_overlap, io_binding: ``crossrank.Reranker`` options, used with ``model``.
+    chunk_overlap, io_binding, backend, precision: ``crossrank.Reranker`` options, used with ``model``.
     """
 
     model: Optional[str] = None
@@ -49,6 +49,8 @@ class CrossrankRerank(BaseDocumentCompressor):
     long_documents: str = "truncate"
     chunk_overlap: Optional[int] = None
     io_binding: Optional[bool] = None
+    backend: Optional[str] = None
+    precision: Optional[str] = None
 
     model_config = ConfigDict(extra="forbid")
     _reranker: Reranker = PrivateAttr()

@@ -38,7 +38,7 @@ class CrossrankRerank(BaseNodePostprocessor):
     given folder and options), or reranker: a loaded ``crossrank.Reranker`` to reuse. top_n: how
     many nodes to keep, best first (None keeps all; default 2, as LlamaIndex's rerankers).
     device, threads, max_length, batch_tokens, long_documents ("truncate" | "chunk"),
-    chunk_overlap, io_binding: ``crossrank.Reranker`` options, used with ``model``.
+    chunk_overlap, io_binding, backend, precision: ``crossrank.Reranker`` options, used with ``model``.
     """
 
     model: str = Field(description="crossrank artifact folder (crossrank export --kind cross).")
@@ -51,6 +51,8 @@ class CrossrankRerank(BaseNodePostprocessor):
     long_documents: str = "truncate"
     chunk_overlap: Optional[int] = None
     io_binding: Optional[bool] = None
+    backend: Optional[str] = None
+    precision: Optional[str] = None
     _reranker: Reranker = PrivateAttr()
 
     def __init__(self, model: Union[str, Path, None] = None, *, reranker: Reranker | None = None,

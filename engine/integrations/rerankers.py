@@ -67,7 +67,7 @@ class CrossrankRanker(BaseRanker):
     model_name_or_path: artifact folder from ``crossrank export --kind cross`` (loaded once per
     process for a given folder and options), or reranker: a loaded ``crossrank.Reranker`` to
     reuse. options: ``crossrank.Reranker`` options (device, threads, max_length, batch_tokens,
-    long_documents, chunk_overlap, io_binding), used with the folder.
+    long_documents, chunk_overlap, io_binding, backend, precision), used with the folder.
     """
 
     def __init__(self, model_name_or_path: Union[str, Path, None] = None, verbose: int = 0, *,

@@ -38,9 +38,11 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 NAME_RULE = "1 to 100 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 # How the models of one server share the machine's cores: "shared" = one budget of model calls
 # for all of them (CoreBudget: calls take turns, first come first served), "per-model" = each model's
-# scheduler runs its calls whenever they come and the operating system shares the cores.
+# scheduler runs its calls whenever they come and the operating system shares the cores. Default
+# per-model: lower p95 and more requests/s under a mixed load (benchmarks/results/multimodel.md; on
+# 2 cores one call at a time leaves them idle where a session's second thread scales poorly).
 CORE_SHARING = ("shared", "per-model")
-DEFAULT_CORE_SHARING = "shared"
+DEFAULT_CORE_SHARING = "per-model"
 
 
 def _entries(value: Any, what: str) -> list[tuple[str | None, str]]:
