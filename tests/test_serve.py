@@ -30,8 +30,8 @@ cohere = pytest.importorskip("cohere")
 openai = pytest.importorskip("openai")
 
 import crossrank
-from crossrank.settings import physical_cores
 from crossrank.evaluation.datasets import load_semanlink
+from crossrank.settings import physical_cores
 
 # Clients talk to 127.0.0.1 only: no proxies, no telemetry, no hosted endpoints from the environment.
 LOCAL_ONLY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "LANGSMITH_TRACING": "false",
