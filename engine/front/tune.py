@@ -497,7 +497,8 @@ def add_tune(sub) -> None:
     p.set_defaults(func=run_tune)
 
 
-def run_tune(args) -> int:
+def _tuned_artifact(args):
+    """The artifact to tune, after the checks that come before any measurement."""
     artifact = load_artifact(args.artifact)
     if artifact.kind != "cross":
         raise InvalidArgumentError(f"crossrank tune tunes rerankers: {str(artifact.path)!r} is a "
@@ -511,6 +512,62 @@ def run_tune(args) -> int:
     cores = physical_cores()
     if args.threads and max(args.threads) > 4 * cores:
         raise InvalidArgumentError(f"--threads {max(args.threads)} is far above this machine's {cores} physical cores")
+    return artifact
+
+
+def _variants(artifact, args, at: dict, pairs, reference, say) -> list:
+    """The artifact's precision variants (sibling folders) measured at the chosen settings."""
+    variants = []
+    for folder in precision_variants(artifact.path):
+        say(f"  [variant] {folder.name}")
+        own = load_artifact(folder, verify=False).precision
+        try:  # ONNX Runtime at the variant's own precision, the chosen threads, budget, spinning
+            trial = measure(folder, args.device, {**at, "backend": "onnxruntime", "precision": own}, pairs,
+                            reference, args.runs)
+        except (ValueError, RuntimeError) as err:  # a broken sibling is reported, not fatal
+            say(f"    skipped: {err}")
+            continue
+        trial.label = f"{folder.name} ({own})"
+        variants.append(trial)
+    return variants
+
+
+def _served_layouts(artifact, args, chosen, measured_requests, say):
+    """(layouts, concurrency, chosen layout, reason): every split of the cores measured at the
+    stated concurrency with the chosen settings."""
+    concurrency = args.concurrency or list(DEFAULT_LAYOUT_CONCURRENCY)
+    served = [(r["query"], r["documents"][:REFERENCE_DOCUMENTS]) for r in measured_requests]
+    layouts = measure_layouts(artifact.path, args.device, chosen.settings, served, concurrency,
+                              max(1, args.rounds), layout_grid(args.device), say)
+    return (layouts, concurrency, *choose_layout(layouts, concurrency))
+
+
+def _decide(artifact, args, trials: list, default: dict, pairs, reference, say):
+    """(baseline, chosen or None, reason): the defaults' trial (measured now when outside the grid),
+    the finalists' interleaved rounds, and the choice within the latency budget."""
+    baseline = next((t for t in trials if t.is_default), None)
+    if baseline is None:  # the defaults are outside the grid: measured as the baseline, not a candidate
+        say(f"  [+] default settings ({', '.join(f'{k} {v}' for k, v in default.items())})")
+        baseline = measure(artifact.path, args.device, default, pairs, reference, args.runs)
+        baseline.is_default, baseline.candidate = True, False
+        baseline.notes.append("baseline only (outside the grid)")
+        trials.append(baseline)
+    if args.rounds:
+        finalists = within_budget(trials, args.latency_budget_ms)[:FINALISTS]
+        if finalists and baseline not in finalists:
+            finalists.append(baseline)
+        if len(finalists) > 1:
+            final_round(artifact.path, args.device, finalists, pairs, args.rounds, say)
+    chosen, reason = choose(trials, args.latency_budget_ms)
+    for trial in trials:
+        if args.latency_budget_ms is not None and trial.p95_ms > args.latency_budget_ms:
+            trial.notes.append("over budget")
+    return baseline, chosen, reason
+
+
+def run_tune(args) -> int:
+    artifact = _tuned_artifact(args)
+    cores = physical_cores()
     requests, workload_name = load_workload(args.workload)
     measured_requests = spread(requests, args.queries or None)
     pairs = [(r["query"], d) for r in measured_requests for d in r["documents"]]
@@ -536,45 +593,11 @@ def run_tune(args) -> int:
     noisy = noise.spread > args.max_spread
     if noise.samples:
         say(f"  defaults repeated across the sweep: {noise.text()}")
-    baseline = next((t for t in trials if t.is_default), None)
-    if baseline is None:  # the defaults are outside the grid: measured as the baseline, not a candidate
-        say(f"  [+] default settings ({', '.join(f'{k} {v}' for k, v in default.items())})")
-        baseline = measure(artifact.path, args.device, default, pairs, reference, args.runs)
-        baseline.is_default, baseline.candidate = True, False
-        baseline.notes.append("baseline only (outside the grid)")
-        trials.append(baseline)
-    if args.rounds:
-        finalists = within_budget(trials, args.latency_budget_ms)[:FINALISTS]
-        if finalists and baseline not in finalists:
-            finalists.append(baseline)
-        if len(finalists) > 1:
-            final_round(artifact.path, args.device, finalists, pairs, args.rounds, say)
-    chosen, reason = choose(trials, args.latency_budget_ms)
-    for trial in trials:
-        if args.latency_budget_ms is not None and trial.p95_ms > args.latency_budget_ms:
-            trial.notes.append("over budget")
-    variants = []
-    if not args.no_variants:
-        at = chosen.settings if chosen is not None else default
-        for folder in precision_variants(artifact.path):
-            say(f"  [variant] {folder.name}")
-            own = load_artifact(folder, verify=False).precision
-            try:  # ONNX Runtime at the variant's own precision, the chosen threads, budget, spinning
-                trial = measure(folder, args.device, {**at, "backend": "onnxruntime", "precision": own}, pairs,
-                                reference, args.runs)
-            except (ValueError, RuntimeError) as err:  # a broken sibling is reported, not fatal
-                say(f"    skipped: {err}")
-                continue
-            trial.label = f"{folder.name} ({load_artifact(folder, verify=False).precision})"
-            variants.append(trial)
-    layout = None
-    if chosen is not None and not args.no_layout:
-        concurrency = args.concurrency or list(DEFAULT_LAYOUT_CONCURRENCY)
-        served = [(query, documents[:REFERENCE_DOCUMENTS]) for query, documents in
-                  ((r["query"], r["documents"]) for r in measured_requests)]
-        layouts = measure_layouts(artifact.path, args.device, chosen.settings, served, concurrency,
-                                  max(1, args.rounds), layout_grid(args.device), say)
-        layout = (layouts, concurrency, *choose_layout(layouts, concurrency))
+    baseline, chosen, reason = _decide(artifact, args, trials, default, pairs, reference, say)
+    variants = [] if args.no_variants else _variants(artifact, args, chosen.settings if chosen else default,
+                                                      pairs, reference, say)
+    layout = None if chosen is None or args.no_layout else _served_layouts(artifact, args, chosen,
+                                                                           measured_requests, say)
     gain = None
     if chosen is baseline:
         gain = 1.0
