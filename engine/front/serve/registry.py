@@ -114,12 +114,17 @@ class Registry:
 
     def pipeline(self, name: str | None) -> Pipeline:
         """The two-stage pipeline of /v1/search: the default embedder and the first stage, then the
-        rerank model ``name`` (a reranker, or a cascade's stages)."""
+        rerank model ``name`` (a reranker, or a cascade's stages); a server without rerankers
+        answers with the first stage alone."""
         if self.retriever is None:
             raise NotConfigured("this server has no index: start crossrank serve with --index DIR or --store URL")
+        embedder = self.models[self.default(EMBED)].model
+        if name is None and not self.names(RERANK):
+            if "" not in self._pipelines:
+                self._pipelines[""] = Pipeline(embedder, self.retriever)
+            return self._pipelines[""]
         served = self.lookup(RERANK, name)
         if served.name not in self._pipelines:
-            embedder = self.models[self.default(EMBED)].model
             model = served.model
             if isinstance(model, Cascade):
                 pipeline = Pipeline(embedder, self.retriever, rerankers=model.rerankers, depths=model.depths)

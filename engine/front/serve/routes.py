@@ -220,7 +220,7 @@ def search_job(call: Call, raw: bytes) -> Outcome:
     request = p.parse_search(p.parse_body(raw), call.config.max_documents)
     pipeline = call.models.pipeline(request.model)
     result = pipeline.search(request.query, k=request.k, top_n=request.top_n, deadline_ms=request.deadline_ms)
-    model = request.model or call.models.registry.default("rerank")
+    model = request.model or call.models.registry.default("rerank") or "-"  # "-": the first stage alone
     return Outcome(_json(p.search_response(result)), result.candidates, model=model)
 
 
