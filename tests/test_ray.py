@@ -94,6 +94,19 @@ def deployed(ray_cluster, starter_fp32):
     serve.shutdown()
 
 
+def busy_replica(names: list[str], seconds: float = 60) -> tuple[str, object]:
+    """The first of the named Serve replicas seen with a request in flight (Serve's own count), so
+    that killing it surely cuts a request: an idle victim would leave nothing to retry."""
+    actors = {name: ray.get_actor(name, namespace="serve") for name in names}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for name, actor in actors.items():
+            if ray.get(actor.get_num_ongoing_requests.remote(), timeout=30) > 0:
+                return name, actor
+        time.sleep(0.005)
+    raise AssertionError(f"no replica of {names} had a request in flight for {seconds} s")
+
+
 class TestServe:
     def test_the_yaml_lays_out_replicas_from_the_serve_settings(self, starter_fp32):
         spec, _ = yaml_application(reranker=str(starter_fp32))
@@ -162,8 +175,8 @@ class TestServe:
         for t in threads:
             t.start()
         assert answered.acquire(timeout=300)  # under load: one answer back, the others in flight
-        victim = replicas[0]
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        victim, actor = busy_replica(replicas)
+        ray.kill(actor, no_restart=True)
         killed_id = victim.rpartition("#")[2]
 
         seen, deadline = [], time.monotonic() + HEALTH_SECONDS
