@@ -299,6 +299,9 @@ def test_search(server, plain):
 
 
 def test_health_info_and_metrics(server):
+    # the series below exist once a rerank and an embedding were served: serve one of each here
+    assert server.post("/v1/rerank", {"query": "q", "documents": ["d"]}).status_code == 200
+    assert server.post("/v1/embeddings", {"model": "minilm", "input": "x"}).status_code == 200
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     info = httpx.get(server.url + "/info").json()
     assert info["models"]["starter"]["precision"] == "fp32" and info["models"]["starter"]["max_length"] == 512
