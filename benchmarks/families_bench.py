@@ -44,6 +44,7 @@ import numpy as np
 import crossrank
 from crossrank.evaluation.datasets import load_trec_rag
 from crossrank.evaluation.metrics import spearman
+from crossrank.front.args import positive_int_arg
 from crossrank.front.measure import gemm_gflops, machine_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,18 +265,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=["modernbert", "deberta-v2", "qwen3"],
                         choices=["modernbert", "deberta-v2", "qwen3"])
-    parser.add_argument("--queries", type=int, default=4, help="TREC RAG queries (default 4)")
-    parser.add_argument("--docs", type=int, default=20, help="passages per query (default 20)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (default 3)")
-    parser.add_argument("--latency-runs", type=int, default=5, help="interleaved 1 x 20 requests (default 5)")
+    parser.add_argument("--queries", type=positive_int_arg, default=4, help="TREC RAG queries (default 4)")
+    parser.add_argument("--docs", type=positive_int_arg, default=20, help="passages per query (default 20)")
+    parser.add_argument("--rounds", type=positive_int_arg, default=3, help="interleaved throughput rounds (default 3)")
+    parser.add_argument("--latency-runs", type=positive_int_arg, default=5, help="interleaved 1 x 20 requests (default 5)")
     parser.add_argument("--no-tiny", action="store_true", help="skip the tiny test models' fidelity section")
     parser.add_argument("--threads", type=int, default=None, help="threads for every system (default: physical cores)")
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts" / "families"), help="model and artifact cache")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="report folder")
     args = parser.parse_args(argv)
-    for flag in ("queries", "docs", "rounds", "latency_runs"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     from crossrank.settings import physical_cores
 
     threads = args.threads or physical_cores()

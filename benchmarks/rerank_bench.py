@@ -46,6 +46,7 @@ import numpy as np
 import crossrank
 from crossrank.evaluation.datasets import load_semanlink, load_trec_rag
 from crossrank.evaluation.metrics import spearman
+from crossrank.front.args import positive_int_arg
 from crossrank.front.measure import (cold_start_seconds, encoder_flops, gemm_gflops, machine_name, measure_throughput,
                                      rss_mb)
 from crossrank.front.peers import openvino_on_onnx_export, sentence_transformers
@@ -337,19 +338,16 @@ def _load() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--every", type=int, default=5, help="take every Nth TREC RAG query (default 5: 1,220 pairs)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved throughput rounds (default 2)")
-    parser.add_argument("--latency-runs", type=int, default=9, help="interleaved 1 x 20 requests per system (default 9)")
-    parser.add_argument("--embed-docs", type=int, default=1000, help="Semanlink documents to embed (default 1000)")
+    parser.add_argument("--every", type=positive_int_arg, default=5, help="take every Nth TREC RAG query (default 5: 1,220 pairs)")
+    parser.add_argument("--rounds", type=positive_int_arg, default=2, help="interleaved throughput rounds (default 2)")
+    parser.add_argument("--latency-runs", type=positive_int_arg, default=9, help="interleaved 1 x 20 requests per system (default 9)")
+    parser.add_argument("--embed-docs", type=positive_int_arg, default=1000, help="Semanlink documents to embed (default 1000)")
     parser.add_argument("--soak-calls", type=int, default=10_000, help="rerank calls in the memory soak")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts"), help="artifact cache")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="report folder")
     args = parser.parse_args(argv)
-    for flag in ("every", "rounds", "latency_runs", "embed_docs"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    from crossrank.session import physical_cores
+    from crossrank.settings import physical_cores
 
     threads = args.threads or physical_cores()
     print("preparing models ...", file=sys.stderr)
